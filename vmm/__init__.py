@@ -1,0 +1,3 @@
+"""vmm: the model manager for vLLM hosts."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""The vmm library: no terminal, no printing, no exiting. The CLI is a veneer over it."""

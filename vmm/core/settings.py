@@ -1,0 +1,85 @@
+"""Every environment variable vmm reads, read in one place.
+
+Functions, not module constants: tests (and long-lived processes) change the environment
+after import, and huggingface_hub's own constants are frozen at its import time, so vmm
+passes the endpoint and token explicitly wherever it calls the Hub.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+DEFAULT_ROOT = Path("/models")
+DEFAULT_ENDPOINT = "https://huggingface.co"
+
+# name -> what it does; docs/environment.md is checked against this table by a test.
+ENVIRONMENT: dict[str, str] = {
+    "VMM_ROOT": "models root when --root is not given (default /models)",
+    "VMM_DEBUG": "1 shows the full traceback of unexpected errors",
+    "VMM_STATE_DIR": "where runtime records and logs of served models live (default <root>/.vmm)",
+    "HF_ENDPOINT": "Hub endpoint (mirrors, test servers); default https://huggingface.co",
+    "HF_TOKEN": "Hub access token; sent only to the endpoint's host",
+    "HF_TOKEN_PATH": "file holding the token written by `hf auth login` (default $HF_HOME/token)",
+    "HF_HOME": "Hugging Face home (default ~/.cache/huggingface)",
+    "HF_HUB_CACHE": "Hugging Face cache whose verified blobs pull may reuse",
+    "HF_HUB_OFFLINE": "1 forbids any network access (same as --offline)",
+    "CUDA_VISIBLE_DEVICES": "GPUs that serve plans for and vLLM sees",
+    "NO_COLOR": "disables colour in tables and progress",
+}
+
+_TRUE = {"1", "true", "yes", "on"}
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in _TRUE
+
+
+def models_root(cli_root: str | os.PathLike[str] | None = None) -> Path:
+    """The models root: ``--root``, else ``VMM_ROOT``, else ``/models``. Not created here."""
+    raw = os.fspath(cli_root) if cli_root else os.environ.get("VMM_ROOT") or str(DEFAULT_ROOT)
+    return Path(raw).expanduser().absolute()
+
+
+def state_dir(root: Path) -> Path:
+    raw = os.environ.get("VMM_STATE_DIR")
+    return Path(raw).expanduser().absolute() if raw else root / ".vmm"
+
+
+def debug() -> bool:
+    return _flag("VMM_DEBUG")
+
+
+def offline() -> bool:
+    return _flag("HF_HUB_OFFLINE")
+
+
+def hub_endpoint() -> str:
+    return (os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
+
+
+def hf_home() -> Path:
+    raw = os.environ.get("HF_HOME")
+    if raw:
+        return Path(raw).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "huggingface"
+
+
+def hf_hub_cache() -> Path:
+    raw = os.environ.get("HF_HUB_CACHE")
+    return Path(raw).expanduser() if raw else hf_home() / "hub"
+
+
+def hub_token() -> str | None:
+    """``HF_TOKEN``, else the file ``hf auth login`` wrote (``HF_TOKEN_PATH``, ``$HF_HOME/token``)."""
+    token = os.environ.get("HF_TOKEN", "").strip()
+    if token:
+        return token
+    path = Path(os.environ.get("HF_TOKEN_PATH") or hf_home() / "token").expanduser()
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except OSError:
+        return None
+    return token or None

@@ -1,0 +1,125 @@
+"""Rendering: tables and text to stdout, progress and messages to stderr, JSON documents.
+
+The core returns dataclasses; this module turns them into what the operator sees. Every
+JSON document passes through :func:`emit_json`, which sets ``schema_version`` in one place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+_stdout = None
+_stderr = None
+
+
+def out():
+    """rich Console on stdout (results only)."""
+    global _stdout
+    if _stdout is None:
+        from rich.console import Console
+
+        _stdout = Console(soft_wrap=True)
+    return _stdout
+
+
+def err():
+    """rich Console on stderr (progress, notes, warnings)."""
+    global _stderr
+    if _stderr is None:
+        from rich.console import Console
+
+        _stderr = Console(stderr=True, soft_wrap=True)
+    return _stderr
+
+
+def reset_consoles() -> None:
+    """Forget cached consoles (tests swap sys.stdout/sys.stderr between runs)."""
+    global _stdout, _stderr
+    _stdout = _stderr = None
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {k: _plain(v) for k, v in dataclasses.asdict(value).items()}
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "__fspath__"):
+        return str(value)
+    return value
+
+
+def emit_json(document: Any) -> None:
+    """Print one JSON document on stdout with ``schema_version`` first."""
+    doc = {"schema_version": SCHEMA_VERSION, **_plain(document)}
+    sys.stdout.write(json.dumps(doc, indent=2, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def note(message: str) -> None:
+    """A line for the operator on stderr (never on stdout: stdout is for results)."""
+    sys.stderr.write(message.rstrip("\n") + "\n")
+    sys.stderr.flush()
+
+
+def error_line(line: str) -> None:
+    sys.stderr.write(line.rstrip("\n") + "\n")
+    sys.stderr.flush()
+
+
+def human_bytes(n: int | float | None) -> str:
+    """1536 -> '1.5 KiB'. Sizes are bytes everywhere else; only rendering humanises."""
+    if n is None:
+        return "-"
+    n = float(n)
+    units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"]
+    i = 0
+    while abs(n) >= 1024 and i < len(units) - 1:
+        n /= 1024
+        i += 1
+    return f"{int(n)} B" if i == 0 else f"{n:.1f} {units[i]}"
+
+
+def human_count(n: int | None) -> str:
+    """7615616512 -> '7.62B'."""
+    if n is None:
+        return "-"
+    for div, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= div:
+            return f"{n / div:.2f}{suffix}"
+    return str(n)
+
+
+def human_age(seconds: float | None) -> str:
+    if seconds is None or math.isnan(seconds):
+        return "never"
+    seconds = max(0.0, seconds)
+    for div, suffix in ((86400, "d"), (3600, "h"), (60, "m")):
+        if seconds >= div:
+            return f"{int(seconds // div)}{suffix} ago"
+    return f"{int(seconds)}s ago"
+
+
+def table(title: str | None, columns: list[str], rows: list[list[Any]]) -> None:
+    from rich.table import Table
+
+    t = Table(title=title, box=None, header_style="bold", pad_edge=False)
+    for col in columns:
+        t.add_column(col, overflow="fold")
+    for row in rows:
+        t.add_row(*["-" if v is None else str(v) for v in row])
+    out().print(t)
+
+
+def key_values(pairs: list[tuple[str, Any]]) -> None:
+    width = max((len(k) for k, _ in pairs), default=0)
+    for key, value in pairs:
+        sys.stdout.write(f"{key.ljust(width)}  {'-' if value is None else value}\n")
+    sys.stdout.flush()
