@@ -111,8 +111,9 @@ def table(title: str | None, columns: list[str], rows: list[list[Any]]) -> None:
     from rich.table import Table
 
     t = Table(title=title, box=None, header_style="bold", pad_edge=False)
-    for col in columns:
-        t.add_column(col, overflow="fold")
+    for i, col in enumerate(columns):
+        # The first column names the row (a model, a file): never broken across lines.
+        t.add_column(col, overflow="fold", no_wrap=(i == 0))
     for row in rows:
         t.add_row(*["-" if v is None else str(v) for v in row])
     out().print(t)

@@ -275,6 +275,23 @@ def check_model_sharding(model_dir: Path) -> tuple[bool, int, list[str]]:
     return report.sharded, report.shard_count, report.shard_files
 
 
+def format_from_names(rel_paths: list[str]) -> str:
+    """:func:`detect_format` from a listing (paths relative to the model dir), no I/O."""
+    kinds: set[str] = set()
+    for rel in rel_paths:
+        depth = rel.count("/")
+        name = rel.rsplit("/", 1)[-1]
+        if name.lower().endswith(".gguf") and depth <= _GGUF_MAX_DEPTH:
+            kinds.add("gguf")
+        elif depth == 0 and name.endswith(".safetensors"):
+            kinds.add("safetensors")
+        elif depth == 0 and _is_pytorch_weight(name):
+            kinds.add("pytorch")
+    if not kinds:
+        return "unknown"
+    return kinds.pop() if len(kinds) == 1 else "mixed"
+
+
 def shards_from_names(top: list[str]) -> tuple[bool, int]:
     """(sharded, shard count) from file names alone, for ``vmm ls`` (no index parsing)."""
     for pattern in (_PT_SHARD_RE, _ST_SHARD_RE):
@@ -283,7 +300,7 @@ def shards_from_names(top: list[str]) -> tuple[bool, int]:
             return True, len(shards)
     if "pytorch_model.bin" in top or "model.safetensors" in top:
         return False, 1
-    gguf = [n for n in top if n.lower().endswith(".gguf")]
+    gguf = [n for n in top if n.lower().endswith(".gguf") and not n.rsplit("/", 1)[-1].lower().startswith("mmproj")]
     if gguf:
         return any(gguf_split_of(n) for n in gguf), len(gguf)
     return False, 0
