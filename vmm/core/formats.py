@@ -36,7 +36,8 @@ _QUANT_RE = re.compile(
     r"|TQ[12]_0"
     r"|[Ff](?:16|32)|BF16|bf16"
     r"|MXFP4(?:_MOE)?"
-    r")(?![A-Za-z0-9])"
+    r")(?![A-Za-z0-9])",
+    re.I,   # Qwen's own GGUF repos use lower case: qwen2-7b-instruct-q4_k_m.gguf
 )
 _SPLIT_RE = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$", re.I)
 

@@ -150,7 +150,7 @@ class ModelInfo:
 def resolve_model(name_or_path: str, root: Path) -> tuple[store.LocalModel, str | None]:
     """A model by Hub id, directory name or directory path, and the ``:QUANT`` it names."""
     quant = None
-    looks_like_path = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
+    looks_like_path = name_or_path.startswith((".", "/", "~"))
     if looks_like_path:
         if not Path(name_or_path).expanduser().is_dir():
             raise NotFoundError("no such model directory", name_or_path,
