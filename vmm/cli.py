@@ -272,5 +272,9 @@ def main(argv: list[str] | None = None) -> None:
             "(this is a bug in vmm; rerun with VMM_DEBUG=1 and report the traceback)\n"
         )
         code = 1
-    sys.stdout.flush()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
     sys.exit(code)
