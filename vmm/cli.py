@@ -13,9 +13,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from vmm import __version__
+from vmm import __version__, _typer_fast
 from vmm.core import settings
 from vmm.core.errors import Interrupted, VmmError
+
+_typer_fast.install()
 
 app = typer.Typer(
     name="vmm",
