@@ -178,7 +178,8 @@ def shards_cmd(name: NameArg, root: RootOpt = None, json_out: JsonOpt = False) -
     if report.missing:
         raise IntegrityError(f"{len(report.missing)} shard(s) named by the index are missing",
                              f"{model.name}: {', '.join(report.missing)}",
-                             f"run `vmm pull {model.name}` to fetch them")
+                             f"run `vmm pull {model.name}` to fetch them" if model.managed
+                             else "restore them, or delete the index if the model is not sharded")
 
 
 @app.command("rm")
