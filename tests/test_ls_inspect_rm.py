@@ -348,3 +348,51 @@ def test_delete_cleans_leftovers_of_an_interrupted_delete(zoo):
     assert "my-finetune" not in [m.name for m in info.list_models(zoo).models if m.path == str(leftover)]
     info.delete_model_from_volume(zoo, "my-finetune")
     assert not leftover.exists()
+
+
+# --------------------------------------------------------------------------- error paths
+
+def test_unknown_option_is_one_usage_line_exit_2(root):
+    assert_error_line(run_vmm("ls", "--bogus"), 2, "--bogus")
+
+
+def test_unexpected_exception_is_exit_1_without_traceback_unless_debug(root, monkeypatch):
+    def boom(_root):
+        raise RuntimeError("simulated bug")
+
+    monkeypatch.setattr(info, "list_models", boom)
+    assert_error_line(run_vmm("ls"), 1, "internal error", "simulated bug")
+    monkeypatch.setenv("VMM_DEBUG", "1")
+    with pytest.raises(RuntimeError):
+        from vmm.cli import main
+        main(["ls"])
+
+
+def test_ctrl_c_is_exit_130(root, monkeypatch):
+    def interrupted(_root):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(info, "list_models", interrupted)
+    assert_error_line(run_vmm("ls"), 130, "interrupted")
+
+
+def test_inspect_weights_without_config_show_nulls_and_a_warning(root):
+    d = root / "org--weights-only"
+    b.write_safetensors(d / "model.safetensors", b.llama_like_tensors(b.TINY_LLAMA))
+    run = run_vmm("inspect", "org/weights-only", "--json")
+    assert run.exit_code == 0 and "no config.json" in run.stderr
+    doc = run.json()
+    assert doc["parameters"] == b.count_parameters(b.llama_like_tensors(b.TINY_LLAMA))
+    assert doc["config"]["architectures"] == [] and doc["config"]["hidden_size"] is None
+    assert doc["kv_cache_bytes_per_token"] is None
+
+
+def test_list_model_files_gives_sizes_and_manifest_expectations(zoo):
+    model = info.store.load_model(zoo / "Qwen--Qwen2-7B-Instruct")
+    files = {f.path: f for f in info.list_model_files(model)}
+    assert set(files) == {"config.json", "tokenizer_config.json", "model.safetensors.index.json",
+                          *(f"model-0000{i}-of-00004.safetensors" for i in range(1, 5))}
+    shard = files["model-00001-of-00004.safetensors"]
+    assert shard.size_bytes == shard.expected_size == (zoo / "Qwen--Qwen2-7B-Instruct" / shard.path).stat().st_size
+    hand = {f.path: f for f in info.list_model_files(info.store.load_model(zoo / "my-finetune"))}
+    assert hand["model.safetensors"].expected_size is None

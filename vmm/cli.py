@@ -259,6 +259,9 @@ def main(argv: list[str] | None = None) -> None:
         code = exc.exit_code
     except typer.Exit as exc:
         code = exc.exit_code
+        if code == Interrupted.exit_code:
+            # typer 0.29 (core.py _main) turns KeyboardInterrupt into a silent Exit(130).
+            sys.stderr.write(Interrupted("interrupted", "", "run the same command again to resume").line() + "\n")
     except (typer.Abort, KeyboardInterrupt):
         sys.stderr.write(Interrupted("interrupted", "", "run the same command again to resume").line() + "\n")
         code = Interrupted.exit_code
