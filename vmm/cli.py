@@ -250,6 +250,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         result = app(args=args, prog_name="vmm", standalone_mode=False)
         code = result if isinstance(result, int) else 0
+        if code == Interrupted.exit_code:
+            # typer 0.29 (core.py _main) turns KeyboardInterrupt into Exit(130), which
+            # click returns silently when not in standalone mode.
+            sys.stderr.write(Interrupted("interrupted", "", "run the same command again to resume").line() + "\n")
     except VmmError as exc:
         if settings.debug():
             import traceback
@@ -259,9 +263,6 @@ def main(argv: list[str] | None = None) -> None:
         code = exc.exit_code
     except typer.Exit as exc:
         code = exc.exit_code
-        if code == Interrupted.exit_code:
-            # typer 0.29 (core.py _main) turns KeyboardInterrupt into a silent Exit(130).
-            sys.stderr.write(Interrupted("interrupted", "", "run the same command again to resume").line() + "\n")
     except (typer.Abort, KeyboardInterrupt):
         sys.stderr.write(Interrupted("interrupted", "", "run the same command again to resume").line() + "\n")
         code = Interrupted.exit_code
