@@ -198,6 +198,12 @@ def rm_cmd(name: NameArg, root: RootOpt = None,
     models_root = root_of(root)
     ref = names.parse_model_name(name)
     model = store.locate_model(ref.repo_id, models_root)
+    if store.is_locked(models_root, ref.dir_name):
+        # Fail before asking; delete_model_from_volume checks again under the lock.
+        from vmm.core.errors import BusyError
+
+        raise BusyError("model is locked by another vmm process", model.name,
+                        "wait for the pull or serve using it to finish, or stop it")
     if not yes:
         if not sys.stdin.isatty():
             raise UsageError("refusing to delete without confirmation", model.name,
