@@ -311,6 +311,10 @@ def test_rm_refuses_while_another_process_holds_the_lock(zoo):
     try:
         assert holder.stdout.readline().strip() == "held"
         assert_error_line(run_vmm("rm", "my-finetune", "--yes"), 8, "locked")
+        from vmm.core.errors import BusyError
+
+        with pytest.raises(BusyError):          # the core function checks under the lock itself
+            info.delete_model_from_volume(zoo, "my-finetune")
         assert (zoo / "my-finetune").is_dir()
     finally:
         holder.kill()
