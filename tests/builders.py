@@ -432,7 +432,7 @@ def make_gguf_model(model_dir: Path | str, arch: str = "llama", quant: str = "Q4
         else:
             writer.add_key_value(key, value, GGUFValueType.FLOAT32)
     # At least ``split`` tensors, so the writer makes ``split`` parts (one tensor per part).
-    n_tensors = max(split, 3)
+    n_tensors = split if split > 1 else 3
     qtype = GGMLQuantizationType[ggml_name]
     block, type_size = GGML_QUANT_SIZES[qtype]
     for i in range(n_tensors):
