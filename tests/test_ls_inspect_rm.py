@@ -62,6 +62,15 @@ def test_ls_json_has_the_contract_keys_and_every_format(zoo):
     assert qwen["files"] == 7 and qwen["path"] == str(zoo / "Qwen--Qwen2-7B-Instruct")
 
 
+def test_ls_ignores_hidden_directories_inside_a_model(zoo):
+    d = zoo / "my-finetune"
+    before = {m["name"]: m for m in run_vmm("ls", "--json").json()["models"]}["my-finetune"]
+    (d / ".cache" / "huggingface").mkdir(parents=True)
+    (d / ".cache" / "huggingface" / "x.metadata").write_text("x" * 1000)
+    after = {m["name"]: m for m in run_vmm("ls", "--json").json()["models"]}["my-finetune"]
+    assert (after["files"], after["size_bytes"]) == (before["files"], before["size_bytes"])
+
+
 def test_ls_table_shows_each_model_on_one_line(zoo):
     run = run_vmm("ls")
     assert run.exit_code == 0
@@ -275,7 +284,9 @@ def test_rm_without_a_terminal_refuses_unless_yes(zoo):
 
 
 def test_rm_yes_deletes_and_reports_bytes_freed(zoo):
-    size, count = info.model_size(info.store.load_model(zoo / "Qwen--Qwen2-7B-Instruct"))
+    d = zoo / "Qwen--Qwen2-7B-Instruct"
+    size = sum(p.stat().st_size for p in d.rglob("*") if p.is_file())     # .vmm included
+    count = sum(1 for p in d.rglob("*") if p.is_file())
     run = run_vmm("rm", "Qwen/Qwen2-7B-Instruct", "--yes", "--json")
     assert run.exit_code == 0, run.stderr
     doc = run.json()

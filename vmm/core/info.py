@@ -61,8 +61,8 @@ class Listing:
     models: list[ModelSummary] = field(default_factory=list)
 
 
-def _walk_files(model_dir: Path) -> tuple[list[str], int]:
-    """(relative paths, total apparent bytes) of a model dir, vmm metadata excluded.
+def _walk_files(model_dir: Path, include_hidden: bool = False) -> tuple[list[str], int]:
+    """(relative paths, total apparent bytes) of a model dir, hidden top-level dirs excluded.
 
     Directory entries only (``lstat`` through ``scandir``); symlinks are counted as entries,
     never followed.
@@ -77,10 +77,10 @@ def _walk_files(model_dir: Path) -> tuple[list[str], int]:
         except OSError:
             continue
         for entry in entries:
-            if not prefix and entry.name == store.META_DIR:
-                continue
             try:
                 if entry.is_dir(follow_symlinks=False):
+                    if not prefix and entry.name.startswith(".") and not include_hidden:
+                        continue     # .vmm (ours), .cache (hf --local-dir metadata), .git
                     stack.append((Path(entry.path), f"{prefix}{entry.name}/"))
                     continue
                 total += entry.stat(follow_symlinks=False).st_size
@@ -262,7 +262,7 @@ def delete_model_from_volume(root: Path, name: str) -> RmResult:
     with store.model_lock(root, ref.dir_name, "rm"):
         if not path.is_dir():   # deleted by another process while we waited for nothing
             raise NotFoundError("model not in the models root", ref.repo_id, "")
-        rels, size = _walk_files(path)
+        rels, size = _walk_files(path, include_hidden=True)
         trash = root / f".{ref.dir_name}{_TRASH_MARK}{os.getpid()}-{int(time.time() * 1000)}"
         try:
             os.rename(path, trash)
