@@ -93,6 +93,21 @@ def test_pytorch_index_without_any_of_its_shards_does_not_hide_safetensors(tmp_p
     assert report.index == "model.safetensors.index.json" and not report.missing
 
 
+def test_stale_index_does_not_hide_a_single_file_or_gguf(tmp_path):
+    stale = json.dumps({"weight_map": {"a": "pytorch_model-00001-of-00002.bin"}})
+    single = b.make_safetensors_model(tmp_path / "single")
+    (single / "pytorch_model.bin.index.json").write_text(stale)
+    assert formats.check_model_sharding(single) == (False, 1, ["model.safetensors"])
+    gguf = tmp_path / "gguf"
+    b.make_gguf_model(gguf)
+    (gguf / "pytorch_model.bin.index.json").write_text(stale)
+    assert formats.shard_report(gguf).shard_files == ["model-Q4_K_M.gguf"]
+    nothing = tmp_path / "nothing"
+    nothing.mkdir()
+    (nothing / "pytorch_model.bin.index.json").write_text(stale)
+    assert formats.shard_report(nothing).missing == ["pytorch_model-00001-of-00002.bin"]
+
+
 def test_malformed_or_hostile_index_is_an_integrity_error(tmp_path):
     d = b.make_safetensors_model(tmp_path / "m", shards=2)
     (d / "model.safetensors.index.json").write_text("{not json")

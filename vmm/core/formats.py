@@ -219,7 +219,7 @@ def _index_report(model_dir: Path, index_name: str, top: list[str]) -> ShardRepo
     missing = [f for f in named if not _exists(model_dir, f, present)]
     unindexed = [n for n in top if n.endswith(ext) and n not in named
                  and (_ANY_SHARD_RE.search(n) or n == single)]
-    return ShardReport(sharded=len(named) > 1 or bool(_ANY_SHARD_RE.search(named[0]) if named else False),
+    return ShardReport(sharded=len(named) > 1 or any(_ANY_SHARD_RE.search(n) for n in named),
                        shard_count=len(named), shard_files=named, index=index_name,
                        missing=missing, unindexed=unindexed)
 
@@ -253,10 +253,10 @@ def shard_report(model_dir: Path, quant: str | None = None) -> ShardReport:
         if shards:
             return ShardReport(True, len(shards), shards, None, [], [])
     for single in ("pytorch_model.bin", "model.safetensors"):
-        if single in present and stale is None:
+        if single in present:
             return ShardReport(False, 1, [single], None, [], [])
     gguf = find_gguf_files(model_dir, read_metadata=False)
-    if gguf and stale is None:
+    if gguf:
         if quant:
             gguf = [g for g in gguf if (g.quant or "").upper() == quant.upper()] or gguf
         parts = [p for g in gguf for p in g.parts]
