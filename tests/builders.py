@@ -497,3 +497,28 @@ def make_model(root: Path | str, repo_id: str, kind: str = "safetensors", manage
     if managed:
         manage(model_dir, repo_id, quant=kwargs.get("quant") if kind == "gguf" else None)
     return model_dir
+
+
+def make_demo_root(root: Path | str) -> Path:
+    """The root of the README's tour: every format, sparse (a few MB on disk for ~38 GB)."""
+    root = Path(root)
+    qwen_gguf_meta = {"context_length": 32768, "embedding_length": 3584, "block_count": 28,
+                      "head_count": 28, "head_count_kv": 4}
+    make_model(root, "Qwen/Qwen2-7B-Instruct", cfg=QWEN2_7B_INSTRUCT, shards=4,
+               tokenizer_config=QWEN2_TOKENIZER_CONFIG)
+    make_model(root, "meta-llama/Meta-Llama-3-8B-Instruct", kind="pytorch", cfg=LLAMA3_8B_INSTRUCT, shards=4)
+    gguf_dir = root / "Qwen--Qwen2-7B-Instruct-GGUF"
+    for quant in ("Q4_K_M", "Q8_0"):
+        make_gguf_model(gguf_dir, arch="qwen2", quant=quant, basename="qwen2-7b-instruct",
+                        metadata=qwen_gguf_meta)
+    hand = make_hand_made_dir(root, "my-finetune", cfg=MISTRAL_7B_V02, shards=3)
+    (hand / "model-00002-of-00003.safetensors").unlink()        # a broken index, on purpose
+    return root
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) != 3 or sys.argv[1] != "demo":
+        sys.exit("usage: python tests/builders.py demo ROOT")
+    print(make_demo_root(sys.argv[2]))
