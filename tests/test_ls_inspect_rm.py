@@ -231,6 +231,12 @@ def test_unsafe_names_exit_2(root, name):
         assert_error_line(run, 2)
 
 
+def test_rm_of_a_revision_or_quant_is_refused(zoo):
+    for name in ("TheBloke/Mistral-7B-Instruct-v0.2-GGUF:Q4_K_M", "Qwen/Qwen2-7B-Instruct@main"):
+        assert_error_line(run_vmm("rm", name, "--yes"), 2, "whole model")
+    assert (zoo / "Qwen--Qwen2-7B-Instruct").is_dir()
+
+
 def test_absent_model_exits_3(root):
     for args in (["inspect", "org/absent"], ["shards", "org/absent"], ["rm", "--yes", "org/absent"],
                  ["inspect", "./no/such/dir"]):

@@ -192,11 +192,11 @@ def rm_cmd(name: NameArg, root: RootOpt = None,
     Refuses with exit 8 while another vmm process (pull, serve) holds the model's lock.
     """
     from vmm import render
-    from vmm.core import info, names, store
+    from vmm.core import info, store
     from vmm.core.errors import UsageError
 
     models_root = root_of(root)
-    ref = names.parse_model_name(name)
+    ref = info.rm_target(name)
     model = store.locate_model(ref.repo_id, models_root)
     if store.is_locked(models_root, ref.dir_name):
         # Fail before asking; delete_model_from_volume checks again under the lock.

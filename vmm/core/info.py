@@ -238,6 +238,15 @@ class RmResult:
     files: int
 
 
+def rm_target(name: str) -> names.ModelRef:
+    """The model ``rm`` deletes: a whole model, never a revision or a quantization."""
+    ref = names.parse_model_name(name)
+    if ref.revision or ref.quant:
+        raise UsageError("rm deletes a whole model, not a revision or quantization", name,
+                         f"run `vmm rm {ref.repo_id}`")
+    return ref
+
+
 def delete_model_from_volume(root: Path, name: str) -> RmResult:
     """Delete a model directory under the exclusive model lock.
 
@@ -247,10 +256,7 @@ def delete_model_from_volume(root: Path, name: str) -> RmResult:
     in the middle of a delete are removed on the way.
     """
     root = Path(root).absolute()
-    ref = names.parse_model_name(name)
-    if ref.revision or ref.quant:
-        raise UsageError("rm deletes a whole model, not a revision or quantization", name,
-                         f"run `vmm rm {ref.repo_id}`")
+    ref = rm_target(name)
     path = root / ref.dir_name
     if path.is_symlink():
         raise UsageError("the model directory is a symbolic link", str(path),
