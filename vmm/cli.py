@@ -74,7 +74,8 @@ def ls_cmd(root: RootOpt = None, json_out: JsonOpt = False) -> None:
     from vmm import render
     from vmm.core import info
 
-    listing = info.list_models(root_of(root))
+    models_root = root_of(root)
+    listing = info.Listing(root=str(models_root), models=info.list_models(models_root))
     for model in listing.models:
         if model.problem:
             render.note(f"warning: {model.name}: {model.problem}")

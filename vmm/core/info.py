@@ -113,11 +113,9 @@ def summarize(model_dir: Path) -> ModelSummary:
     )
 
 
-def list_models(root: Path) -> Listing:
-    """Every model directory in the root; an absent root is an empty list."""
-    root = Path(root)
-    return Listing(root=str(root), models=[summarize(d) for d in store.model_dirs(root)
-                                           if _TRASH_MARK not in d.name])
+def list_models(root: Path) -> list[ModelSummary]:
+    """Every model directory in the root, by directory name; an absent root is an empty list."""
+    return [summarize(d) for d in store.model_dirs(Path(root)) if _TRASH_MARK not in d.name]
 
 
 # --------------------------------------------------------------------------- inspect
