@@ -227,6 +227,57 @@ def rm_cmd(name: NameArg, root: RootOpt = None,
 
 # ------------------------------------------------------------------ template / check
 
+@app.command("template")
+def template_cmd(
+        name: Annotated[str, typer.Argument(
+            help="Model: Hub id (org/name[:QUANT]), directory name (org--name) or a directory path.",
+            metavar="NAME", show_default=False)],
+        system: Annotated[Optional[str], typer.Option(
+            "--system", metavar="TEXT",
+            help="System message of the sample conversation (e.g. a role-play character card).")] = None,
+        set_value: Annotated[Optional[str], typer.Option(
+            "--set", metavar="FAMILY|FILE",
+            help="Write chat_template.jinja for vLLM: a family (chatml, mistral, dialogpt, generic) "
+                 "or a .jinja file. An original chat_template.jinja is kept in .vmm/.")] = None,
+        root: RootOpt = None, json_out: JsonOpt = False) -> None:
+    """Show the chat template vLLM will use, where it comes from, and a rendered sample.
+
+    Looks at chat_template.jinja, then tokenizer_config.json, then GGUF metadata, then the
+    family default (chatml for Qwen/Yi, mistral, dialogpt, generic). The sample is a system
+    message (character card), user, assistant, user and the generation prompt; a template
+    that refuses a system role gets it folded into the first user turn. A template with a
+    syntax error or that raises on the plain conversation exits 5.
+    """
+    from vmm import render
+    from vmm.core import info, templates
+
+    models_root = root_of(root)
+    model, quant = info.resolve_model(name, models_root)
+    result = templates.template_command(model, models_root, quant, system, set_value)
+    for note in result.notes:
+        render.note(f"note: {note}")
+    if result.action:
+        render.note(result.action)
+    if result.system_folded:
+        render.note(f"note: system message folded into the first user turn: {result.fold_reason}")
+    if json_out:
+        render.emit_json(result)
+        return
+    render.key_values([
+        ("name", result.name),
+        ("source", result.source + (f" ({result.source_path})" if result.source_path
+                                    and result.source_path != result.source else "")
+         + (" (written by vmm)" if result.written_by_vmm else "")),
+        ("family", result.family),
+        ("bos / eos", f"{result.bos_token or '-'} / {result.eos_token or '-'}"),
+        ("system", "folded into the first user turn" if result.system_folded else "kept as a system turn"),
+        ("other templates", ", ".join(result.named_templates) or None),
+    ])
+    sys.stdout.write("\n--- rendered sample (system, user, assistant, user, generation prompt) ---\n")
+    sys.stdout.write(result.rendered + ("" if result.rendered.endswith("\n") else "\n"))
+    sys.stdout.write("--- end ---\n")
+
+
 
 # ------------------------------------------------------------------ serve
 
