@@ -279,6 +279,45 @@ def template_cmd(
 
 
 
+@app.command("check")
+def check_cmd(
+        name: Annotated[str, typer.Argument(
+            help="Model: Hub id (org/name[:QUANT]), directory name (org--name) or a directory path.",
+            metavar="NAME", show_default=False)],
+        fast: Annotated[bool, typer.Option("--fast", help="Integrity by file sizes only (no hashing).")] = False,
+        vllm_version: Annotated[Optional[str], typer.Option(
+            "--vllm-version", metavar="V",
+            help="Judge against this vLLM version (default: the installed vLLM, else the newest "
+                 "bundled registry snapshot).")] = None,
+        root: RootOpt = None, json_out: JsonOpt = False) -> None:
+    """Check that vLLM can load the model intact: a pass / warn / fail checklist.
+
+    Integrity (every file against the manifest's sha256 / git sha1, in parallel; --fast:
+    sizes only), shards against the index, safetensors headers and GGUF files, pickled
+    .bin weights, config sanity, vLLM compatibility (architecture, quantization, GGUF,
+    remote code) and the chat template. Exit 0 when nothing fails; when something fails,
+    5 if any integrity, format, config or template check failed, else 6 (only vLLM
+    compatibility failed). The checklist is printed first, then one error line.
+    """
+    from vmm import render
+    from vmm.core import check, info
+
+    models_root = root_of(root)
+    model, quant = info.resolve_model(name, models_root)
+    report = check.check_model(model, quant, fast, vllm_version,
+                               cache_dir=settings.state_dir(models_root) / "cache")
+    if json_out:
+        render.emit_json(report.contract() | {"name": report.name, "path": report.path,
+                                               "vllm_version": report.vllm_version,
+                                               "exit_code": report.exit_code})
+    else:
+        render.table(None, ["CHECK", "STATUS", "DETAIL"],
+                     [[c.name, c.status.upper() if c.status != "pass" else "pass", c.detail] for c in report.checks])
+    error = report.error()
+    if error is not None:
+        raise error
+
+
 # ------------------------------------------------------------------ serve
 
 
