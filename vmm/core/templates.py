@@ -353,10 +353,8 @@ def _write_template_file(target: Path, text: str) -> None:
     """Atomic write, readable by the user vLLM runs as (mkstemp creates files 0600)."""
     import os
 
-    _write_template_file(target, text)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(target, 0o666 & ~umask)
+    store.atomic_write_bytes(target, text.encode("utf-8"))
+    os.chmod(target, 0o644)
 
 
 def _write_record(model_path: Path, record: dict[str, Any]) -> str:
