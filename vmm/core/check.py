@@ -244,6 +244,16 @@ def _weights(model_dir: Path, fmt: str, quant: str | None, fast: bool) -> list[C
     return checks
 
 
+def _raw_config(model_dir: Path) -> dict:
+    """config.json's values with a nested text_config's winning, as ModelConfig reads them."""
+    try:
+        doc = config_mod.load_json_file(model_dir / "config.json")
+    except IntegrityError:
+        return {}
+    text = doc.get("text_config") if isinstance(doc.get("text_config"), dict) else {}
+    return {**doc, **{k: v for k, v in text.items() if v is not None}}
+
+
 def _config(model_dir: Path, fmt: str, quant: str | None) -> tuple[Check, config_mod.ModelConfig | None]:
     try:
         if not (model_dir / "config.json").is_file() and fmt in ("gguf", "mixed"):
@@ -262,15 +272,17 @@ def _config(model_dir: Path, fmt: str, quant: str | None) -> tuple[Check, config
     problems: list[str] = []
     warnings: list[str] = []
     required = ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
-    for key in required:
-        value = getattr(cfg, key)
+    optional = ("num_key_value_heads", "head_dim", "max_position_embeddings", "intermediate_size")
+    raw = _raw_config(model_dir) if cfg.source == "config.json" else {}
+    for key in required + optional:
+        # The raw value first: ModelConfig treats 0 like "absent" (`a or b` chains).
+        value = raw[key] if key in raw and raw[key] is not None else getattr(cfg, key)
         if value is None:
-            problems.append(f"{key} missing")
+            if key in required:
+                problems.append(f"{key} missing")
+        elif isinstance(value, bool) or not isinstance(value, int):
+            problems.append(f"{key} = {value!r} is not an integer")
         elif value <= 0:
-            problems.append(f"{key} = {value} is not positive")
-    for key in ("num_key_value_heads", "head_dim", "max_position_embeddings", "intermediate_size"):
-        value = getattr(cfg, key)
-        if value is not None and value <= 0:
             problems.append(f"{key} = {value} is not positive")
     heads, kv, hidden = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.hidden_size
     if heads and heads > 0 and hidden and hidden > 0 and not cfg.head_dim and not cfg.is_mla and hidden % heads:
