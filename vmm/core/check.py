@@ -59,9 +59,12 @@ class CheckReport:
         first = failed[0]
         more = f" (+{len(failed) - 1} more failed check(s))" if len(failed) > 1 else ""
         cls = IntegrityError if self.exit_code == IntegrityError.exit_code else IncompatibleError
-        hint = "see the checklist above; " + ("run `vmm pull " + self.name + "` to repair"
-                                              if first.name == "integrity" and self.managed
-                                              else "fix the model or serve it with another vLLM")
+        if cls is IncompatibleError:
+            hint = "see the vllm check above: another vLLM version (--vllm-version to judge it) or another model"
+        elif self.managed:
+            hint = f"see the checklist above; `vmm pull {self.name}` re-downloads damaged or missing files"
+        else:
+            hint = "see the checklist above; restore or re-download the files named"
         return cls(f"check failed: {first.name}{more}", f"{self.name}: {first.detail}", hint)
 
 
@@ -317,7 +320,8 @@ def _vllm(cfg: config_mod.ModelConfig | None, name: str, fmt: str, vllm_version:
         if finding.status != "pass" and finding.hint:
             text += f" ({finding.hint})"
         parts.append(text)
-    detail = "; ".join(parts + report.notes)
+    detail = "; ".join(parts) + f" [registry: {report.registry_source}" + \
+        "".join(f"; {n}" for n in report.notes) + "]"
     status = report.status
     return Check("vllm", status, detail, IncompatibleError.exit_code if status == "fail" else 0), report.vllm_version
 

@@ -207,8 +207,7 @@ def choose_registry(vllm_version: str | None = None, cache_dir: Path | None = No
             notes.append(f"{exc}; using the bundled snapshot")
             vllm_version = vllm_version or installed
     elif vllm_version is None:
-        notes.append("vLLM is not installed here; judged against the newest bundled registry "
-                     "snapshot (pass --vllm-version for another)")
+        notes.append("vLLM is not installed here (--vllm-version judges another version)")
     registry, note = snapshot_registry(vllm_version)
     if note:
         notes.append(note)
@@ -287,27 +286,25 @@ def _architecture_finding(cfg: ModelConfig, registry: Registry) -> CompatFinding
     if supported:
         arch = supported[0]
         return CompatFinding("architecture", "pass",
-                             f"{arch} is in vLLM {version}'s registry ({registry.architectures[arch]}; "
-                             f"{registry.source})")
+                             f"{arch} is in vLLM {version}'s registry ({registry.architectures[arch]})")
     arch = archs[0]
     if arch in registry.previously_supported:
         last = registry.previously_supported[arch]
         return CompatFinding("architecture", "fail",
-                             f"{arch} is not served by vLLM {version}: last served in {last} "
-                             f"({registry.source}, _PREVIOUSLY_SUPPORTED_MODELS)",
+                             f"{arch} is not served by vLLM {version} (last served in {last})",
                              f"use vLLM <= {last} (pip install 'vllm=={last}')")
     if arch in registry.oot_supported:
         plugin = registry.oot_supported[arch]
         return CompatFinding("architecture", "fail",
-                             f"{arch} is not served in-tree by vLLM {version} ({registry.source})",
+                             f"{arch} is not served in-tree by vLLM {version}",
                              f"install the plugin {plugin}")
     if cfg.auto_map:
         return CompatFinding("architecture", "warn",
-                             f"{arch} is not in vLLM {version}'s registry ({registry.source}); vLLM will try "
+                             f"{arch} is not in vLLM {version}'s registry; vLLM will try "
                              "its Transformers backend with the model's own code",
                              "serve with --trust-remote-code; it works only if that code supports the backend")
     return CompatFinding("architecture", "fail",
-                         f"{arch} is not in vLLM {version}'s registry ({registry.source})",
+                         f"{arch} is not in vLLM {version}'s registry",
                          "use a model with a supported architecture, or try `--model-impl transformers` "
                          "if transformers itself has this class")
 
