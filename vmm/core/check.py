@@ -34,6 +34,7 @@ class Check:
     status: str             # pass | warn | fail
     detail: str
     exit_code: int = 0      # for a failure: the exit code it implies (5 or 6)
+    failure: str | None = None   # what the error line says, when shorter than the detail
 
 
 @dataclass
@@ -65,7 +66,7 @@ class CheckReport:
             hint = f"see the checklist above; `vmm pull {self.name}` re-downloads damaged or missing files"
         else:
             hint = "see the checklist above; restore or re-download the files named"
-        return cls(f"check failed: {first.name}{more}", f"{self.name}: {first.detail}", hint)
+        return cls(f"check failed: {first.name}{more}", f"{self.name}: {first.failure or first.detail}", hint)
 
 
 # --------------------------------------------------------------------------- hashing
@@ -158,9 +159,10 @@ def _integrity(model: store.LocalModel, fast: bool, fmt: str) -> Check:
     if fast:
         return Check("integrity", "pass", f"{len(verdicts)} files, {total} bytes: sizes match (--fast: hashes not read)")
     unhashed = len(verdicts) - hashed
-    detail = f"{len(verdicts)} files, {total} bytes: sizes match, {hashed} hashes match"
     if unhashed:
-        return Check("integrity", "warn", f"{detail}; {unhashed} files have no recorded hash (sizes only)")
+        return Check("integrity", "warn", f"{len(verdicts)} files, {total} bytes: sizes match; "
+                     f"{unhashed} have no recorded hash (sizes only)" + (f", {hashed} hashes match" if hashed else ""))
+    detail = f"{len(verdicts)} files, {total} bytes: sizes and {hashed} hashes match"
     return Check("integrity", "pass", detail)
 
 
@@ -323,7 +325,10 @@ def _vllm(cfg: config_mod.ModelConfig | None, name: str, fmt: str, vllm_version:
     detail = "; ".join(parts) + f" [registry: {report.registry_source}" + \
         "".join(f"; {n}" for n in report.notes) + "]"
     status = report.status
-    return Check("vllm", status, detail, IncompatibleError.exit_code if status == "fail" else 0), report.vllm_version
+    failure = "; ".join(f"{f.detail} ({f.hint})" if f.hint else f.detail
+                        for f in report.findings if f.status == "fail") or None
+    return Check("vllm", status, detail, IncompatibleError.exit_code if status == "fail" else 0,
+                 failure), report.vllm_version
 
 
 def _template(model: store.LocalModel, quant: str | None) -> Check:

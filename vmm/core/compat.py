@@ -285,8 +285,9 @@ def _architecture_finding(cfg: ModelConfig, registry: Registry) -> CompatFinding
     supported = [a for a in archs if a in registry.architectures]
     if supported:
         arch = supported[0]
-        return CompatFinding("architecture", "pass",
-                             f"{arch} is in vLLM {version}'s registry ({registry.architectures[arch]})")
+        category = registry.architectures[arch]
+        return CompatFinding("architecture", "pass", f"{arch} is in vLLM {version}'s registry"
+                             + (f" ({category})" if category != "registered" else ""))
     arch = archs[0]
     if arch in registry.previously_supported:
         last = registry.previously_supported[arch]
