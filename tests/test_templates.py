@@ -258,6 +258,18 @@ def test_set_file_keeps_the_original_chat_template(root, tmp_path):
     assert store.read_manifest(path).extra["chat_template"]["original"] == ".vmm/chat_template.jinja.orig"
 
 
+def test_template_restored_by_a_pull_is_not_taken_for_vmms(root):
+    original = "{% for m in messages %}HUB {{ m.content }}{% endfor %}"
+    path = make_model(root, "acme/orig", cfg=TINY_LLAMA, extra_files={"chat_template.jinja": original})
+    assert run_vmm("template", "acme/orig", "--set", "chatml").exit_code == 0
+    (path / "chat_template.jinja").write_text(original)          # what a repairing pull does
+    doc = run_vmm("template", "acme/orig", "--json").json()
+    assert doc["written_by_vmm"] is False and doc["rendered"].startswith("HUB ")
+    (path / ".vmm" / "chat_template.jinja.orig").unlink()
+    assert run_vmm("template", "acme/orig", "--set", "generic").exit_code == 0
+    assert (path / ".vmm" / "chat_template.jinja.orig").read_text() == original
+
+
 def test_set_on_hand_made_dir_records_beside_it_without_making_it_managed(root):
     path = make_safetensors_model(root / "my-finetune", TINY_LLAMA)
     assert run_vmm("template", "my-finetune", "--set", "mistral").exit_code == 0

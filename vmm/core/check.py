@@ -127,7 +127,12 @@ def verify_files(model_dir: Path, manifest: store.Manifest, fast: bool = False,
     """Every manifest file against its recorded size and hash, in parallel across files."""
     record = templates.read_record(model_dir) or {}
     renamed: dict[str, str] = {}
-    if record.get("written_by") == "vmm" and record.get("original"):
+    current = model_dir / templates.CHAT_TEMPLATE_FILE
+    try:
+        current_text = current.read_text(encoding="utf-8") if current.is_file() else None
+    except (OSError, UnicodeDecodeError):
+        current_text = None
+    if record.get("original") and templates.vmm_wrote(record, current_text):
         # `vmm template --set` moved the Hub's chat_template.jinja aside: verify the kept original.
         renamed[templates.CHAT_TEMPLATE_FILE] = record["original"]
     entries = manifest.files

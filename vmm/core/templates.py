@@ -357,6 +357,20 @@ def _write_template_file(target: Path, text: str) -> None:
     os.chmod(target, 0o644)
 
 
+def _sha256(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def vmm_wrote(record: dict[str, Any] | None, current_text: str | None) -> bool:
+    """Whether chat_template.jinja is still the file vmm wrote (a later pull may restore the Hub's)."""
+    if not record or record.get("written_by") != "vmm" or current_text is None:
+        return False
+    recorded = record.get("sha256")
+    return recorded is None or recorded == _sha256(current_text)
+
+
 def _write_record(model_path: Path, record: dict[str, Any]) -> str:
     """Store the record in the manifest when the model has one; returns where it went."""
     manifest = store.read_manifest(model_path)
@@ -447,7 +461,7 @@ def resolve_template(model_path: Path, model_name: str | None = None,
             text = jinja_file.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise IntegrityError("cannot read chat template", str(jinja_file), str(exc)) from exc
-        written = bool(record and record.get("written_by") == "vmm")
+        written = vmm_wrote(record, text)
         if written and record.get("family") in FAMILIES:
             family = record["family"]
         return ResolvedTemplate("chat_template.jinja", CHAT_TEMPLATE_FILE, family, text,
@@ -560,7 +574,8 @@ def setup_chat_template(model_path: Path, model_name: str | None = None) -> Setu
     target = model_path / CHAT_TEMPLATE_FILE
     _write_template_file(target, resolved.template)
     where = _write_record(model_path, {"written_by": "vmm", "family": resolved.family,
-                                       "from": "family default", "original": None})
+                                       "from": "family default", "original": None,
+                                       "sha256": _sha256(resolved.template)})
     return SetupResult("written", "chat_template.jinja", resolved.family, CHAT_TEMPLATE_FILE, where)
 
 
@@ -594,10 +609,15 @@ def set_template(model_path: Path, value: str, model_name: str | None = None) ->
     except TemplateProblem as problem:
         raise _problem_error(problem, value if family is None else f"family template {family}") from None
     record = read_record(model_path) or {}
+    target = model_path / CHAT_TEMPLATE_FILE
+    try:
+        current = target.read_text(encoding="utf-8") if target.is_file() else None
+    except (OSError, UnicodeDecodeError):
+        current = ""
+    ours = vmm_wrote(record, current)
     original = record.get("original") if record.get("written_by") == "vmm" else None
     overrides = record.get("overrides") if record.get("written_by") == "vmm" else None
-    target = model_path / CHAT_TEMPLATE_FILE
-    if target.is_file() and record.get("written_by") != "vmm":
+    if current is not None and not ours:
         kept = model_path / ORIGINAL_KEPT
         kept.parent.mkdir(parents=True, exist_ok=True)
         target.replace(kept)
@@ -606,7 +626,8 @@ def set_template(model_path: Path, value: str, model_name: str | None = None) ->
         overrides = resolved.source
     _write_template_file(target, text)
     where = _write_record(model_path, {"written_by": "vmm", "family": family, "from": origin,
-                                       "original": original, "overrides": overrides})
+                                       "original": original, "overrides": overrides,
+                                       "sha256": _sha256(text)})
     return SetupResult("written", "chat_template.jinja", family or resolved.family, CHAT_TEMPLATE_FILE, where)
 
 
