@@ -297,3 +297,16 @@ def test_template_set_keeps_integrity_of_the_original(root):
 
 def test_check_of_unknown_model_exits_3(root):
     assert_error_line(run_vmm("check", "nobody/nothing"), 3)
+
+
+def test_real_process_exit_codes_and_single_error_line(root):
+    from conftest import run_vmm_subprocess
+
+    cfg = config(TINY_LLAMA, architectures=["StableLMEpochForCausalLM"], model_type="stablelm_epoch")
+    tiny_model(root, "stabilityai/stablelm-3b-4e1t", cfg=cfg)
+    proc = run_vmm_subprocess("check", "stabilityai/stablelm-3b-4e1t", "--vllm-version", "0.33.0", "--json")
+    assert proc.returncode == 6 and "Traceback" not in proc.stderr
+    assert [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")] == [proc.stderr.strip()]
+    import json
+
+    assert json.loads(proc.stdout)["ok"] is False

@@ -307,3 +307,10 @@ def test_setup_chat_template_writes_family_only_without_own_template(root):
 
 def test_template_of_unknown_model_exits_3(root):
     assert_error_line(run_vmm("template", "nobody/nothing"), 3)
+
+
+def test_set_refuses_while_another_vmm_holds_the_model(root):
+    make_model(root, "acme/base-7b", cfg=TINY_LLAMA)
+    with store.model_lock(root, "acme--base-7b", "pull"):
+        assert_error_line(run_vmm("template", "acme/base-7b", "--set", "chatml"), 8, "locked")
+    assert not (root / "acme--base-7b" / "chat_template.jinja").exists()
