@@ -19,10 +19,16 @@ from builders import (
 )
 from conftest import assert_error_line, run_vmm
 
-from vmm.core import check, store
+from vmm.core import check, compat, store
 
 LFS_SUFFIXES = (".safetensors", ".bin", ".gguf")
 TOK = {"bos_token": "<s>", "eos_token": "</s>", "chat_template": QWEN2_TOKENIZER_CONFIG["chat_template"]}
+
+
+@pytest.fixture(autouse=True)
+def _judge_from_snapshot(monkeypatch):
+    """Judge against the bundled snapshot even where a vLLM is installed (e2e environments)."""
+    monkeypatch.setattr(compat, "installed_vllm_version", lambda: None)
 
 
 def manage_hashed(model_dir: Path, repo_id: str, quant: str | None = None) -> Path:

@@ -24,9 +24,9 @@ def _block(text: str, command: str) -> list[str]:
 
 
 @pytest.fixture
-def readme():
-    if compat.vllm_importable():
-        pytest.skip("README shows the output without vLLM installed")
+def readme(monkeypatch):
+    # The README shows a host without vLLM: judge against the bundled snapshot everywhere.
+    monkeypatch.setattr(compat, "installed_vllm_version", lambda: None)
     return (REPO / "README.md").read_text()
 
 
