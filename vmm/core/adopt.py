@@ -194,11 +194,12 @@ def import_model(root: Path, source: str, name: str | None = None, move: bool = 
     from vmm.core import info
 
     root = Path(root).absolute()
-    src = resolve_source(source, cache_dir)
     if name is not None:
         ref = names.parse_model_name(name)
         if ref.revision or ref.quant:
             raise UsageError("--name takes org/name without @REVISION or :QUANT", name, "drop the suffix")
+    src = resolve_source(source, cache_dir)
+    if name is not None:
         repo_id = ref.repo_id
     elif src.repo_id is not None:
         repo_id = src.repo_id
