@@ -128,3 +128,34 @@ def test_dedup_on_an_empty_root_reports_nothing(root):
     run = run_vmm("dedup", "--json")
     assert run.exit_code == 0
     assert json.loads(run.stdout)["groups"] == []
+
+
+def test_a_reader_never_sees_a_missing_or_half_file_while_dedup_replaces_it(root):
+    import shutil
+    import threading
+
+    a, b = _two_models(root)
+    target = b / "tokenizer.json"
+    stop = threading.Event()
+    problems: list[str] = []
+
+    def reader():
+        while not stop.is_set():
+            try:
+                if target.read_bytes() != TOK:
+                    problems.append("content differs")
+            except OSError as exc:
+                problems.append(repr(exc))
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        for _ in range(20):
+            tmp = b / ".fresh-copy"
+            shutil.copyfile(a / "tokenizer.json", tmp)
+            os.replace(tmp, target)                  # a separate inode again
+            assert dedup.dedup(root).linked >= 1
+    finally:
+        stop.set()
+        thread.join()
+    assert problems == []

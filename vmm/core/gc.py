@@ -201,6 +201,7 @@ def gc(root: Path, keep_under_bytes: int | None = None, unused_for_s: float | No
         return None
 
     def remove(c: _Candidate, reason: str) -> None:
+        gone.add(c.model.path.name)          # tried once, whatever the outcome
         if not dry_run:
             try:
                 target = names.dir_name_to_repo_id(c.model.path.name) or c.model.path.name
@@ -220,9 +221,9 @@ def gc(root: Path, keep_under_bytes: int | None = None, unused_for_s: float | No
         report.removed.append(GcModel(c.model.name, str(c.model.path), c.size_bytes, freed,
                                       c.last_used, c.source, reason))
 
-    ordered = sorted(candidates, key=lambda c: (c.last_used if c.last_used is not None else 0.0, c.model.path.name))
     noted: set[str] = set()
     gone: set[str] = set()
+    ordered = sorted(candidates, key=lambda c: (c.last_used if c.last_used is not None else 0.0, c.model.path.name))
     if unused_for_s is not None:
         for c in ordered:
             if c.last_used is not None and now - c.last_used < unused_for_s:
@@ -232,10 +233,7 @@ def gc(root: Path, keep_under_bytes: int | None = None, unused_for_s: float | No
                 report.skipped.append(GcSkipped(c.model.name, why))
                 noted.add(c.model.path.name)
                 continue
-            before = len(report.removed)
             remove(c, "unused")
-            if len(report.removed) > before:
-                gone.add(c.model.path.name)
     if keep_under_bytes is not None:
         for c in ordered:
             if root_bytes() <= keep_under_bytes:
