@@ -416,8 +416,9 @@ def import_cmd(source: Annotated[str, typer.Argument(
                name: Annotated[Optional[str], typer.Option("--name", metavar="ORG/NAME",
                    help="Name in the root (default: from the cache entry or the directory name).",
                    show_default=False)] = None,
-               move: Annotated[bool, typer.Option("--move", help="Remove the source once adopted "
-                                                  "(a directory on the same filesystem is renamed).")] = False,
+               move: Annotated[bool, typer.Option("--move", help="Remove the source once adopted (a directory on "
+                                                  "the same filesystem is renamed; a cache entry is deleted "
+                                                  "whole, every revision).")] = False,
                force: Annotated[bool, typer.Option("--force", help="Replace a model of the same name.")] = False) -> None:
     """Adopt an existing model directory or Hugging Face cache entry into the root.
 

@@ -146,6 +146,14 @@ def _looks_like_model_dir(path: Path) -> bool:
 
 def resolve_source(source: str, cache_dir: Path | None = None) -> _Source:
     """What ``source`` names: a directory, a cache entry or snapshot, or a cached Hub id."""
+    try:
+        return _resolve_source(source, cache_dir)
+    except OSError as exc:
+        raise UsageError("cannot read the source", str(exc.filename or source),
+                         f"{exc.strerror or exc}; check its permissions") from exc
+
+
+def _resolve_source(source: str, cache_dir: Path | None = None) -> _Source:
     path = Path(source).expanduser()
     if path.exists() or path.is_symlink():
         path = path.absolute()
