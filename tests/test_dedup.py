@@ -159,3 +159,37 @@ def test_a_reader_never_sees_a_missing_or_half_file_while_dedup_replaces_it(root
         stop.set()
         thread.join()
     assert problems == []
+
+
+def test_files_on_another_filesystem_are_skipped_and_reported(tmp_path):
+    first, second = tmp_path / "a.bin", tmp_path / "b.bin"
+    first.write_bytes(SHARD)
+    second.write_bytes(SHARD)
+    sha = hashing.sha256_file(first)
+    st1, st2 = os.stat(first), os.stat(second)
+    # The same content seen on two devices (a model dir that is a mount point elsewhere).
+    entries = [dedup._Entry("org--a", "a.bin", first, st1.st_dev, st1.st_ino, 1, len(SHARD), sha),
+               dedup._Entry("org--b", "b.bin", second, st1.st_dev + 1, st2.st_ino, 1, len(SHARD), sha)]
+    report = dedup.DedupReport(root=str(tmp_path), dry_run=False)
+    dedup._link_groups(entries, report, dry_run=False)
+    assert report.groups == []
+    assert any("another filesystem" in s.reason for s in report.skipped)
+    assert not os.path.samefile(first, second)
+
+
+def test_link_or_copy_copies_across_filesystems(tmp_path):
+    import pytest
+
+    shm = "/dev/shm"
+    if not os.path.isdir(shm) or os.stat(shm).st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("no second filesystem here")
+    import tempfile
+
+    with tempfile.TemporaryDirectory(dir=shm) as other:
+        src = os.path.join(other, "w.bin")
+        with open(src, "wb") as handle:
+            handle.write(TOK)
+        dst = tmp_path / "sub" / "w.bin"
+        assert dedup.link_or_copy(src, dst) == "copy"
+        assert dst.read_bytes() == TOK
+        assert not [p for p in dst.parent.iterdir() if p.name != "w.bin"]

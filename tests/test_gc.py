@@ -148,3 +148,16 @@ def test_gc_counts_hardlinked_bytes_only_when_the_last_name_goes(root):
 def test_pin_of_a_missing_model_exits_3(root):
     assert_error_line(run_vmm("pin", "org/nothing"), 3, "org/nothing")
     assert_error_line(run_vmm("pin", "../etc"), 2)
+
+
+def test_gc_removes_the_staging_dir_of_an_import_that_died(root):
+    staging = root / ".org--x.import-4242"
+    (staging / "sub").mkdir(parents=True)
+    (staging / "sub" / "w.bin").write_bytes(b"w" * 1000)
+    set_mtime(staging, time.time() - 2 * DAY)
+    fresh = root / ".org--y.import-4243"
+    fresh.mkdir()
+    run = run_vmm("gc", "--yes", "--json")
+    assert run.exit_code == 0, run.stderr
+    assert [p["path"] for p in run.json()["partials"]] == [str(staging)]
+    assert not staging.exists() and fresh.exists()

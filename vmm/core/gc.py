@@ -186,6 +186,7 @@ def gc(root: Path, keep_under_bytes: int | None = None, unused_for_s: float | No
 
     if partials_older_than_s is not None:
         _partials(root, candidates, locked, partials_older_than_s, now, dry_run, report)
+        _stale_imports(root, partials_older_than_s, now, dry_run, report)
 
     def root_bytes() -> int:
         return sum(inode_info[k][0] for k, n in in_root.items() if n > 0)
@@ -289,6 +290,27 @@ def _partials(root: Path, candidates: list[_Candidate], locked: set[str], older_
                     os.rmdir(dirpath)
                 except OSError:
                     pass
+
+
+def _stale_imports(root: Path, older_than_s: float, now: float, dry_run: bool, report: GcReport) -> None:
+    """Staging dirs of an ``vmm import`` that died (``<root>/.<dir>.import-<pid>``)."""
+    import re
+    import shutil
+
+    try:
+        entries = list(os.scandir(root))
+    except OSError:
+        return
+    for entry in entries:
+        if not re.fullmatch(r"\..+\.import-\d+", entry.name) or not entry.is_dir(follow_symlinks=False):
+            continue
+        age = now - entry.stat(follow_symlinks=False).st_mtime
+        if age < older_than_s:
+            continue
+        _, size, _ = _inventory(Path(entry.path))
+        if not dry_run:
+            shutil.rmtree(entry.path, ignore_errors=True)
+        report.partials.append(GcPartial(entry.path, size, age))
 
 
 def parse_size(text: str) -> int:
