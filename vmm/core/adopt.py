@@ -226,7 +226,11 @@ def import_model(root: Path, source: str, name: str | None = None, move: bool = 
         if target.exists() and not in_place and not force:
             raise UsageError("a model of that name is already in the root", f"{repo_id} ({target})",
                              "pass --force to replace it, or --name to import under another name")
-        files = [_verify(rel, real, blob) for rel, real, blob in src.files]
+        # hashlib releases the GIL on large buffers: files hash in parallel threads.
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
+            files = list(pool.map(lambda f: _verify(*f), src.files))
         linked = copied = 0
         moved = False
         if in_place:
