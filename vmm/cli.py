@@ -314,7 +314,7 @@ def dedup_cmd(root: RootOpt = None, json_out: JsonOpt = False,
              render.human_bytes(g.bytes_saved), ", ".join(g.files)] for g in report.groups])
     verb = "would save" if dry_run else "saved"
     sys.stdout.write(f"{verb} {render.human_bytes(report.bytes_saved)} ({report.bytes_saved} bytes) by "
-                     f"{'linking' if dry_run else 'linking'} {report.linked} files\n")
+                     f"linking {report.linked} files\n")
 
 
 @app.command("gc")
