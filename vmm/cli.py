@@ -13,9 +13,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from vmm import __version__
+from vmm import __version__, _typer_fast
 from vmm.core import settings
 from vmm.core.errors import Interrupted, VmmError
+
+_typer_fast.install()
 
 app = typer.Typer(
     name="vmm",
@@ -61,6 +63,162 @@ def root_of(root: Path | None) -> Path:
 
 
 # ------------------------------------------------------------------ ls / inspect / shards / rm
+
+@app.command("ls")
+def ls_cmd(root: RootOpt = None, json_out: JsonOpt = False) -> None:
+    """List the models in the root: format, size, shards, revision, last use, managed.
+
+    Reads manifests and directory entries only, never weights. An empty or missing root
+    lists nothing (exit 0). Hand-made directories are listed with managed = no.
+    """
+    from vmm import render
+    from vmm.core import info
+
+    listing = info.list_models(root_of(root))
+    for model in listing.models:
+        if model.problem:
+            render.note(f"warning: {model.name}: {model.problem}")
+    if json_out:
+        render.emit_json({"root": listing.root, "models": listing.models})
+        return
+    if not listing.models:
+        render.note(f"no models in {listing.root}")
+        return
+    render.table(None, ["NAME", "FORMAT", "SIZE", "SHARDS", "REVISION", "LAST USED", "MANAGED"], [
+        [m.name, m.format, render.human_bytes(m.size_bytes), m.shard_count if m.sharded else "-",
+         (m.revision or "-")[:12], _ago(m.last_used), "yes" if m.managed else "no"]
+        for m in listing.models
+    ])
+
+
+def _ago(iso: str | None) -> str:
+    from datetime import datetime, timezone
+
+    from vmm import render
+
+    if iso is None:
+        return "never"
+    then = datetime.strptime(iso, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+    return render.human_age((datetime.now(timezone.utc) - then).total_seconds())
+
+
+@app.command("inspect")
+def inspect_cmd(name: Annotated[str, typer.Argument(
+        help="Model: Hub id (org/name[:QUANT]), directory name (org--name) or a directory path.",
+        metavar="NAME", show_default=False)],
+        root: RootOpt = None, json_out: JsonOpt = False) -> None:
+    """Show a model's format, config, parameters, weight bytes and KV-cache bytes per token.
+
+    Parameters and bytes come from the weights' own headers (safetensors header, GGUF tensor
+    infos, index total_size); a GGUF directory with several quantizations needs NAME:QUANT.
+    """
+    from vmm import render
+    from vmm.core import info
+
+    model, quant = info.resolve_model(name, root_of(root))
+    result = info.inspect_model(model, quant)
+    for problem in result.problems:
+        render.note(f"warning: {problem}")
+    if json_out:
+        render.emit_json(result)
+        return
+    cfg = result.config
+    rope = cfg["rope_scaling"]
+    render.key_values([
+        ("name", result.name), ("path", result.path),
+        ("format", result.format + (f" ({result.quant}: {result.gguf_file})" if result.gguf_file else "")),
+        ("managed", "yes" if result.managed else "no"), ("revision", result.revision),
+        ("architecture", ", ".join(cfg["architectures"]) or None), ("model type", cfg["model_type"]),
+        ("parameters", f"{render.human_count(result.parameters)} ({result.parameters:,})" if result.parameters else None),
+        ("weight bytes", f"{render.human_bytes(result.weight_bytes)} ({result.weight_bytes:,}; {result.weight_source})"
+         if result.weight_bytes is not None else None),
+        ("dtype", cfg["torch_dtype"]), ("context", cfg["max_position_embeddings"]),
+        ("model_max_length", cfg["model_max_length"]), ("vocab", cfg["vocab_size"]),
+        ("hidden size", cfg["hidden_size"]), ("layers", cfg["num_hidden_layers"]),
+        ("heads / kv heads", f"{cfg['num_attention_heads']} / {cfg['num_key_value_heads']}"
+         if cfg["num_attention_heads"] else None),
+        ("head dim", cfg["head_dim"] or (f"{cfg['hidden_size'] // cfg['num_attention_heads']} (hidden / heads)"
+                                          if cfg["hidden_size"] and cfg["num_attention_heads"] else None)),
+        ("rope scaling", ", ".join(f"{k}={v}" for k, v in rope.items()) if rope else None),
+        ("sliding window", cfg["sliding_window"]),
+        ("quantization", (cfg["quantization"] or {}).get("quant_method") if cfg["quantization"] else None),
+        ("kv cache / token", f"{render.human_bytes(result.kv_cache_bytes_per_token)} ({result.kv_cache_bytes_per_token:,} B)"
+         if result.kv_cache_bytes_per_token else None),
+        ("shards", result.shard_count or None),
+    ])
+
+
+@app.command("shards")
+def shards_cmd(name: NameArg, root: RootOpt = None, json_out: JsonOpt = False) -> None:
+    """Show a model's weight shards against its index: missing and unindexed files.
+
+    Looks at pytorch_model.bin.index.json, model.safetensors.index.json, then the
+    pytorch_model-*.bin and model-*.safetensors patterns, then GGUF split parts.
+    Exits 5 when shards the index names are missing (the report is still printed).
+    """
+    from vmm import render
+    from vmm.core import formats, info
+    from vmm.core.errors import IntegrityError
+
+    model, quant = info.resolve_model(name, root_of(root))
+    report = formats.shard_report(model.path, quant)
+    if json_out:
+        render.emit_json(report)
+    else:
+        render.key_values([
+            ("sharded", "yes" if report.sharded else "no"), ("shard count", report.shard_count),
+            ("index", report.index or "none"),
+        ])
+        if report.shard_files:
+            missing = set(report.missing)
+            render.table(None, ["SHARD", "STATUS"], [
+                [f, "MISSING" if f in missing else "ok"] for f in report.shard_files])
+        for f in report.unindexed:
+            render.note(f"warning: {f} is not named by {report.index}")
+    if report.missing:
+        raise IntegrityError(f"{len(report.missing)} shard(s) named by the index are missing",
+                             f"{model.name}: {', '.join(report.missing)}",
+                             f"run `vmm pull {model.name}` to fetch them" if model.managed
+                             else "restore them, or delete the index if the model is not sharded")
+
+
+@app.command("rm")
+def rm_cmd(name: NameArg, root: RootOpt = None,
+           yes: Annotated[bool, typer.Option("--yes", "-y", help="Delete without asking (required when stdin is not a terminal).")] = False,
+           json_out: JsonOpt = False) -> None:
+    """Delete a model from the root and print the bytes freed.
+
+    Asks first on a terminal; with stdin not a terminal it refuses (exit 2) unless --yes.
+    Refuses with exit 8 while another vmm process (pull, serve) holds the model's lock.
+    """
+    from vmm import render
+    from vmm.core import info, names, store
+    from vmm.core.errors import UsageError
+
+    models_root = root_of(root)
+    ref = names.parse_model_name(name)
+    model = store.locate_model(ref.repo_id, models_root)
+    if store.is_locked(models_root, ref.dir_name):
+        # Fail before asking; delete_model_from_volume checks again under the lock.
+        from vmm.core.errors import BusyError
+
+        raise BusyError("model is locked by another vmm process", model.name,
+                        "wait for the pull or serve using it to finish, or stop it")
+    if not yes:
+        if not sys.stdin.isatty():
+            raise UsageError("refusing to delete without confirmation", model.name,
+                             "stdin is not a terminal: pass --yes")
+        size, count = info.model_size(model)
+        if not typer.confirm(f"Delete {model.name} ({render.human_bytes(size)}, {count} files) from {models_root}?",
+                             default=False, err=True):
+            raise UsageError("deletion not confirmed", model.name, "nothing was deleted")
+    result = info.delete_model_from_volume(models_root, ref.repo_id)
+    if json_out:
+        render.emit_json(result)
+    else:
+        sys.stdout.write(f"deleted {result.name}: {render.human_bytes(result.bytes_freed)} freed "
+                         f"({result.bytes_freed} bytes, {result.files} files)\n")
+
 
 
 # ------------------------------------------------------------------ pull
@@ -180,6 +338,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         result = app(args=args, prog_name="vmm", standalone_mode=False)
         code = result if isinstance(result, int) else 0
+        if code == Interrupted.exit_code:
+            # typer 0.29 (core.py _main) turns KeyboardInterrupt into Exit(130), which
+            # click returns silently when not in standalone mode.
+            sys.stderr.write(Interrupted("interrupted", "", "run the same command again to resume").line() + "\n")
     except VmmError as exc:
         if settings.debug():
             import traceback
@@ -205,6 +367,9 @@ def main(argv: list[str] | None = None) -> None:
             "(this is a bug in vmm; rerun with VMM_DEBUG=1 and report the traceback)\n"
         )
         code = 1
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
     sys.exit(code)
