@@ -534,6 +534,88 @@ def import_cmd(source: Annotated[str, typer.Argument(
 # ------------------------------------------------------------------ runtime: ps / stop / logs
 
 
+@app.command("ps")
+def ps_cmd(
+    root: RootOpt = None,
+    interval: Annotated[float, typer.Option("--interval", min=0.0, max=60.0,
+                                            help="Seconds between the two /metrics samples that give tokens/s (0: no rates).")] = 1.0,
+    json_out: JsonOpt = False,
+) -> None:
+    """List the vLLM servers vmm started on this host, with live figures from /metrics."""
+    from vmm import render
+    from vmm.core import runtime
+
+    statuses = runtime.ps(root_of(root), interval_s=interval)
+    if json_out:
+        render.emit_json({"servers": statuses})
+        return
+    render.servers_table(statuses)
+
+
+@app.command("stop")
+def stop_cmd(
+    target: Annotated[Optional[str], typer.Argument(help="Model name or port of a server vmm started.",
+                                                    metavar="NAME|PORT", show_default=False)] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Stop every server vmm started on this host.")] = False,
+    timeout: Annotated[float, typer.Option("--timeout", min=0.0,
+                                           help="Seconds to wait after SIGTERM before SIGKILL.")] = 30.0,
+    root: RootOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Stop servers gracefully (SIGTERM, then SIGKILL after --timeout)."""
+    from vmm import render
+    from vmm.core import runtime
+
+    results = runtime.stop(root_of(root), target, all_, timeout)
+    if json_out:
+        render.emit_json({"stopped": results})
+    else:
+        for r in results:
+            state = "stopped" if r.stopped else "still running"
+            render.note(f"{r.model} (pid {r.pid}, port {r.port}): {state} after {r.signal}, {r.waited_s:.1f}s")
+    if any(not r.stopped for r in results):
+        from vmm.core.errors import BusyError
+
+        raise BusyError("server did not stop", ", ".join(r.id for r in results if not r.stopped),
+                        "check permissions; `kill -9` the pid shown by `vmm ps`")
+
+
+@app.command("logs")
+def logs_cmd(
+    target: Annotated[str, typer.Argument(help="Model name or port of a detached server.",
+                                          metavar="NAME|PORT", show_default=False)],
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines until Ctrl-C.")] = False,
+    lines: Annotated[int, typer.Option("--lines", "-n", min=0, help="How many last lines to print first.")] = 100,
+    root: RootOpt = None,
+) -> None:
+    """Print the log of a server started with `vmm serve --detach`."""
+    import time
+
+    from vmm.core import runtime
+
+    path = runtime.log_path_for(root_of(root), target)
+    try:
+        for line in runtime.tail_lines(path, lines):
+            sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+        if not follow:
+            return
+        with open(path, "rb") as handle:
+            handle.seek(0, 2)
+            while True:
+                chunk = handle.readline()
+                if chunk:
+                    sys.stdout.write(chunk.decode("utf-8", "replace"))
+                    sys.stdout.flush()
+                else:
+                    time.sleep(0.2)
+    except FileNotFoundError:
+        from vmm.core.errors import NotFoundError
+
+        raise NotFoundError("log file is gone", str(path), "the server's state dir was cleaned") from None
+
+
+
 # ------------------------------------------------------------------ entry point
 
 def _usage_line(exc: Exception) -> str:
