@@ -200,4 +200,5 @@ def main(argv: list[str] | None = None) -> None:
         )
         code = 1
     sys.stdout.flush()
+    sys.stderr.flush()
     sys.exit(code)
