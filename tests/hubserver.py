@@ -62,13 +62,14 @@ class RepoFileEntry:
             lfs = self.size >= LFS_THRESHOLD or path.lower().endswith(LFS_EXTENSIONS)
         self.lfs = lfs
 
-    def read(self, start: int, end: int) -> bytes:
-        """Bytes [start, end)."""
+    def read(self, start: int, end: int, handle=None) -> bytes:
+        """Bytes [start, end); ``handle``: an open file of ``disk`` to reuse."""
         if self.data is not None:
             return self.data[start:end]
-        with open(self.disk, "rb") as handle:
-            handle.seek(start)
-            return handle.read(end - start)
+        if handle is not None:
+            return os.pread(handle.fileno(), end - start, start)
+        with open(self.disk, "rb") as own:
+            return os.pread(own.fileno(), end - start, start)
 
     def _hash(self) -> None:
         with self._lock:
@@ -588,12 +589,20 @@ def _handler(hub: HubServer, cdn: bool):
             else:
                 corrupt = None
             rate = hub.faults.rate_bytes_per_s
+            handle = open(entry.disk, "rb") if entry.disk is not None else None
+            try:
+                self._stream(entry, start, end, reset, corrupt, rate, handle)
+            finally:
+                if handle is not None:
+                    handle.close()
+
+        def _stream(self, entry, start, end, reset, corrupt, rate, handle) -> None:
             began = time.monotonic()
             sent = 0
             pos = start
             block_size = 256 * 1024
             while pos < end:
-                block = entry.read(pos, min(end, pos + block_size))
+                block = entry.read(pos, min(end, pos + block_size), handle)
                 if corrupt is not None and pos <= corrupt.offset < pos + len(block):
                     i = corrupt.offset - pos
                     block = block[:i] + bytes([block[i] ^ 0xFF]) + block[i + 1:]

@@ -381,3 +381,33 @@ def test_hubserver_serves_the_real_hf_download_client(hub, tmp_path):
     got = {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*")
            if p.is_file() and ".cache" not in p.parts}
     assert got == BASE_FILES
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_exits_130_and_leaves_resumable_state(hub, root, sig):
+    big = _rand(4 * 1024 * 1024, 21)
+    hub.add_repo("org/tiny", {"model.safetensors": big})
+    hub.faults.rate_bytes_per_s = 1024 * 1024
+    env = {**os.environ, "HF_ENDPOINT": hub.url, "VMM_ROOT": str(root)}
+    child = subprocess.Popen([sys.executable, "-m", "vmm", "pull", "org/tiny", "--workers", "2",
+                              "--chunk-size", "256KiB"], env=env, cwd=REPO,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    chunk_map = root / "org--tiny" / ".vmm" / "partial" / "model.safetensors.part.json"
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            if len(json.loads(chunk_map.read_text())["done"]) >= 2:
+                break
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.05)
+    child.send_signal(sig)
+    _out, err = child.communicate(timeout=30)
+    assert child.returncode == 130, err
+    assert "Traceback" not in err
+    assert [ln for ln in err.splitlines() if ln.startswith("error:")][0].startswith("error: interrupted")
+    kept = json.loads(chunk_map.read_text())["done"]
+    assert kept
+    hub.faults.rate_bytes_per_s = None
+    assert run_vmm("pull", "org/tiny").exit_code == 0
+    assert (root / "org--tiny" / "model.safetensors").read_bytes() == big
