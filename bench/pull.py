@@ -34,7 +34,8 @@ PY = sys.executable
 
 def make_repo(size_mib: int, shards: int) -> Path:
     repo = OUT / f"repo-{size_mib}m-{shards}"
-    if (repo / ".done").exists():
+    marker = repo.with_name(repo.name + ".done")
+    if marker.exists():
         return repo
     shutil.rmtree(repo, ignore_errors=True)
     repo.mkdir(parents=True)
@@ -51,7 +52,7 @@ def make_repo(size_mib: int, shards: int) -> Path:
                 written += len(piece)
                 n += 1
     (repo / "config.json").write_text('{"model_type": "llama"}\n')
-    (repo / ".done").write_text("")
+    marker.write_text("")
     return repo
 
 

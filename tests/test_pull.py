@@ -32,6 +32,7 @@ def _rand(n: int, seed: int) -> bytes:
 BASE_FILES = {
     "config.json": b'{"model_type": "llama", "architectures": ["LlamaForCausalLM"]}',
     "tokenizer.json": b'{"version": "1.0"}',
+    "added_tokens.json": b"",
     "model-00001-of-00002.safetensors": _rand(3_000_000, 1),
     "model-00002-of-00002.safetensors": _rand(1_200_000, 2),
     "model.safetensors.index.json": b'{"weight_map": {}}',

@@ -250,7 +250,7 @@ class _FileJob:
         self.part = engine.partial_dir / (rel + ".part")
         self.map_path = engine.partial_dir / (rel + ".part.json")
         self.chunk_size = engine.chunk_size
-        self.nchunks = max(1, -(-rf.size // self.chunk_size))
+        self.nchunks = -(-rf.size // self.chunk_size)   # 0 for an empty file
         self.algorithm, self.expected = expected_digest(rf)
         self.lock = threading.Condition()
         self.done: set[int] = set()
