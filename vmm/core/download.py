@@ -722,7 +722,6 @@ class _Engine:
                 self.stop.wait(delay)
 
 
-_HASH_GUARDS: dict[int, threading.Lock] = {}
 _HASH_GUARDS_LOCK = threading.Lock()
 
 
