@@ -45,6 +45,8 @@ def run_vmm(*args: str, env: dict[str, str] | None = None, input: str | None = N
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 1
         finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
             render.reset_consoles()
         return Run(code, out.getvalue().decode(), err.getvalue().decode())
 

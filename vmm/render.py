@@ -24,7 +24,12 @@ def out():
     if _stdout is None:
         from rich.console import Console
 
-        _stdout = Console(soft_wrap=True)
+        import os
+
+        # Piped output is not cut to 80 columns (rich's default without a terminal): a
+        # table row stays one line for grep and awk. COLUMNS, when set, still wins.
+        wide = not sys.stdout.isatty() and "COLUMNS" not in os.environ
+        _stdout = Console(soft_wrap=True, width=1000 if wide else None)
     return _stdout
 
 
@@ -46,7 +51,9 @@ def reset_consoles() -> None:
 
 def _plain(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {k: _plain(v) for k, v in dataclasses.asdict(value).items()}
+        # Field by field, not dataclasses.asdict: asdict deep-copies every value, which
+        # made `vmm ls --json` of 500 models spend 90 ms here.
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -108,14 +115,20 @@ def human_age(seconds: float | None) -> str:
 
 
 def table(title: str | None, columns: list[str], rows: list[list[Any]]) -> None:
-    from rich.table import Table
+    """A plain aligned table on stdout: one line per row, columns two spaces apart.
 
-    t = Table(title=title, box=None, header_style="bold", pad_edge=False)
-    for col in columns:
-        t.add_column(col, overflow="fold")
-    for row in rows:
-        t.add_row(*["-" if v is None else str(v) for v in row])
-    out().print(t)
+    Plain text rather than a rich Table: rich measured 0.35 s for 500 rows (`vmm ls`),
+    and a row that never wraps is what grep and awk want. ``None`` shows as ``-``.
+    """
+    n = len(columns)
+    cells = [[str(c) for c in columns]] + [
+        (["-" if v is None else str(v) for v in row] + [""] * n)[:n] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
+    lines = [title] if title else []
+    for r in cells:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    sys.stdout.write("\n".join(lines) + "\n")
+    sys.stdout.flush()
 
 
 def key_values(pairs: list[tuple[str, Any]]) -> None:
@@ -123,3 +136,25 @@ def key_values(pairs: list[tuple[str, Any]]) -> None:
     for key, value in pairs:
         sys.stdout.write(f"{key.ljust(width)}  {'-' if value is None else value}\n")
     sys.stdout.flush()
+
+
+def servers_table(statuses) -> None:
+    import time
+
+    rows = []
+    for s in statuses:
+        def num(v, fmt="{:.0f}"):
+            return "-" if v is None else fmt.format(v)
+        rows.append([
+            s.model, s.pid, s.url, "up" if s.alive else "dead (cleaned)",
+            human_age(time.time() - s.started_at).replace(" ago", "") if s.alive else "-",
+            num(s.running), num(s.waiting),
+            "-" if s.kv_cache_usage is None else f"{s.kv_cache_usage * 100:.0f}%",
+            num(s.generation_tokens_per_s, "{:.1f}"), num(s.prompt_tokens_per_s, "{:.1f}"),
+            s.metrics_error or "",
+        ])
+    if not rows:
+        note("no servers started by vmm on this host")
+        return
+    table(None, ["model", "pid", "url", "state", "up", "running", "waiting", "kv cache",
+                 "gen tok/s", "prompt tok/s", "note"], rows)

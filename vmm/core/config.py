@@ -143,7 +143,9 @@ def from_config_dict(doc: dict[str, Any], tokenizer_config: dict[str, Any] | Non
         head_dim=_int(merged.get("head_dim")),
         torch_dtype=(merged.get("torch_dtype") or merged.get("dtype")) if isinstance(merged.get("torch_dtype") or merged.get("dtype"), str) else None,
         rope_scaling=rope,
-        sliding_window=_int(merged.get("sliding_window")),
+        # Qwen2 configs carry sliding_window with use_sliding_window false: transformers'
+        # Qwen2Config (4.45+) then sets sliding_window to None, which is what vLLM sees.
+        sliding_window=None if merged.get("use_sliding_window") is False else _int(merged.get("sliding_window")),
         quantization=quant,
         intermediate_size=_int(merged.get("intermediate_size")),
         kv_lora_rank=_int(merged.get("kv_lora_rank")),

@@ -14,9 +14,16 @@ Interface (shared by ls, inspect, check, pull and serve):
 
 from __future__ import annotations
 
+import json
+import math
+import os
 import re
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from vmm.core.errors import IntegrityError, NotFoundError, UsageError
 
 FORMATS = ("safetensors", "pytorch", "gguf", "mixed", "unknown")
 
@@ -29,7 +36,8 @@ _QUANT_RE = re.compile(
     r"|TQ[12]_0"
     r"|[Ff](?:16|32)|BF16|bf16"
     r"|MXFP4(?:_MOE)?"
-    r")(?![A-Za-z0-9])"
+    r")(?![A-Za-z0-9])",
+    re.I,   # Qwen's own GGUF repos use lower case: qwen2-7b-instruct-q4_k_m.gguf
 )
 _SPLIT_RE = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$", re.I)
 
@@ -77,3 +85,454 @@ class WeightSummary:
     weight_bytes: int | None
     dtypes: dict[str, int] = field(default_factory=dict)   # dtype -> parameter count
     source: str = ""                                      # "safetensors headers", "index total_size", "gguf"
+
+
+# --------------------------------------------------------------------------- files present
+
+PYTORCH_INDEX = "pytorch_model.bin.index.json"
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+_PT_SHARD_RE = re.compile(r"^pytorch_model-\d+-of-\d+\.bin$")
+_ST_SHARD_RE = re.compile(r"^model-\d+-of-\d+\.safetensors$")
+_ANY_SHARD_RE = re.compile(r"-\d+-of-\d+\.(?:safetensors|bin)$")
+# Non-weight .bin files that Hub repos commonly carry (Trainer, optimizer state).
+_NOT_WEIGHTS_BIN = {"training_args.bin", "optimizer.bin", "scheduler.bin", "rng_state.bin"}
+_GGUF_MAX_DEPTH = 2       # GGUF repos sometimes keep each quant in a sub-folder (Q4_K_M/...)
+
+# safetensors dtype -> bytes per element (safetensors 0.5 src/tensor.rs, Dtype::size);
+# sub-byte types count bits / 8 with the shape's last dimension packed.
+SAFETENSORS_DTYPE_BITS = {
+    "BOOL": 8, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8, "F8_E8M0": 8, "F8_E4M3FNUZ": 8,
+    "F8_E5M2FNUZ": 8, "I16": 16, "U16": 16, "F16": 16, "BF16": 16, "I32": 32, "U32": 32,
+    "F32": 32, "I64": 64, "U64": 64, "F64": 64, "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6,
+    "C64": 64,
+}
+# safetensors' own limit on the header (MAX_HEADER_SIZE in src/tensor.rs): 100 MB.
+MAX_SAFETENSORS_HEADER = 100_000_000
+
+
+def _top_files(model_dir: Path) -> list[str]:
+    """Names of the regular files directly in the model dir (no recursion, no stat of weights)."""
+    try:
+        with os.scandir(model_dir) as it:
+            return sorted(e.name for e in it if not e.name.startswith(".") and e.is_file())
+    except FileNotFoundError:
+        raise NotFoundError("model directory not found", str(model_dir),
+                            "check the name with `vmm ls`") from None
+    except NotADirectoryError:
+        raise NotFoundError("not a model directory", str(model_dir),
+                            "name a directory under the models root") from None
+    except OSError as exc:
+        raise UsageError("cannot read model directory", str(model_dir), exc.strerror or str(exc)) from exc
+
+
+def _gguf_paths(model_dir: Path, top: list[str] | None = None) -> list[Path]:
+    found = [model_dir / n for n in (top if top is not None else _top_files(model_dir))
+             if n.lower().endswith(".gguf")]
+
+    def walk(d: Path, depth: int) -> None:
+        try:
+            entries = list(os.scandir(d))
+        except OSError:
+            return
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir(follow_symlinks=False) and depth < _GGUF_MAX_DEPTH:
+                walk(Path(entry.path), depth + 1)
+            elif depth > 0 and entry.name.lower().endswith(".gguf") and entry.is_file():
+                found.append(Path(entry.path))
+
+    walk(model_dir, 0)
+    return sorted(found)
+
+
+def _is_pytorch_weight(name: str) -> bool:
+    return name.endswith(".bin") and name.startswith("pytorch_model") and name not in _NOT_WEIGHTS_BIN
+
+
+def formats_present(model_dir: Path, top: list[str] | None = None) -> set[str]:
+    """Which weight formats have files in the directory."""
+    model_dir = Path(model_dir)
+    top = _top_files(model_dir) if top is None else top
+    kinds: set[str] = set()
+    for name in top:
+        if name.endswith(".safetensors"):
+            kinds.add("safetensors")
+        elif _is_pytorch_weight(name):
+            kinds.add("pytorch")
+        elif name.lower().endswith(".gguf"):
+            kinds.add("gguf")
+    if "gguf" not in kinds and _gguf_paths(model_dir, top):
+        kinds.add("gguf")
+    return kinds
+
+
+def detect_format(model_dir: Path, top: list[str] | None = None) -> str:
+    """``safetensors``, ``pytorch``, ``gguf``, ``mixed`` (several) or ``unknown`` (none).
+
+    Decided by the weight files present, never by the model's name.
+    """
+    kinds = formats_present(Path(model_dir), top)
+    if not kinds:
+        return "unknown"
+    return kinds.pop() if len(kinds) == 1 else "mixed"
+
+
+# --------------------------------------------------------------------------- shards
+
+
+def _read_index(path: Path) -> dict[str, Any]:
+    """Parse a ``*.index.json``; its ``weight_map`` must map tensor names to file names."""
+    try:
+        doc = json.loads(path.read_bytes())
+    except OSError as exc:
+        raise IntegrityError("cannot read shard index", str(path), exc.strerror or str(exc)) from exc
+    except ValueError as exc:
+        raise IntegrityError(f"malformed shard index ({exc})", str(path),
+                             "re-download it with `vmm pull`") from exc
+    weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise IntegrityError("malformed shard index (no weight_map of file names)", str(path),
+                             "re-download it with `vmm pull`")
+    for fname in set(weight_map.values()):
+        if not fname or fname.startswith("/") or "\\" in fname or "\0" in fname \
+                or any(p in ("", ".", "..") for p in fname.split("/")):
+            raise IntegrityError(f"shard index names an unsafe path {fname!r}", str(path),
+                                 "the index is corrupt or hostile; re-download it")
+    return doc
+
+
+def _index_files(doc: dict[str, Any]) -> list[str]:
+    return sorted(set(doc["weight_map"].values()))
+
+
+def _exists(model_dir: Path, rel: str, top: set[str]) -> bool:
+    return rel in top if "/" not in rel else (model_dir / rel).is_file()
+
+
+def _index_report(model_dir: Path, index_name: str, top: list[str]) -> ShardReport:
+    doc = _read_index(model_dir / index_name)
+    named = _index_files(doc)
+    present = set(top)
+    ext = ".bin" if index_name == PYTORCH_INDEX else ".safetensors"
+    single = "pytorch_model.bin" if ext == ".bin" else "model.safetensors"
+    missing = [f for f in named if not _exists(model_dir, f, present)]
+    unindexed = [n for n in top if n.endswith(ext) and n not in named
+                 and (_ANY_SHARD_RE.search(n) or n == single)]
+    return ShardReport(sharded=len(named) > 1 or any(_ANY_SHARD_RE.search(n) for n in named),
+                       shard_count=len(named), shard_files=named, index=index_name,
+                       missing=missing, unindexed=unindexed)
+
+
+def shard_report(model_dir: Path, quant: str | None = None) -> ShardReport:
+    """Shards and index consistency, looking in SPEC.md's order:
+
+    1. ``pytorch_model.bin.index.json``  2. ``model.safetensors.index.json``
+    3. ``pytorch_model-*.bin``           4. ``model-*.safetensors``
+    then a single ``pytorch_model.bin`` / ``model.safetensors``, then GGUF files (split parts
+    of the chosen quant; every GGUF file when several quants and none chosen).
+
+    One deviation, on purpose: an index none of whose shards is present is skipped when a
+    later step finds weights (a pull that took the safetensors of a repo that also ships a
+    pytorch index must not read as "every shard missing"). With no weights at all, the index
+    is reported with every shard missing.
+    """
+    model_dir = Path(model_dir)
+    top = _top_files(model_dir)
+    present = set(top)
+    stale: ShardReport | None = None
+    for index_name in (PYTORCH_INDEX, SAFETENSORS_INDEX):
+        if index_name in present:
+            report = _index_report(model_dir, index_name, top)
+            if report.shard_count and len(report.missing) == report.shard_count:
+                stale = stale or report
+                continue
+            return report
+    for pattern in (_PT_SHARD_RE, _ST_SHARD_RE):
+        shards = [n for n in top if pattern.match(n)]
+        if shards:
+            return ShardReport(True, len(shards), shards, None, [], [])
+    for single in ("pytorch_model.bin", "model.safetensors"):
+        if single in present:
+            return ShardReport(False, 1, [single], None, [], [])
+    gguf = find_gguf_files(model_dir, read_metadata=False)
+    if gguf:
+        if quant:
+            gguf = [g for g in gguf if (g.quant or "").upper() == quant.upper()] or gguf
+        parts = [p for g in gguf for p in g.parts]
+        missing = [m for g in gguf for m in _missing_parts(g, model_dir)]
+        # Like an index's list, the split's expected parts: present and missing ones.
+        rel = sorted({p.relative_to(model_dir).as_posix() for p in parts} | set(missing))
+        sharded = any(len(g.parts) > 1 or gguf_split_of(g.path.name) for g in gguf)
+        return ShardReport(sharded, len(rel), rel, None, missing, [])
+    if stale is not None:
+        return stale
+    return ShardReport(False, 0, [], None, [], [])
+
+
+def check_model_sharding(model_dir: Path) -> tuple[bool, int, list[str]]:
+    """SPEC.md's core function: ``(is_sharded, shard_count, shard_files)``."""
+    report = shard_report(Path(model_dir))
+    return report.sharded, report.shard_count, report.shard_files
+
+
+def format_from_names(rel_paths: list[str]) -> str:
+    """:func:`detect_format` from a listing (paths relative to the model dir), no I/O."""
+    kinds: set[str] = set()
+    for rel in rel_paths:
+        depth = rel.count("/")
+        name = rel.rsplit("/", 1)[-1]
+        if name.lower().endswith(".gguf") and depth <= _GGUF_MAX_DEPTH:
+            kinds.add("gguf")
+        elif depth == 0 and name.endswith(".safetensors"):
+            kinds.add("safetensors")
+        elif depth == 0 and _is_pytorch_weight(name):
+            kinds.add("pytorch")
+    if not kinds:
+        return "unknown"
+    return kinds.pop() if len(kinds) == 1 else "mixed"
+
+
+def shards_from_names(top: list[str]) -> tuple[bool, int]:
+    """(sharded, shard count) from file names alone, for ``vmm ls`` (no index parsing)."""
+    for pattern in (_PT_SHARD_RE, _ST_SHARD_RE):
+        shards = [n for n in top if pattern.match(n)]
+        if shards:
+            return True, len(shards)
+    if "pytorch_model.bin" in top or "model.safetensors" in top:
+        return False, 1
+    gguf = [n for n in top if n.lower().endswith(".gguf") and not n.rsplit("/", 1)[-1].lower().startswith("mmproj")]
+    if gguf:
+        return any(gguf_split_of(n) for n in gguf), len(gguf)
+    return False, 0
+
+
+# --------------------------------------------------------------------------- GGUF files
+
+
+def _missing_parts(g: GgufFile, model_dir: Path) -> list[str]:
+    split = gguf_split_of(g.path.name)
+    if not split:
+        return []
+    have = {gguf_split_of(p.name)[0] for p in g.parts if gguf_split_of(p.name)}
+    stem = _SPLIT_RE.sub("", g.path.name)
+    rel_dir = g.path.parent.relative_to(model_dir).as_posix()
+    prefix = "" if rel_dir == "." else rel_dir + "/"
+    return [f"{prefix}{stem}-{i:05d}-of-{split[1]:05d}.gguf" for i in range(1, split[1] + 1) if i not in have]
+
+
+def find_gguf_files(model_dir: Path, read_metadata: bool = True) -> list[GgufFile]:
+    """One entry per quantization, split parts grouped; sorted by quant.
+
+    The quant comes from the file name, else (``read_metadata``) from the GGUF's own
+    ``general.file_type``. Vision projectors (``mmproj*.gguf``) are not a quant choice.
+    """
+    model_dir = Path(model_dir)
+    groups: dict[tuple[Path, str], list[Path]] = {}
+    for path in _gguf_paths(model_dir):
+        if path.name.lower().startswith("mmproj"):
+            continue
+        key = (path.parent, _SPLIT_RE.sub("", path.name) if gguf_split_of(path.name) else path.name)
+        groups.setdefault(key, []).append(path)
+    result = []
+    for _key, parts in groups.items():
+        parts.sort(key=lambda p: (gguf_split_of(p.name) or (0, 0))[0])
+        first = parts[0]
+        quant = gguf_quant_of(first.name)
+        if quant is None and read_metadata:
+            from vmm.core import gguf_meta
+
+            try:
+                quant = gguf_meta.quant_from_file_type(
+                    gguf_meta.read_gguf(first, tensors=False).metadata.get("general.file_type"))
+            except IntegrityError:
+                quant = None
+        size = 0
+        for p in parts:
+            try:
+                size += p.stat().st_size
+            except OSError:
+                pass
+        result.append(GgufFile(path=first, quant=quant, parts=parts, size_bytes=size))
+    result.sort(key=lambda g: ((g.quant or "~"), g.path.as_posix()))
+    return result
+
+
+def _choice(g: GgufFile, model_dir: Path) -> str:
+    return g.quant or g.path.relative_to(model_dir).as_posix()
+
+
+def select_gguf(model_dir: Path, quant: str | None = None) -> GgufFile:
+    """The GGUF quantization to use: the only one, or the one ``quant`` names."""
+    model_dir = Path(model_dir)
+    files = find_gguf_files(model_dir)
+    if not files:
+        raise NotFoundError("no GGUF file in the model directory", str(model_dir),
+                            "pull a GGUF repo, or name a safetensors model")
+    choices = ", ".join(_choice(g, model_dir) for g in files)
+    if quant:
+        wanted = quant.upper()
+        matches = [g for g in files if (g.quant or "").upper() == wanted
+                   or g.path.name == quant or g.path.relative_to(model_dir).as_posix() == quant]
+        if not matches:
+            raise NotFoundError(f"no GGUF file for quantization {quant}", str(model_dir),
+                                f"available: {choices}")
+        if len(matches) > 1:
+            raise UsageError(f"several GGUF files for quantization {quant}", str(model_dir),
+                             "name the file: " + ", ".join(g.path.relative_to(model_dir).as_posix() for g in matches))
+        chosen = matches[0]
+    elif len(files) > 1:
+        raise UsageError("several GGUF quantizations, choose one", str(model_dir),
+                         f"add :QUANT to the name, one of: {choices}")
+    else:
+        chosen = files[0]
+    missing = _missing_parts(chosen, model_dir)
+    if missing:
+        raise IntegrityError("split GGUF is missing parts", ", ".join(missing),
+                             "re-download it with `vmm pull`")
+    return chosen
+
+
+def get_gguf_file(model_dir: Path, quant: str | None = None) -> Path:
+    """The file to give vLLM (the single file or the first split part); exit 2 when ambiguous."""
+    return select_gguf(Path(model_dir), quant).path
+
+
+# --------------------------------------------------------------------------- headers
+
+
+def _bad_header(path: Path, why: str) -> IntegrityError:
+    return IntegrityError(f"invalid safetensors header ({why})", str(path),
+                          "the file is truncated or corrupt: re-download it with `vmm pull`")
+
+
+def read_safetensors_header(path: Path) -> dict[str, Any]:
+    """The JSON header of a safetensors file, validated against the file size.
+
+    Reads the 8-byte little-endian length and the header only, never the data. Checks what
+    the reference loader checks (safetensors 0.5 ``SafeTensors::read_metadata`` /
+    ``Metadata::validate``): length within 100 MB and within the file, JSON object, known
+    dtypes, offsets contiguous from 0, each tensor's byte count equal to its shape's, and the
+    data region ending exactly at the end of the file.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size < 8:
+                raise _bad_header(path, f"file of {size} bytes")
+            (length,) = struct.unpack("<Q", handle.read(8))
+            if length > MAX_SAFETENSORS_HEADER:
+                raise _bad_header(path, f"header length {length} is absurd")
+            if 8 + length > size:
+                raise _bad_header(path, f"header of {length} bytes beyond the end of a {size}-byte file")
+            raw = handle.read(length)
+    except OSError as exc:
+        raise IntegrityError("cannot read", str(path), exc.strerror or str(exc)) from exc
+    try:
+        header = json.loads(raw)
+    except ValueError:
+        raise _bad_header(path, "not JSON") from None
+    if not isinstance(header, dict):
+        raise _bad_header(path, "not a JSON object")
+    entries = []
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        if not isinstance(info, dict):
+            raise _bad_header(path, f"entry {name!r} is not an object")
+        dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+        if dtype not in SAFETENSORS_DTYPE_BITS:
+            raise _bad_header(path, f"unknown dtype {dtype!r} for {name!r}")
+        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+            raise _bad_header(path, f"bad shape for {name!r}")
+        if (not isinstance(offsets, list) or len(offsets) != 2
+                or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
+                or offsets[0] < 0 or offsets[1] < offsets[0]):
+            raise _bad_header(path, f"bad data_offsets for {name!r}")
+        nbytes = (math.prod(shape) * SAFETENSORS_DTYPE_BITS[dtype] + 7) // 8
+        if offsets[1] - offsets[0] != nbytes:
+            raise _bad_header(path, f"{name!r} spans {offsets[1] - offsets[0]} bytes, its shape needs {nbytes}")
+        entries.append((offsets[0], offsets[1], name))
+    entries.sort()
+    end = 0
+    for start, stop, name in entries:
+        if start != end:
+            raise _bad_header(path, f"data offsets not contiguous at {name!r}")
+        end = stop
+    if 8 + length + end != size:
+        if 8 + length + end > size:
+            raise _bad_header(path, f"tensors need {8 + length + end} bytes, the file has {size}")
+        raise _bad_header(path, f"{size - 8 - length - end} bytes after the last tensor")
+    return header
+
+
+def _sum_headers(paths: list[Path]) -> WeightSummary:
+    params, nbytes, dtypes = 0, 0, {}
+    for path in paths:
+        header = read_safetensors_header(path)
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            n = math.prod(info["shape"])
+            params += n
+            nbytes += info["data_offsets"][1] - info["data_offsets"][0]
+            dtypes[info["dtype"]] = dtypes.get(info["dtype"], 0) + n
+    return WeightSummary(params, nbytes, dtypes, "safetensors headers")
+
+
+def _index_total(model_dir: Path, index_name: str) -> int | None:
+    try:
+        doc = _read_index(model_dir / index_name)
+    except IntegrityError:
+        return None
+    total = (doc.get("metadata") or {}).get("total_size") if isinstance(doc.get("metadata"), dict) else None
+    return int(total) if isinstance(total, (int, float)) and not isinstance(total, bool) and total >= 0 else None
+
+
+def weight_summary(model_dir: Path, quant: str | None = None) -> WeightSummary:
+    """Parameters and weight bytes from the weights' own headers, never from guesses.
+
+    safetensors: every shard's header (a missing shard falls back to the index's
+    ``metadata.total_size`` for bytes, parameters unknown). pytorch: the index's
+    ``total_size``, else the files' sizes; the pickles are never opened. GGUF: the tensor
+    infos of the chosen quant's parts. A directory with several formats is summarised by the
+    one vLLM would load: safetensors, then pytorch, then GGUF.
+    """
+    model_dir = Path(model_dir)
+    top = _top_files(model_dir)
+    kinds = formats_present(model_dir, top)
+    if "safetensors" in kinds:
+        report = shard_report(model_dir)
+        files = [f for f in report.shard_files if f.endswith(".safetensors")]
+        if not files or report.index == PYTORCH_INDEX:
+            files = [n for n in top if _ST_SHARD_RE.match(n)] or \
+                    (["model.safetensors"] if "model.safetensors" in top else [n for n in top if n.endswith(".safetensors")])
+        if report.index == SAFETENSORS_INDEX and report.missing:
+            return WeightSummary(None, _index_total(model_dir, SAFETENSORS_INDEX), {}, "index total_size")
+        return _sum_headers([model_dir / f for f in files])
+    if "pytorch" in kinds:
+        if PYTORCH_INDEX in top:
+            total = _index_total(model_dir, PYTORCH_INDEX)
+            if total is not None:
+                return WeightSummary(None, total, {}, "index total_size")
+        size = sum((model_dir / n).stat().st_size for n in top if _is_pytorch_weight(n))
+        return WeightSummary(None, size, {}, "file sizes")
+    if "gguf" in kinds:
+        from vmm.core import gguf_meta
+
+        chosen = select_gguf(model_dir, quant)
+        params, nbytes, dtypes = 0, 0, {}
+        from gguf.constants import GGMLQuantizationType
+
+        for part in chosen.parts:
+            for t in gguf_meta.read_gguf(part).tensors:
+                params += t.n_elements
+                nbytes += t.n_bytes or 0
+                try:
+                    tname = GGMLQuantizationType(t.ggml_type).name
+                except ValueError:
+                    tname = str(t.ggml_type)
+                dtypes[tname] = dtypes.get(tname, 0) + t.n_elements
+        return WeightSummary(params, nbytes, dtypes, "gguf")
+    return WeightSummary(None, None, {}, "")
