@@ -412,3 +412,31 @@ def test_interrupt_exits_130_and_leaves_resumable_state(hub, root, sig):
     hub.faults.rate_bytes_per_s = None
     assert run_vmm("pull", "org/tiny").exit_code == 0
     assert (root / "org--tiny" / "model.safetensors").read_bytes() == big
+
+
+def test_identical_file_in_another_model_is_linked_not_downloaded(hub, root):
+    hub.add_repo("org/tiny", BASE_FILES)
+    assert run_vmm("pull", "org/tiny").exit_code == 0
+    shard = "model-00001-of-00002.safetensors"
+    hub.add_repo("org/other", {"config.json": b"{}", shard: BASE_FILES[shard]})
+    hub.reset_counters()
+    run = run_vmm("pull", "org/other", "--json")
+    assert run.exit_code == 0, run.stderr
+    assert hub.count(shard) == 0
+    assert (root / "org--other" / shard).read_bytes() == BASE_FILES[shard]
+    assert (root / "org--other" / shard).stat().st_ino == (root / "org--tiny" / shard).stat().st_ino
+    assert [f.path for f in store.read_manifest(root / "org--other").files if f.path == shard]
+
+
+def test_verified_blob_in_the_hf_cache_is_reused(hub, root, tmp_path):
+    shard = "model-00001-of-00002.safetensors"
+    data = BASE_FILES[shard]
+    blobs = tmp_path / "hf-home" / "hub" / "models--org--tiny" / "blobs"
+    blobs.mkdir(parents=True)
+    (blobs / hashlib.sha256(data).hexdigest()).write_bytes(data)
+    (blobs / ("0" * 64)).write_bytes(b"not what the name says")
+    hub.add_repo("org/tiny", BASE_FILES)
+    assert run_vmm("pull", "org/tiny").exit_code == 0
+    assert hub.count(shard) == 0
+    assert hub.count("model-00002-of-00002.safetensors") == len(BASE_FILES["model-00002-of-00002.safetensors"])
+    assert _files(root) == EXPECTED

@@ -333,7 +333,8 @@ def pull(
                           "files": result.files, "bytes_downloaded": result.bytes_downloaded,
                           "bytes_total": result.bytes_total, "verified": result.verified,
                           "kept_files": result.kept_files, "quant": result.quant,
-                          "previous_revision": result.previous_revision})
+                          "previous_revision": result.previous_revision,
+                          "reused_files": result.reused_files})
         return
     what = "up to date" if not result.bytes_downloaded and not result.fetched_files else "pulled"
     render.key_values([("model", result.name), ("status", what), ("path", result.path),

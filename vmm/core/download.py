@@ -56,6 +56,7 @@ BACKOFF_CAP_S = 10.0
 RETRY_AFTER_CAP_S = 60.0
 SOCKET_TIMEOUT_S = 30.0
 DISK_MARGIN_BYTES = 64 * 1024 * 1024
+REUSE_MIN_BYTES = 1024 * 1024    # smaller files are cheaper to fetch than to search the root for
 READ_BLOCK = 1024 * 1024
 READ_BLOCK_WAITALL = 4 * 1024 * 1024
 WRITE_BLOCK = 4 * 1024 * 1024
@@ -83,6 +84,7 @@ class PullResult:
     fetched_files: list[str] = field(default_factory=list)
     previous_revision: str | None = None
     quant: str | None = None
+    reused_files: list[str] = field(default_factory=list)   # linked from the HF cache or the root
 
 
 @dataclass
@@ -806,6 +808,10 @@ def _pull_locked(ref: names.ModelRef, model_dir: Path, want_revision: str | None
     for rf in selected:
         (keep if _local_ok(targets[rf.path], rf, recorded, trusted=old is not None) else fetch).append(rf)
 
+    reused = _reuse_local_copies(ref.repo_id, snapshot.commit, fetch, targets, model_dir)
+    if reused:
+        keep += [rf for rf in fetch if rf.path in reused]
+        fetch = [rf for rf in fetch if rf.path not in reused]
     bytes_total = sum(rf.size for rf in selected)
     present = sum(rf.size for rf in keep)
     engine_jobs: list[_FileJob] = []
@@ -864,7 +870,39 @@ def _pull_locked(ref: names.ModelRef, model_dir: Path, want_revision: str | None
     return PullResult(name=ref.repo_id, path=str(model_dir), revision=snapshot.commit, files=len(selected),
                       bytes_downloaded=downloaded, bytes_total=bytes_total, verified=True,
                       kept_files=len(keep), fetched_files=[rf.path for rf in fetch],
-                      previous_revision=previous, quant=quant)
+                      previous_revision=previous, quant=quant, reused_files=sorted(reused))
+
+
+def _reuse_local_copies(repo_id: str, commit: str, fetch: list[RemoteFile], targets: dict[str, Path],
+                        model_dir: Path) -> dict[str, str]:
+    """Files already on this host with the right hash: the Hugging Face cache (any revision
+    sharing the blob) or another managed model of the root (LFS files, by sha256). Each
+    candidate is re-hashed by the storage helpers before it is hardlinked (or copied) into
+    place, so only bytes that are what the Hub lists are reused. {path: "link"|"copy"}."""
+    if not fetch:
+        return {}
+    from vmm.core import adopt, dedup
+
+    done: dict[str, str] = {}
+    try:
+        cached = adopt.find_in_hf_cache(repo_id, commit, fetch)
+    except Exception:  # noqa: BLE001 - a broken cache is only a missed shortcut
+        cached = {}
+    root = model_dir.parent
+    for rf in fetch:
+        src = cached.get(rf.path)
+        if src is None and rf.sha256 and rf.size >= REUSE_MIN_BYTES:
+            try:
+                src = dedup.find_verified_blob(root, rf.sha256, rf.size)
+            except Exception:  # noqa: BLE001
+                src = None
+        if src is None:
+            continue
+        try:
+            done[rf.path] = dedup.link_or_copy(src, targets[rf.path])
+        except OSError:
+            continue
+    return done
 
 
 def _partial_bytes(job: _FileJob) -> int:
