@@ -76,6 +76,8 @@ def test_fresh_pull_is_byte_identical_with_manifest_and_json_contract(hub, root)
     cfg = BASE_FILES["config.json"]
     assert by_path["config.json"].git_sha1 == hashlib.sha1(b"blob %d\0" % len(cfg) + cfg).hexdigest()
     assert not (root / "org--tiny" / ".vmm" / "partial").exists()
+    # Not a terminal: plain progress lines on stderr, nothing but the document on stdout.
+    assert "pull org/tiny: 100.0%" in run.stderr
 
 
 def test_duplicate_formats_skipped_unless_all_files(hub, root):
