@@ -49,10 +49,15 @@ def hub(monkeypatch):
         yield server
 
 
-def _files(root: Path, dir_name: str = "org--tiny") -> dict[str, bytes]:
+def _files(root: Path, dir_name: str = "org--tiny", with_template: bool = False) -> dict[str, bytes]:
+    """The repo files in a pulled model; the chat template vmm adds (the test repos have
+    none of their own) only when asked for."""
     base = root / dir_name
-    return {p.relative_to(base).as_posix(): p.read_bytes() for p in base.rglob("*")
-            if p.is_file() and not p.relative_to(base).as_posix().startswith(".vmm/")}
+    files = {p.relative_to(base).as_posix(): p.read_bytes() for p in base.rglob("*")
+             if p.is_file() and not p.relative_to(base).as_posix().startswith(".vmm/")}
+    if not with_template:
+        files.pop("chat_template.jinja", None)
+    return files
 
 
 EXPECTED = {k: v for k, v in BASE_FILES.items() if k not in ("pytorch_model.bin", "original/consolidated.00.pth")}
@@ -67,9 +72,15 @@ def test_fresh_pull_is_byte_identical_with_manifest_and_json_contract(hub, root)
     assert doc["revision"] == commit and doc["verified"] is True
     assert doc["files"] == len(EXPECTED)
     assert doc["bytes_total"] == doc["bytes_downloaded"] == sum(map(len, EXPECTED.values()))
-    assert _files(root) == EXPECTED
+    files = _files(root, with_template=True)
+    # The repo ships no chat template: pull gives it its family's (SPEC.md), recorded as vmm's.
+    assert files.pop("chat_template.jinja").startswith(b"{")
+    assert doc["chat_template_written"] is True and doc["chat_template"].startswith("family ")
+    assert files == EXPECTED
     manifest = store.read_manifest(root / "org--tiny")
     assert manifest.commit == commit and manifest.revision == "main"
+    assert manifest.extra["chat_template"]["written_by"] == "vmm"
+    assert manifest.use_counts.get("pull") == 1
     by_path = {f.path: f for f in manifest.files}
     assert by_path["model-00001-of-00002.safetensors"].sha256 == hashlib.sha256(
         BASE_FILES["model-00001-of-00002.safetensors"]).hexdigest()
@@ -442,3 +453,20 @@ def test_verified_blob_in_the_hf_cache_is_reused(hub, root, tmp_path):
     assert hub.count(shard) == 0
     assert hub.count("model-00002-of-00002.safetensors") == len(BASE_FILES["model-00002-of-00002.safetensors"])
     assert _files(root) == EXPECTED
+
+
+def test_repairing_pull_keeps_the_operators_template_and_the_hub_original(hub, root):
+    files = {**BASE_FILES, "chat_template.jinja": b"{{ messages[0]['content'] }}HUB"}
+    hub.add_repo("org/tiny", files)
+    assert run_vmm("pull", "org/tiny").exit_code == 0
+    assert run_vmm("template", "org/tiny", "--set", "chatml").exit_code == 0
+    model = root / "org--tiny"
+    chosen = (model / "chat_template.jinja").read_bytes()
+    assert b"<|im_start|>" in chosen
+    (model / "config.json").write_bytes(b"{}")          # damage a file: the next pull repairs it
+    run = run_vmm("pull", "org/tiny", "--json")
+    assert run.exit_code == 0, run.stderr
+    assert (model / "config.json").read_bytes() == BASE_FILES["config.json"]
+    assert (model / "chat_template.jinja").read_bytes() == chosen
+    assert (model / ".vmm" / "chat_template.jinja.orig").read_bytes() == files["chat_template.jinja"]
+    assert run.json()["chat_template"] == "chat_template.jinja"

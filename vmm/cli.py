@@ -325,23 +325,24 @@ def pull(
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-    # >>> integration hook (lead): chat template setup after a successful pull, e.g.
-    # from vmm.core import templates; templates.setup_chat_template(Path(result.path), result.name)
-    # <<< integration hook
     if json_out:
         render.emit_json({"name": result.name, "path": result.path, "revision": result.revision,
                           "files": result.files, "bytes_downloaded": result.bytes_downloaded,
                           "bytes_total": result.bytes_total, "verified": result.verified,
                           "kept_files": result.kept_files, "quant": result.quant,
                           "previous_revision": result.previous_revision,
-                          "reused_files": result.reused_files})
+                          "reused_files": result.reused_files,
+                          "chat_template": result.chat_template,
+                          "chat_template_written": result.chat_template_written})
         return
     what = "up to date" if not result.bytes_downloaded and not result.fetched_files else "pulled"
     render.key_values([("model", result.name), ("status", what), ("path", result.path),
                        ("revision", result.revision), ("files", result.files),
                        ("size", render.human_bytes(result.bytes_total)),
                        ("downloaded", render.human_bytes(result.bytes_downloaded)),
-                       ("verified", "yes" if result.verified else "no")])
+                       ("verified", "yes" if result.verified else "no"),
+                       ("chat template", (result.chat_template or "-")
+                        + (" (written by vmm: the repo has none)" if result.chat_template_written else ""))])
 
 
 

@@ -85,6 +85,8 @@ class PullResult:
     previous_revision: str | None = None
     quant: str | None = None
     reused_files: list[str] = field(default_factory=list)   # linked from the HF cache or the root
+    chat_template: str | None = None     # where vLLM's template comes from after the pull
+    chat_template_written: bool = False  # vmm wrote its family template (the repo has none)
 
 
 @dataclass
@@ -783,9 +785,23 @@ def download_model_to_path(model_name: str, model_path: Path | None = None, *, r
         if progress is not None:
             progress(ProgressUpdate(0, 0, 0, 0, 0, message=f"waiting for the lock held by {who}"))
 
+    from vmm.core import templates
+
     with store.model_lock(root, model_dir.name, "pull", wait=wait, on_wait=on_wait):
-        return _pull_locked(ref, model_dir, want_revision, include, exclude, all_files, offline,
-                            workers, chunk_size, progress, endpoint, token)
+        operator_text = templates.operator_template(model_dir) if model_dir.is_dir() else None
+        result = _pull_locked(ref, model_dir, want_revision, include, exclude, all_files, offline,
+                              workers, chunk_size, progress, endpoint, token)
+        try:
+            setup = templates.after_pull(model_dir, ref.repo_id, operator_text)
+        except VmmError as exc:
+            # The files are what the Hub holds and verified; a template that cannot be
+            # resolved (a broken config or GGUF header upstream) is for `vmm check` to report.
+            result.chat_template = f"unresolved ({exc.what})"
+        else:
+            result.chat_template = setup.source if setup.action == "kept" else f"family {setup.family}"
+            result.chat_template_written = setup.action == "written"
+        store.touch_usage(model_dir, "pull")
+        return result
 
 
 def _pull_locked(ref: names.ModelRef, model_dir: Path, want_revision: str | None, include, exclude,
