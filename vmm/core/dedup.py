@@ -73,23 +73,12 @@ class _Entry:
 def _model_files(model_dir: Path) -> list[tuple[str, Path]]:
     """(relative path, path) of every regular file, vmm metadata and hidden top dirs excluded."""
     out: list[tuple[str, Path]] = []
-    stack = [(model_dir, "")]
-    while stack:
-        directory, prefix = stack.pop()
+    for rel, entry in store.walk_model_entries(model_dir):
         try:
-            entries = list(os.scandir(directory))
+            if entry.is_file(follow_symlinks=False):
+                out.append((rel, Path(entry.path)))
         except OSError:
             continue
-        for entry in entries:
-            try:
-                if entry.is_dir(follow_symlinks=False):
-                    if not prefix and entry.name.startswith("."):
-                        continue
-                    stack.append((Path(entry.path), f"{prefix}{entry.name}/"))
-                elif entry.is_file(follow_symlinks=False):
-                    out.append((prefix + entry.name, Path(entry.path)))
-            except OSError:
-                continue
     return sorted(out)
 
 

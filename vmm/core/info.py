@@ -74,27 +74,15 @@ def _walk_files(model_dir: Path, include_hidden: bool = False,
     """
     rels: list[str] = []
     total = 0
-    stack = [(model_dir, "")]
-    while stack:
-        directory, prefix = stack.pop()
+    for rel, entry in store.walk_model_entries(model_dir, include_hidden):
         try:
-            entries = list(os.scandir(directory))
+            st = entry.stat(follow_symlinks=False)
         except OSError:
             continue
-        for entry in entries:
-            try:
-                if entry.is_dir(follow_symlinks=False):
-                    if not prefix and entry.name.startswith(".") and not include_hidden:
-                        continue     # .vmm (ours), .cache (hf --local-dir metadata), .git
-                    stack.append((Path(entry.path), f"{prefix}{entry.name}/"))
-                    continue
-                st = entry.stat(follow_symlinks=False)
-                total += st.st_size
-                if inodes is not None:      # hardlinked files (vmm dedup) count once in totals
-                    inodes[(st.st_dev, st.st_ino)] = st.st_size
-            except OSError:
-                continue
-            rels.append(prefix + entry.name)
+        total += st.st_size
+        if inodes is not None:      # hardlinked files (vmm dedup) count once in totals
+            inodes[(st.st_dev, st.st_ino)] = st.st_size
+        rels.append(rel)
     rels.sort()
     return rels, total
 

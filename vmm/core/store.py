@@ -336,3 +336,27 @@ def partial_dir(model_dir: Path) -> Path:
 
 def pin_path(root: Path, dir_name: str) -> Path:
     return root / META_DIR / PINS_DIR / dir_name
+
+
+def walk_model_entries(model_dir: Path, include_hidden: bool = False) -> Iterator[tuple[str, os.DirEntry]]:
+    """(relative path, entry) of every non-directory entry under a model dir, never
+    following symlinks. Hidden top-level dirs (.vmm ours, .cache of `hf --local-dir`, .git)
+    are skipped unless ``include_hidden``. Shared by listing, sizes and dedup."""
+    stack = [(model_dir, "")]
+    while stack:
+        directory, prefix = stack.pop()
+        try:
+            entries = list(os.scandir(directory))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                is_dir = entry.is_dir(follow_symlinks=False)
+            except OSError:
+                continue
+            if is_dir:
+                if not prefix and entry.name.startswith(".") and not include_hidden:
+                    continue
+                stack.append((Path(entry.path), f"{prefix}{entry.name}/"))
+            else:
+                yield prefix + entry.name, entry
