@@ -13,18 +13,16 @@ compatibility fails.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from vmm.core import config as config_mod
-from vmm.core import formats, store, templates
+from vmm.core import formats, hashing, store, templates
 from vmm.core.errors import IncompatibleError, IntegrityError, NotFoundError, UsageError, VmmError
 
 CHECK_KEYS = ("ok", "checks")
-HASH_CHUNK = 4 << 20
 STATUSES = ("pass", "warn", "fail")
 
 
@@ -71,22 +69,9 @@ class CheckReport:
 
 # --------------------------------------------------------------------------- hashing
 
-def git_blob_sha1(path: Path) -> str:
-    """Git's blob id: sha1(b"blob <size>\\0" + content) (the Hub's ``blob_id``)."""
-    size = path.stat().st_size
-    digest = hashlib.sha1(b"blob %d\0" % size)
-    return _digest_file(path, digest)
-
-
-def sha256_file(path: Path) -> str:
-    return _digest_file(path, hashlib.sha256())
-
-
-def _digest_file(path: Path, digest) -> str:
-    with open(path, "rb") as handle:
-        while chunk := handle.read(HASH_CHUNK):
-            digest.update(chunk)          # hashlib releases the GIL on large buffers
-    return digest.hexdigest()
+# One implementation of the Hub's two file hashes, shared with pull, import and dedup.
+sha256_file = hashing.sha256_file
+git_blob_sha1 = hashing.git_blob_sha1_file
 
 
 @dataclass
