@@ -442,6 +442,81 @@ def check_cmd(
 # ------------------------------------------------------------------ serve
 
 
+@app.command("serve", context_settings={"allow_extra_args": True})
+def serve_cmd(
+    ctx: typer.Context,
+    name: NameArg,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the command and the plan; start nothing.")] = False,
+    json_out: JsonOpt = False,
+    gpus: Annotated[Optional[int], typer.Option("--gpus", help="Plan for N GPUs per node instead of the local ones (with --gpu-memory).")] = None,
+    gpu_memory: Annotated[Optional[str], typer.Option("--gpu-memory", help="Memory per GPU to plan for, e.g. 24GiB or 80GB (with --gpus); on CPU: host memory for vLLM.", metavar="SIZE")] = None,
+    nodes: Annotated[int, typer.Option("--nodes", min=1, help="Nodes: tensor parallel within a node, pipeline parallel across (Ray).")] = 1,
+    device: Annotated[str, typer.Option("--device", help="auto (GPU if found, CPU for a CPU build of vLLM), cuda or cpu.")] = "auto",
+    max_model_len: Annotated[Optional[int], typer.Option("--max-model-len", min=16, help="Context length to serve (default: the model's, capped by memory).")] = None,
+    min_context: Annotated[Optional[int], typer.Option("--min-context", min=1, help="Fail (exit 6) rather than serve a shorter context than this.")] = None,
+    gpu_memory_utilization: Annotated[Optional[float], typer.Option("--gpu-memory-utilization", min=0.05, max=1.0, help="Fraction of each GPU's total memory vLLM may use (default: vLLM's, 0.92 since 0.20).")] = None,
+    kv_cache_dtype: Annotated[Optional[str], typer.Option("--kv-cache-dtype", help="KV cache dtype, e.g. fp8 (halves the KV bytes per token).")] = None,
+    tensor_parallel_size: Annotated[Optional[int], typer.Option("--tensor-parallel-size", "-tp", min=1, help="Force a tensor-parallel size (checked for validity).")] = None,
+    host: Annotated[str, typer.Option("--host", help="Address vLLM listens on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port vLLM listens on.")] = 8000,
+    tokenizer: Annotated[Optional[str], typer.Option("--tokenizer", help="Tokenizer repo or path (GGUF: the base model's).")] = None,
+    quantization: Annotated[Optional[str], typer.Option("--quantization", help="Must agree with the checkpoint's own quantization_config.")] = None,
+    trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Let vLLM run the model's custom code.")] = False,
+    enforce_eager: Annotated[bool, typer.Option("--enforce-eager", help="No CUDA graphs (less memory, slower decode).")] = False,
+    detach: Annotated[bool, typer.Option("--detach", help="Return once vLLM is ready; logs go to `vmm logs NAME`.")] = False,
+    emit: Annotated[Optional[str], typer.Option("--emit", help="Print a `docker run` or a systemd unit for the same plan instead of starting.", metavar="docker|systemd")] = None,
+    ready_timeout: Annotated[float, typer.Option("--ready-timeout", min=1.0, help="Seconds to wait for vLLM to answer a first request.")] = 900.0,
+    root: RootOpt = None,
+) -> None:
+    """Serve a model with vLLM, with parameters computed for the GPUs at hand.
+
+    Arguments after `--` go to `vllm serve` unchanged and override the computed ones.
+    Exit 6 when the model does not fit or vLLM cannot serve it; 127 without vllm; once vLLM
+    has started, vLLM's own exit code.
+    """
+    from vmm import render
+    from vmm.core import info, launcher, planner, runtime, vllm_env
+
+    if device not in ("auto", "cuda", "cpu"):
+        from vmm.core.errors import UsageError
+
+        raise UsageError("unknown --device", device, "use auto, cuda or cpu")
+    if emit not in (None, "docker", "systemd"):
+        from vmm.core.errors import UsageError
+
+        raise UsageError("unknown --emit", emit, "use docker or systemd")
+    base = root_of(root)
+    model, quant = info.resolve_model(name, base)
+    install = vllm_env.find_vllm()
+    req = launcher.ServeRequest(
+        name=model.name, model_dir=model.path, served_name=model.name, host=host, port=port, device=device,
+        gpus=gpus, gpu_memory=gpu_memory, nodes=nodes, quant=quant, tokenizer=tokenizer,
+        quantization=quantization, trust_remote_code=trust_remote_code,
+        options=planner.PlanOptions(max_model_len, min_context, gpu_memory_utilization, tensor_parallel_size,
+                                    kv_cache_dtype, enforce_eager),
+        passthrough=list(ctx.args))
+    cmd = launcher.build(req, install)
+    if emit == "docker":
+        sys.stdout.write(runtime.emit_docker(cmd.argv, base, model.path, install.version if install else None,
+                                             env=cmd.env))
+        return
+    if emit == "systemd":
+        sys.stdout.write(runtime.emit_systemd(cmd.argv, model.name, base, install.executable if install else None,
+                                              env=cmd.env))
+        return
+    if dry_run:
+        if json_out:
+            render.emit_json(cmd.document())
+        else:
+            render.serve_plan(cmd)
+        return
+    code = launcher.run(cmd, req, base, detach=detach, ready_timeout_s=ready_timeout,
+                        on_wait=render.note, on_ready=lambda url: (sys.stdout.write(url + "\n"), sys.stdout.flush()))
+    if code:
+        raise typer.Exit(code)
+
+
+
 # ------------------------------------------------------------------ storage: dedup / gc / pin / import
 
 def _confirm_or_refuse(yes: bool, dry_run: bool, what: str, question: str) -> None:

@@ -158,3 +158,29 @@ def servers_table(statuses) -> None:
         return
     table(None, ["model", "pid", "url", "state", "up", "running", "waiting", "kv cache",
                  "gen tok/s", "prompt tok/s", "note"], rows)
+
+
+def serve_plan(cmd) -> None:
+    """The dry-run: the command, then the reasoning."""
+    import shlex
+
+    p = cmd.plan
+    sys.stdout.write(shlex.join(cmd.argv) + "\n\n")
+    gpu_line = (f"{p.gpu_count} x {human_bytes(p.gpu_memory_bytes)}" if p.device != "cpu"
+                else f"CPU, {human_bytes(p.gpu_memory_bytes)} of host memory usable")
+    key_values([
+        ("hardware", gpu_line),
+        ("weights", human_bytes(p.weight_bytes)),
+        ("tensor parallel", p.tensor_parallel_size),
+        ("pipeline parallel", p.pipeline_parallel_size),
+        ("memory utilization", p.gpu_memory_utilization),
+        ("runtime margin", human_bytes(p.overhead_bytes) + (" per GPU" if p.device != "cpu" else "")),
+        ("KV cache", f"{human_bytes(p.kv_cache_bytes)}{' per GPU' if p.device != 'cpu' else ''}, "
+                     f"{p.kv_cache_tokens} tokens at {p.kv_cache_bytes_per_token} B/token"),
+        ("max model len", f"{p.max_model_len} (model: {p.model_max_len})"),
+        ("dtype", p.dtype or "auto"),
+    ])
+    for line in cmd.notes:
+        sys.stdout.write(f"note: {line}\n")
+    for line in cmd.ray_commands:
+        sys.stdout.write(f"ray: {line}\n")

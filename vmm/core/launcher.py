@@ -1,0 +1,378 @@
+"""``vmm serve``: turn a plan into a ``vllm serve`` command and run it until it is healthy.
+
+vLLM runs as a child in its own session (its engine and worker processes form one process
+group that signals reach together). The model's shared lock is taken on a file descriptor
+that the child inherits, so the lock lives exactly as long as vLLM does: ``rm`` and ``gc``
+get exit 8 while it serves, attached or ``--detach``ed.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vmm.core import config as config_mod
+from vmm.core import formats, gpu, planner, runtime, store, vllm_env
+from vmm.core.errors import BusyError, IncompatibleError, UsageError, VmmError
+
+HINTS = (
+    ("CUDA out of memory", "lower --gpu-memory-utilization or --max-model-len, or plan more GPUs (--gpus)"),
+    ("out of memory", "lower --max-model-len or free memory"),
+    ("Address already in use", "the port is taken: pass another --port"),
+    ("are not supported for now", "vLLM cannot serve this architecture: run `vmm check NAME`"),
+    ("is not supported", "run `vmm check NAME` for vLLM compatibility"),
+    ("trust_remote_code", "the model needs custom code: add --trust-remote-code if you trust it"),
+)
+
+
+@dataclass
+class ServeRequest:
+    name: str
+    model_dir: Path
+    served_name: str
+    host: str = "127.0.0.1"
+    port: int = 8000
+    device: str = "auto"             # auto, cuda, cpu
+    gpus: int | None = None
+    gpu_memory: str | None = None
+    nodes: int = 1
+    quant: str | None = None
+    tokenizer: str | None = None
+    quantization: str | None = None
+    trust_remote_code: bool = False
+    options: planner.PlanOptions = field(default_factory=planner.PlanOptions)
+    passthrough: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ServeCommand:
+    argv: list[str]
+    env: dict[str, str]
+    plan: planner.Plan
+    model_path: str                  # the directory, or the .gguf file
+    fmt: str
+    notes: list[str]
+    ray_commands: list[str] = field(default_factory=list)
+
+    def document(self) -> dict:
+        p = self.plan
+        return {"command": self.argv, "tensor_parallel_size": p.tensor_parallel_size,
+                "pipeline_parallel_size": p.pipeline_parallel_size, "max_model_len": p.max_model_len,
+                "gpu_memory_utilization": p.gpu_memory_utilization,
+                "estimate": {"weight_bytes": p.weight_bytes, "kv_cache_bytes_per_token": p.kv_cache_bytes_per_token,
+                             "gpu_count": p.gpu_count, "gpu_memory_bytes": p.gpu_memory_bytes,
+                             "kv_cache_bytes": p.kv_cache_bytes, "kv_cache_tokens": p.kv_cache_tokens,
+                             "overhead_bytes": p.overhead_bytes},
+                "device": p.device, "dtype": p.dtype, "model_max_len": p.model_max_len,
+                "format": self.fmt, "env": self.env, "notes": self.notes, "ray_commands": self.ray_commands}
+
+
+def hardware_for(req: ServeRequest, install: vllm_env.VllmInstall | None) -> planner.Hardware:
+    if req.device == "cpu" or (req.device == "auto" and req.gpus is None and install is not None
+                               and install.is_cpu):
+        memory = planner.parse_size(req.gpu_memory) if req.gpu_memory else planner.host_memory_bytes()
+        return planner.Hardware("cpu", 0, memory, source="host")
+    if req.gpus is not None or req.gpu_memory is not None:
+        if req.gpus is None or req.gpu_memory is None:
+            raise UsageError("--gpus and --gpu-memory go together", "planning for other hardware",
+                             "give both, e.g. --gpus 2 --gpu-memory 24GiB")
+        if req.gpus < 1:
+            raise UsageError("--gpus must be at least 1", str(req.gpus), "or use --device cpu")
+        return planner.Hardware("cuda", req.gpus, planner.parse_size(req.gpu_memory), None, req.nodes, "given")
+    found = gpu.discover()
+    if not found:
+        raise IncompatibleError("no GPU found", "nvidia-smi/NVML see none (or CUDA_VISIBLE_DEVICES hides them)",
+                                "plan for other hardware with --gpus N --gpu-memory SIZE, or use --device cpu")
+    smallest = min(g.total_bytes for g in found)
+    caps = [g.compute_capability for g in found if g.compute_capability]
+    return planner.Hardware("cuda", len(found), smallest, min(caps) if caps else None, req.nodes)
+
+
+def apply_passthrough(argv: list[str], extra: list[str]) -> list[str]:
+    """Arguments after ``--`` override the computed ones (replaced, never duplicated)."""
+    out = list(argv)
+    i = 0
+    while i < len(extra):
+        word = extra[i]
+        if word.startswith("--") and "=" in word:
+            flag, value = word.split("=", 1)
+            _remove_flag(out, flag)
+            out.append(word)
+            i += 1
+        elif word.startswith("-") and i + 1 < len(extra) and not extra[i + 1].startswith("--"):
+            _remove_flag(out, word)
+            out += [word, extra[i + 1]]
+            i += 2
+        else:
+            if word not in out:
+                out.append(word)
+            i += 1
+    return out
+
+
+def _remove_flag(argv: list[str], flag: str) -> None:
+    for i, word in enumerate(argv):
+        if word == flag:
+            has_value = i + 1 < len(argv) and not argv[i + 1].startswith("--")
+            del argv[i:i + (2 if has_value else 1)]
+            return
+        if word.startswith(flag + "="):
+            del argv[i]
+            return
+
+
+def build(req: ServeRequest, install: vllm_env.VllmInstall | None = None) -> ServeCommand:
+    """The plan and the exact argv, without running anything (``--dry-run``)."""
+    cfg = config_mod.read_model_config(req.model_dir)
+    fmt = formats.detect_format(req.model_dir)
+    weights = formats.weight_summary(req.model_dir, req.quant)
+    notes: list[str] = []
+    quant_cfg = (cfg.quantization or {}).get("quant_method")
+    if req.quantization and quant_cfg and req.quantization.lower() != str(quant_cfg).lower():
+        raise UsageError("--quantization disagrees with the checkpoint", f"{req.quantization} vs {quant_cfg}",
+                         "drop --quantization: vLLM reads it from the checkpoint")
+    opts = req.options
+    if install is not None and opts.vllm_version is None:
+        opts.vllm_version = install.version
+    hw = hardware_for(req, install)
+    plan = planner.plan(cfg, weights.weight_bytes, hw, opts)
+    notes += plan.notes
+    model_path = str(req.model_dir)
+    if fmt == "gguf":
+        chosen = formats.select_gguf(req.model_dir, req.quant)
+        model_path = str(chosen.path)
+        notes.append("GGUF: vLLM >= 0.24 serves it only with the vllm-gguf-plugin package installed")
+    argv = ["vllm", "serve", model_path, "--served-model-name", req.served_name, "--host", req.host,
+            "--port", str(req.port), "--max-model-len", str(plan.max_model_len)]
+    if plan.device == "cpu":
+        argv += ["--kv-cache-memory-bytes", str(plan.kv_cache_bytes), "--enforce-eager"]
+    else:
+        argv += ["--tensor-parallel-size", str(plan.tensor_parallel_size),
+                 "--gpu-memory-utilization", f"{plan.gpu_memory_utilization:g}"]
+        if plan.pipeline_parallel_size > 1:
+            argv += ["--pipeline-parallel-size", str(plan.pipeline_parallel_size),
+                     "--distributed-executor-backend", "ray"]
+        if opts.enforce_eager:
+            argv.append("--enforce-eager")
+    if plan.dtype:
+        argv += ["--dtype", plan.dtype]
+    if opts.kv_cache_dtype:
+        argv += ["--kv-cache-dtype", opts.kv_cache_dtype]
+    if req.quantization:
+        argv += ["--quantization", req.quantization]
+    if req.trust_remote_code:
+        argv.append("--trust-remote-code")
+    elif cfg.auto_map:
+        notes.append("config.json has auto_map (custom code): vLLM may need --trust-remote-code")
+    if fmt == "gguf":
+        tokenizer = req.tokenizer or _gguf_base_model(Path(model_path))
+        if tokenizer:
+            argv += ["--tokenizer", tokenizer]
+        else:
+            notes.append("GGUF without a base model in its metadata: pass --tokenizer ORG/BASE "
+                         "(converting the GGUF tokenizer is slow and lossy)")
+        template = req.model_dir / "chat_template.jinja"
+        if template.is_file():     # transformers does not read chat_template.jinja for a .gguf
+            argv += ["--chat-template", str(template)]
+    elif req.tokenizer:
+        argv += ["--tokenizer", req.tokenizer]
+    argv = apply_passthrough(argv, req.passthrough)
+    ray = []
+    if plan.pipeline_parallel_size > 1:
+        ray = ["ray start --head --port 6379   # on this node, before vmm serve",
+               *[f"ray start --address <this-node-ip>:6379   # on node {n + 1}"
+                 for n in range(1, plan.pipeline_parallel_size)]]
+    env = {"VLLM_NO_USAGE_STATS": "1", "HF_HUB_OFFLINE": "1"}
+    return ServeCommand(argv, env, plan, model_path, fmt, notes, ray)
+
+
+def _gguf_base_model(path: Path) -> str | None:
+    try:
+        from vmm.core import gguf_meta
+
+        meta = gguf_meta.read_gguf(path).metadata
+    except (VmmError, OSError, AttributeError):
+        return None
+    url = meta.get("general.base_model.0.repo_url")
+    if isinstance(url, str) and "huggingface.co/" in url:
+        return url.split("huggingface.co/", 1)[1].strip("/")
+    org, name = meta.get("general.base_model.0.organization"), meta.get("general.base_model.0.name")
+    return f"{org}/{name}" if isinstance(org, str) and isinstance(name, str) else None
+
+
+# ------------------------------------------------------------------ running
+
+def _hint(lines: list[str]) -> str | None:
+    text = "\n".join(lines)
+    for needle, hint in HINTS:
+        if needle in text:
+            return hint
+    return None
+
+
+class VllmExited(VmmError):
+    """vLLM ended before it was ready: vmm exits with vLLM's own code."""
+
+    def __init__(self, code: int, tail: list[str]) -> None:
+        self.exit_code = code if 0 < code < 256 else 1
+        super().__init__("vLLM exited during start-up", f"exit code {code}",
+                         _hint(tail) or "see vLLM's output above")
+
+
+def _take_lock(root: Path, dir_name: str) -> int:
+    path = store.lock_path(root, dir_name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        holder = store.read_lock_info(root, dir_name) or {}
+        raise BusyError("model is locked by another vmm process",
+                        f"{dir_name}: pid {holder.get('pid', '?')} ({holder.get('purpose', '?')})",
+                        "wait for the pull or rm to finish") from None
+    return fd
+
+
+def _ready(base: str, served: str, child: subprocess.Popen, timeout_s: float, on_wait) -> None:
+    deadline = time.monotonic() + timeout_s
+    last_note = 0.0
+    while time.monotonic() < deadline:
+        if child.poll() is not None:
+            return
+        try:
+            with urllib.request.urlopen(f"{base}/health", timeout=5) as response:
+                if response.status == 200:
+                    break
+        except (OSError, urllib.error.URLError):
+            pass
+        if on_wait and time.monotonic() - last_note > 10:
+            on_wait(f"waiting for {base}/health")
+            last_note = time.monotonic()
+        time.sleep(0.5)
+    else:
+        raise IncompatibleError("vLLM did not become healthy in time", base, "see its output; raise --ready-timeout")
+    # /health can answer while the engine cannot run a request (on CPU, an unsupported head
+    # size dies on the first one): one real 1-token completion before saying "ready".
+    body = json.dumps({"model": served, "prompt": "ready?", "max_tokens": 1}).encode()
+    request = urllib.request.Request(f"{base}/v1/completions", data=body,
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=max(30.0, deadline - time.monotonic())) as response:
+            if response.status != 200:
+                raise IncompatibleError("vLLM is up but a first request failed", f"HTTP {response.status}",
+                                        "see vLLM's output above")
+    except urllib.error.HTTPError as exc:
+        raise IncompatibleError("vLLM is up but a first request failed", f"HTTP {exc.code}",
+                                "see vLLM's output above") from None
+    except (OSError, urllib.error.URLError) as exc:
+        if child.poll() is not None:
+            return
+        raise IncompatibleError("vLLM is up but a first request failed", str(exc), "see vLLM's output above") from None
+
+
+def run(cmd: ServeCommand, req: ServeRequest, root: Path, detach: bool = False, ready_timeout_s: float = 900,
+        on_wait=None, on_ready=None) -> int:
+    """Start vLLM, wait until it answers a real request, then (attached) wait for it to end and
+    return its exit code, forwarding SIGINT/SIGTERM; (detached) return 0 once ready."""
+    install = vllm_env.require_vllm()
+    argv = [install.executable, *cmd.argv[1:]]
+    env = {**os.environ, **cmd.env}
+    lock_fd = _take_lock(root, req.model_dir.name)
+    log_path = None
+    tail: deque[str] = deque(maxlen=40)
+    try:
+        if detach:
+            log_path = runtime.logs_dir(root) / f"{req.model_dir.name}-{req.port}.log"
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            out = open(log_path, "ab")
+            child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                     env=env, start_new_session=True, pass_fds=(lock_fd,))
+            out.close()
+        else:
+            child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                     pass_fds=(lock_fd,))
+    except OSError as exc:
+        os.close(lock_fd)
+        raise IncompatibleError("cannot start vllm", install.executable, exc.strerror or str(exc)) from exc
+    os.close(lock_fd)      # the child holds the shared lock now, for as long as it runs
+
+    pump = None
+    if not detach:
+        def copy_output() -> None:
+            for raw in iter(child.stdout.readline, b""):
+                line = raw.decode("utf-8", "replace")
+                tail.append(line.rstrip("\n"))
+                sys.stderr.write(line)
+                sys.stderr.flush()
+        pump = threading.Thread(target=copy_output, daemon=True)
+        pump.start()
+
+    signals = {"count": 0}
+
+    def forward(signum, _frame) -> None:
+        signals["count"] += 1
+        sig = signum if signals["count"] == 1 else signal.SIGKILL
+        try:
+            os.killpg(child.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    record = runtime.record_for(req.name, req.model_dir, child.pid, req.host, req.port, argv, log_path, detach)
+    base = record.url
+    try:
+        runtime.register(root, record)
+        _ready(base, req.served_name, child, ready_timeout_s, on_wait)
+        if child.poll() is not None:
+            if pump:
+                pump.join(timeout=5)
+            elif log_path:
+                tail.extend(runtime.tail_lines(log_path, 40))
+            raise VllmExited(child.returncode, list(tail))
+        store.touch_usage(req.model_dir, "serve")
+        if on_ready:
+            on_ready(base)
+        if detach:
+            return 0
+        code = child.wait()
+        if pump:
+            pump.join(timeout=5)
+        if code and signals["count"] == 0:
+            hint = _hint(list(tail))
+            if hint:
+                sys.stderr.write(f"hint: {hint}\n")
+        return code if code >= 0 else 128 - code
+    except BaseException:
+        _stop_child(child)       # never leave a half-started vLLM behind
+        raise
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if not detach or child.poll() is not None:
+            runtime.unregister(root, record.id)
+
+
+def _stop_child(child: subprocess.Popen) -> None:
+    if child.poll() is not None:
+        return
+    try:
+        os.killpg(child.pid, signal.SIGTERM)
+        child.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(child.pid, signal.SIGKILL)
+        child.wait()
+    except ProcessLookupError:
+        pass
