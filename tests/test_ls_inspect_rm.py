@@ -13,7 +13,7 @@ import pytest
 
 import builders as b
 from conftest import assert_error_line, run_vmm, run_vmm_subprocess
-from vmm.core import info
+from vmm.core import info, store
 
 LS_MODEL_KEYS = {"name", "path", "format", "size_bytes", "files", "sharded", "shard_count",
                  "revision", "managed", "last_used"}
@@ -103,11 +103,14 @@ def _tree_state(path):
 
 
 def test_ls_and_inspect_never_write_into_the_root(zoo):
-    before = _tree_state(zoo)
+    # Except usage tracking (issue 7): inspect records its use in the model's manifest.
+    usage = str(zoo / "Qwen--Qwen2-7B-Instruct" / ".vmm")
+    before = [e for e in _tree_state(zoo) if not e[0].startswith(usage)]
     assert run_vmm("ls").exit_code == 0
     assert run_vmm("inspect", "Qwen/Qwen2-7B-Instruct").exit_code == 0
     assert run_vmm("shards", "Qwen/Qwen2-7B-Instruct").exit_code == 0
-    assert _tree_state(zoo) == before
+    assert [e for e in _tree_state(zoo) if not e[0].startswith(usage)] == before
+    assert store.read_manifest(zoo / "Qwen--Qwen2-7B-Instruct").use_counts == {"inspect": 1}
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
@@ -378,7 +381,7 @@ def test_unknown_option_is_one_usage_line_exit_2(root):
 
 
 def test_unexpected_exception_is_exit_1_without_traceback_unless_debug(root, monkeypatch):
-    def boom(_root):
+    def boom(_root, *_):
         raise RuntimeError("simulated bug")
 
     monkeypatch.setattr(info, "list_models", boom)
@@ -390,7 +393,7 @@ def test_unexpected_exception_is_exit_1_without_traceback_unless_debug(root, mon
 
 
 def test_ctrl_c_is_exit_130(root, monkeypatch):
-    def interrupted(_root):
+    def interrupted(_root, *_):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(info, "list_models", interrupted)

@@ -136,3 +136,25 @@ def key_values(pairs: list[tuple[str, Any]]) -> None:
     for key, value in pairs:
         sys.stdout.write(f"{key.ljust(width)}  {'-' if value is None else value}\n")
     sys.stdout.flush()
+
+
+def servers_table(statuses) -> None:
+    import time
+
+    rows = []
+    for s in statuses:
+        def num(v, fmt="{:.0f}"):
+            return "-" if v is None else fmt.format(v)
+        rows.append([
+            s.model, s.pid, s.url, "up" if s.alive else "dead (cleaned)",
+            human_age(time.time() - s.started_at).replace(" ago", "") if s.alive else "-",
+            num(s.running), num(s.waiting),
+            "-" if s.kv_cache_usage is None else f"{s.kv_cache_usage * 100:.0f}%",
+            num(s.generation_tokens_per_s, "{:.1f}"), num(s.prompt_tokens_per_s, "{:.1f}"),
+            s.metrics_error or "",
+        ])
+    if not rows:
+        note("no servers started by vmm on this host")
+        return
+    table(None, ["model", "pid", "url", "state", "up", "running", "waiting", "kv cache",
+                 "gen tok/s", "prompt tok/s", "note"], rows)

@@ -53,6 +53,10 @@ class ModelSummary:
     managed: bool
     last_used: str | None           # ISO 8601 UTC, null when never used through vmm
     problem: str | None = None      # e.g. a corrupt manifest; the model is still listed
+    # Usage (storage): total and per-command counts from the manifest, gc pin.
+    uses: int = 0
+    use_counts: dict[str, int] = field(default_factory=dict)
+    pinned: bool = False
 
 
 @dataclass
@@ -61,7 +65,8 @@ class Listing:
     models: list[ModelSummary] = field(default_factory=list)
 
 
-def _walk_files(model_dir: Path, include_hidden: bool = False) -> tuple[list[str], int]:
+def _walk_files(model_dir: Path, include_hidden: bool = False,
+                inodes: dict[tuple[int, int], int] | None = None) -> tuple[list[str], int]:
     """(relative paths, total apparent bytes) of a model dir, hidden top-level dirs excluded.
 
     Directory entries only (``lstat`` through ``scandir``); symlinks are counted as entries,
@@ -83,7 +88,10 @@ def _walk_files(model_dir: Path, include_hidden: bool = False) -> tuple[list[str
                         continue     # .vmm (ours), .cache (hf --local-dir metadata), .git
                     stack.append((Path(entry.path), f"{prefix}{entry.name}/"))
                     continue
-                total += entry.stat(follow_symlinks=False).st_size
+                st = entry.stat(follow_symlinks=False)
+                total += st.st_size
+                if inodes is not None:      # hardlinked files (vmm dedup) count once in totals
+                    inodes[(st.st_dev, st.st_ino)] = st.st_size
             except OSError:
                 continue
             rels.append(prefix + entry.name)
@@ -91,14 +99,14 @@ def _walk_files(model_dir: Path, include_hidden: bool = False) -> tuple[list[str
     return rels, total
 
 
-def summarize(model_dir: Path) -> ModelSummary:
+def summarize(model_dir: Path, inodes: dict[tuple[int, int], int] | None = None) -> ModelSummary:
     problem = None
     try:
         model = store.load_model(model_dir)
     except IntegrityError as exc:
         problem = exc.line().removeprefix("error: ")
         model = store.LocalModel(names.dir_name_to_repo_id(model_dir.name) or model_dir.name, model_dir, None)
-    rels, size = _walk_files(model_dir)
+    rels, size = _walk_files(model_dir, inodes=inodes)
     fmt = formats.format_from_names(rels)
     top = [r for r in rels if "/" not in r]
     sharded, count = formats.shards_from_names(top if fmt != "gguf" else [r for r in rels if r.lower().endswith(".gguf")])
@@ -110,12 +118,18 @@ def summarize(model_dir: Path) -> ModelSummary:
         managed=manifest is not None or problem is not None,
         last_used=iso_time(manifest.last_used) if manifest else None,
         problem=problem,
+        uses=sum(manifest.use_counts.values()) if manifest else 0,
+        use_counts=dict(manifest.use_counts) if manifest else {},
+        pinned=bool(manifest and manifest.pinned) or store.pin_path(model_dir.parent, model_dir.name).exists(),
     )
 
 
-def list_models(root: Path) -> list[ModelSummary]:
-    """Every model directory in the root, by directory name; an absent root is an empty list."""
-    return [summarize(d) for d in store.model_dirs(Path(root)) if _TRASH_MARK not in d.name]
+def list_models(root: Path, inodes: dict[tuple[int, int], int] | None = None) -> list[ModelSummary]:
+    """Every model directory in the root, by directory name; an absent root is an empty list.
+
+    ``inodes``, when given, collects (device, inode) -> size of every file (root totals).
+    """
+    return [summarize(d, inodes) for d in store.model_dirs(Path(root)) if _TRASH_MARK not in d.name]
 
 
 # --------------------------------------------------------------------------- inspect

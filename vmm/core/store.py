@@ -322,3 +322,17 @@ def free_bytes(path: Path) -> int:
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     return shutil.disk_usage(probe).free
+
+
+# --------------------------------------------------------------------------- storage state
+
+PARTIAL_DIR = "partial"    # <model>/.vmm/partial/: a pull's resumable data (gc removes stale ones)
+PINS_DIR = "pins"          # <root>/.vmm/pins/<dir>: models gc never removes (hand-made ones too)
+
+
+def partial_dir(model_dir: Path) -> Path:
+    return model_dir / META_DIR / PARTIAL_DIR
+
+
+def pin_path(root: Path, dir_name: str) -> Path:
+    return root / META_DIR / PINS_DIR / dir_name

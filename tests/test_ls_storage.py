@@ -1,0 +1,158 @@
+"""vmm ls extensions of the storage work: --sort, uses, totals, --updates."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from conftest import assert_error_line, run_vmm
+from storage_helpers import COMMIT, blob, make_model
+
+from vmm.core import dedup, info
+
+CONTRACT = set(info.LS_KEYS)
+
+
+def _root_with_usage(root):
+    now = time.time()
+    make_model(root, "org/big", {"w.bin": blob("big", 300_000)}, last_used=now - 3600)
+    make_model(root, "org/small", {"w.bin": blob("small", 1_000)}, last_used=now - 60)
+    make_model(root, "org/mid", {"w.bin": blob("mid", 50_000)})
+    make_model(root, "hand", {"w.bin": blob("hand", 10_000), "config.json": b"{}"}, managed=False)
+
+
+def test_ls_sort_size_and_used(root):
+    _root_with_usage(root)
+    by_size = [m["name"] for m in run_vmm("ls", "--sort", "size", "--json").json()["models"]]
+    assert by_size == ["org/big", "org/mid", "hand", "org/small"]
+    by_used = [m["name"] for m in run_vmm("ls", "--sort", "used", "--json").json()["models"]]
+    assert by_used[:2] == ["org/small", "org/big"]
+    assert set(by_used[2:]) == {"org/mid", "hand"}
+    by_name = [m["name"] for m in run_vmm("ls", "--json").json()["models"]]
+    assert by_name == ["hand", "org/big", "org/mid", "org/small"]
+    assert_error_line(run_vmm("ls", "--sort", "colour"), 2, "unknown sort order", "name, size, used")
+
+
+def test_ls_shows_usage_counts_after_inspect_and_the_table_sorts_by_use(root):
+    from builders import make_model as make_real
+
+    make_real(root, "org/real")
+    make_real(root, "org/other")
+    for _ in range(2):
+        assert run_vmm("inspect", "org/real").exit_code == 0
+    doc = run_vmm("ls", "--json", "--sort", "used").json()
+    first = doc["models"][0]
+    assert first["name"] == "org/real" and first["uses"] == 2 and first["use_counts"] == {"inspect": 2}
+    assert first["last_used"] is not None
+    table = run_vmm("ls", "--sort", "used").stdout.splitlines()
+    assert table[0].split()[-2:] == ["USES", "MANAGED"]
+    assert table[1].startswith("org/real") and table[1].split()[-2:] == ["2", "yes"]
+
+
+def test_ls_totals_count_hardlinked_files_once(root):
+    shared = blob("shared", 200_000)
+    make_model(root, "org/a", {"w.bin": shared})
+    make_model(root, "org/b", {"w.bin": shared})
+    before = run_vmm("ls", "--json").json()
+    assert set(before["models"][0]) >= CONTRACT
+    assert before["totals"]["shared_bytes"] == 0
+    assert before["totals"]["free_bytes"] > 0
+    dedup.dedup(root)
+    after = run_vmm("ls", "--json").json()["totals"]
+    assert after["apparent_bytes"] == before["totals"]["apparent_bytes"]
+    assert after["shared_bytes"] == len(shared)
+    assert after["total_bytes"] == before["totals"]["total_bytes"] - len(shared)
+    last = run_vmm("ls").stdout.splitlines()[-1]
+    assert last.startswith("total ") and "in 2 models" in last and "shared by hardlinks" in last
+    assert last.endswith("free on the filesystem")
+
+
+def test_ls_shows_pins(root):
+    make_model(root, "org/a", {"w.bin": b"x"})
+    assert run_vmm("pin", "org/a").exit_code == 0
+    row = run_vmm("ls").stdout.splitlines()[1]
+    assert row.endswith("yes, pinned")
+    assert run_vmm("ls", "--json").json()["models"][0]["pinned"] is True
+
+
+# --------------------------------------------------------------------------- --updates
+
+NEW = "b" * 40
+
+
+class _Hub(BaseHTTPRequestHandler):
+    commits: dict[str, str] = {}
+    seen: list[tuple[str, str | None]] = []
+
+    def do_GET(self):  # noqa: N802
+        type(self).seen.append((self.path, self.headers.get("Authorization")))
+        prefix = "/api/models/"
+        if self.path.startswith(prefix) and "/revision/" in self.path:
+            repo, rev = self.path[len(prefix):].split("/revision/")
+            sha = self.commits.get(f"{repo}@{rev}")
+            if sha:
+                body = json.dumps({"id": repo, "sha": sha}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return
+            if repo == "org/broken":
+                self.send_response(500)
+                self.end_headers()
+                return
+        self.send_response(404)
+        self.send_header("X-Error-Code", "RepoNotFound")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def hub(monkeypatch):
+    _Hub.commits = {"org/same@main": COMMIT, "org/moved@main": NEW}
+    _Hub.seen = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Hub)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_port}")
+    yield _Hub
+    server.shutdown()
+
+
+def test_ls_updates_asks_the_hub_once_per_managed_model(root, hub, monkeypatch):
+    for repo in ("org/same", "org/moved", "org/gone", "org/broken"):
+        make_model(root, repo, {"w.bin": b"x"})
+    make_model(root, "hand", {"config.json": b"{}"}, managed=False)
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+    run = run_vmm("ls", "--updates", "--json")
+    assert run.exit_code == 0, run.stderr
+    rows = {m["name"]: m["update"] for m in run.json()["models"]}
+    assert rows["org/same"]["update_available"] is False
+    assert rows["org/moved"]["update_available"] is True and rows["org/moved"]["remote_commit"] == NEW
+    assert rows["org/gone"]["update_available"] is None and "404" in rows["org/gone"]["error"]
+    assert "500" in rows["org/broken"]["error"]
+    assert rows["hand"] is None
+    assert len(hub.seen) == 4 and all(auth == "Bearer hf_test_token" for _, auth in hub.seen)
+    assert "org/gone" in run.stderr and "update check failed" in run.stderr
+    table = run_vmm("ls", "--updates").stdout
+    moved_row = next(ln for ln in table.splitlines() if ln.startswith("org/moved"))
+    assert moved_row.endswith(f"yes ({COMMIT[:7]} -> {NEW[:7]})")
+
+
+def test_ls_updates_offline_is_refused(root, monkeypatch):
+    make_model(root, "org/same", {"w.bin": b"x"})
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert_error_line(run_vmm("ls", "--updates"), 2, "HF_HUB_OFFLINE")
+
+
+def test_ls_updates_with_the_hub_unreachable_reports_each_model(root):
+    make_model(root, "org/same", {"w.bin": b"x"})
+    run = run_vmm("ls", "--updates", "--json")
+    assert run.exit_code == 0
+    assert "cannot reach the Hub" in run.json()["models"][0]["update"]["error"]

@@ -1,0 +1,648 @@
+"""Chat templates: which one vLLM will use, where it comes from, and what it renders.
+
+Resolution, in the order transformers' tokenizer loading applies (transformers 5.24.0,
+``tokenization_utils_base.PreTrainedTokenizerBase._from_pretrained``):
+
+1. ``chat_template.jinja`` in the model dir (``CHAT_TEMPLATE_FILE``). Its text becomes the
+   tokenizer's ``chat_template`` and *replaces* any ``chat_template`` of
+   ``tokenizer_config.json`` ("If independent chat template file(s) exist, they take priority
+   over template entries in the tokenizer config"). Files under ``additional_chat_templates/``
+   (``CHAT_TEMPLATE_DIR``) become further named templates.
+2. ``tokenizer_config.json`` ``chat_template``: a string, or a list of ``{name, template}``
+   (transformers turns it into a dict; ``get_chat_template`` uses ``default``).
+3. GGUF ``tokenizer.chat_template`` metadata (transformers' GGUF tokenizer mapping,
+   ``integrations/gguf/gguf_tokenizer_mapping.py``, carries it over as ``chat_template``).
+4. A family default shipped with vmm (``vmm/data/<family>.jinja``), chosen by
+   :data:`FAMILY_RULES`. vLLM itself has no such fallback for text models (a chat request to
+   a model without a template fails), which is why ``setup_chat_template`` writes it into
+   the model dir as ``chat_template.jinja`` where vLLM's tokenizer picks it up.
+
+Rendering mirrors transformers' ``_compile_jinja_template`` (5.24.0,
+``utils/chat_template_utils.py``): ``ImmutableSandboxedEnvironment(trim_blocks=True,
+lstrip_blocks=True, extensions=[<generation tag>, loopcontrols])``, a ``tojson`` filter that
+does not HTML-escape, and the globals ``raise_exception``, ``strftime_now``, ``dict`` and a
+``namespace`` that refuses underscore attributes. Special tokens are passed as variables
+(``bos_token``, ``eos_token``, ...), as ``apply_chat_template`` passes
+``special_tokens_map``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from vmm.core import store
+from vmm.core.errors import IntegrityError, UsageError, VmmError
+
+CHAT_TEMPLATE_FILE = "chat_template.jinja"          # transformers utils/hub.py CHAT_TEMPLATE_FILE
+CHAT_TEMPLATE_DIR = "additional_chat_templates"     # transformers utils/hub.py CHAT_TEMPLATE_DIR
+TOKENIZER_CONFIG = "tokenizer_config.json"
+ORIGINAL_KEPT = f"{store.META_DIR}/{CHAT_TEMPLATE_FILE}.orig"   # an original replaced by --set
+RECORD_FILE = f"{store.META_DIR}/chat_template.json"           # the record for dirs without manifest
+MANIFEST_KEY = "chat_template"                                  # Manifest.extra key of the record
+
+SOURCES = ("chat_template.jinja", "tokenizer_config.json", "gguf", "family")
+TEMPLATE_KEYS = ("source", "family", "template", "rendered")
+
+
+# --------------------------------------------------------------------------- families
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    file: str                     # under vmm/data
+    description: str
+    bos_token: str | None         # used only when the model supplies none
+    eos_token: str | None
+
+
+FAMILIES: dict[str, Family] = {
+    "chatml": Family("chatml", "chatml.jinja", "ChatML <|im_start|>role ... <|im_end|> (Qwen, Yi)",
+                     None, "<|im_end|>"),
+    "mistral": Family("mistral", "mistral.jinja", "Mistral <s>[INST] ... [/INST] answer</s> (no system role)",
+                      "<s>", "</s>"),
+    "dialogpt": Family("dialogpt", "dialogpt.jinja", "DialoGPT: turns joined by EOS",
+                       None, "<|endoftext|>"),
+    "generic": Family("generic", "generic.jinja", "### Human: / ### Assistant: turns",
+                      None, None),
+}
+
+# The one table that picks a family: (family, what is matched, regular expression).
+# Checked in order: model_type, then architectures, then the model's name; the first match
+# wins, and no match means ``generic``. Yi checkpoints say model_type "llama" and
+# LlamaForCausalLM (01-ai/Yi-6B config.json), so Yi is recognised by its name.
+FAMILY_RULES: tuple[tuple[str, str, str], ...] = (
+    ("chatml", "model_type", r"^(qwen|qwen2|qwen2_moe|qwen3|qwen3_moe|qwen3_next|yi)$"),
+    ("mistral", "model_type", r"^(mistral|mixtral)$"),
+    ("chatml", "architectures", r"^(QWen|Qwen2|Qwen3|Yi)[A-Za-z0-9]*ForCausalLM$|^QWenLMHeadModel$"),
+    ("mistral", "architectures", r"^(Mistral|Mixtral)ForCausalLM$"),
+    ("dialogpt", "name", r"dialogpt"),
+    ("chatml", "name", r"qwen|(^|[/_.-])yi([/_.-]|$)"),
+    ("mistral", "name", r"mistral|mixtral"),
+)
+
+
+def choose_family(model_type: str | None, architectures: list[str] | None, name: str | None) -> str:
+    """The family default for a model, by :data:`FAMILY_RULES`."""
+    subjects = {"model_type": [model_type or ""], "architectures": list(architectures or []),
+                "name": [(name or "").lower()]}
+    for family, what, pattern in FAMILY_RULES:
+        if any(re.search(pattern, s, flags=re.I if what == "name" else 0) for s in subjects[what] if s):
+            return family
+    return "generic"
+
+
+def family_template(family: str) -> str:
+    spec = FAMILIES[family]
+    return resources.files("vmm").joinpath("data", spec.file).read_text(encoding="utf-8")
+
+
+# --------------------------------------------------------------------------- sample conversation
+
+DEFAULT_SYSTEM = (
+    "You are Captain Mara Vex, the sharp-tongued captain of the airship Kestrel. Stay in "
+    "character: speak in short, salty sentences, never mention being an AI, and remember "
+    "what your crew told you earlier."
+)
+SAMPLE_TURNS: tuple[tuple[str, str], ...] = (
+    ("user", "Captain, a storm is closing in from the east. What are your orders?"),
+    ("assistant", "Reef the sails and lash down the cargo, Tomas. We ride it out above the clouds."),
+    ("user", "Aye. And what of the stowaway we found in the hold this morning?"),
+)
+
+
+def sample_messages(system: str | None = None) -> list[dict[str, str]]:
+    """System (a role-play character card), user, assistant, user."""
+    return [{"role": "system", "content": DEFAULT_SYSTEM if system is None else system},
+            *({"role": r, "content": c} for r, c in SAMPLE_TURNS)]
+
+
+def fold_system(messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The system text prepended to the first user turn (for templates without a system role)."""
+    system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
+    rest = [dict(m) for m in messages if m["role"] != "system"]
+    for message in rest:
+        if message["role"] == "user":
+            message["content"] = f"{system}\n\n{message['content']}" if system else message["content"]
+            break
+    return rest
+
+
+# --------------------------------------------------------------------------- rendering
+
+class TemplateProblem(Exception):
+    """A template that does not compile or raises; ``line`` is the template line when known."""
+
+    def __init__(self, message: str, line: int | None, kind: str) -> None:
+        super().__init__(message)
+        self.message, self.line, self.kind = message, line, kind
+
+    def describe(self) -> str:
+        where = f"line {self.line}: " if self.line else ""
+        return f"{where}{self.message}"
+
+
+def _environment():
+    """The sandbox transformers renders chat templates in (5.24.0 ``_cached_compile_jinja_template``)."""
+    from datetime import datetime
+
+    import jinja2
+    import jinja2.ext
+    import jinja2.nodes
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    class GenerationTag(jinja2.ext.Extension):
+        # transformers' AssistantTracker: ``{% generation %}...{% endgeneration %}`` marks
+        # assistant text; outside its mask tracking it renders the body unchanged.
+        tags = {"generation"}
+
+        def parse(self, parser):
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+            return jinja2.nodes.CallBlock(self.call_method("_body"), [], [], body).set_lineno(lineno)
+
+        def _body(self, caller):
+            return caller()
+
+    def raise_exception(message):
+        raise jinja2.exceptions.TemplateError(message)
+
+    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
+                          sort_keys=sort_keys)
+
+    def strftime_now(fmt):
+        return datetime.now().strftime(fmt)
+
+    class TemplateDict:
+        def __call__(self, *args, **kwargs):
+            return dict(*args, **kwargs)
+
+        def fromkeys(self, *args, **kwargs):
+            return dict.fromkeys(*args, **kwargs)
+
+    class TemplateNamespace(jinja2.utils.Namespace):
+        def __init__(*args, **kwargs):
+            self, args = args[0], args[1:]
+            attrs = dict(*args, **kwargs)
+            for key in attrs:
+                TemplateNamespace._check_name(key)
+            jinja2.utils.Namespace.__init__(self, attrs)
+
+        def __setitem__(self, key, value):
+            TemplateNamespace._check_name(key)
+            jinja2.utils.Namespace.__setitem__(self, key, value)
+
+        @staticmethod
+        def _check_name(key):
+            if isinstance(key, str) and key.startswith("_"):
+                raise jinja2.exceptions.SecurityError(
+                    f"Chat templates cannot store underscore-prefixed attributes on a namespace, but got {key!r}.")
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                        extensions=[GenerationTag, jinja2.ext.loopcontrols])
+    env.filters["tojson"] = tojson
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = strftime_now
+    env.globals["dict"] = TemplateDict()
+    env.globals["namespace"] = TemplateNamespace
+    return env
+
+
+def _template_line(exc: BaseException) -> int | None:
+    """The template line a render error happened on (jinja rewrites tracebacks to it)."""
+    line = None
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == "<template>":
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line
+
+
+def compile_template(text: str):
+    """Compile in the sandbox; :class:`TemplateProblem` on a syntax error."""
+    import jinja2
+
+    try:
+        return _environment().from_string(text)
+    except jinja2.TemplateSyntaxError as exc:
+        raise TemplateProblem(f"jinja syntax error: {exc.message}", exc.lineno, "syntax") from exc
+
+
+def render_messages(compiled: Any, messages: list[dict[str, str]], tokens: dict[str, str | None],
+                    add_generation_prompt: bool = True) -> str:
+    """Render like ``apply_chat_template(tokenize=False)``; :class:`TemplateProblem` when it raises."""
+    import jinja2
+
+    variables = {k: v for k, v in tokens.items() if v is not None}
+    try:
+        return compiled.render(messages=messages, tools=None, documents=None,
+                               add_generation_prompt=add_generation_prompt, **variables)
+    except jinja2.TemplateError as exc:
+        message = getattr(exc, "message", None) or str(exc)
+        verb = "failed" if isinstance(exc, jinja2.UndefinedError) else "raised"
+        raise TemplateProblem(f"template {verb}: {message}", _template_line(exc), "raise") from exc
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError, ZeroDivisionError,
+            RecursionError, OverflowError) as exc:
+        raise TemplateProblem(f"template failed: {type(exc).__name__}: {exc}", _template_line(exc),
+                              "error") from exc
+
+
+@dataclass
+class Rendering:
+    rendered: str
+    messages: list[dict[str, str]]   # what was rendered (after folding)
+    system_folded: bool
+    fold_reason: str | None          # "raised: ..." or "dropped"
+
+
+def render_sample(text: str, tokens: dict[str, str | None], system: str | None = None) -> Rendering:
+    """Render the sample conversation; fold the system text into the first user turn when the
+    template refuses a system role or drops its text. :class:`TemplateProblem` when even the
+    plain (folded) conversation fails."""
+    compiled = compile_template(text)
+    messages = sample_messages(system)
+    system_text = messages[0]["content"]
+    try:
+        rendered = render_messages(compiled, messages, tokens)
+    except TemplateProblem as exc:
+        reason = f"the template refused the system role ({exc.describe()})"
+    else:
+        if system_text in rendered:
+            return Rendering(rendered, messages, False, None)
+        reason = "the template dropped the system message"
+    folded = fold_system(messages)
+    rendered = render_messages(compiled, folded, tokens)
+    return Rendering(rendered, folded, True, reason)
+
+
+# --------------------------------------------------------------------------- tokenizer files
+
+def _token_text(value: Any) -> str | None:
+    """A special token as tokenizer_config.json stores it: a string or an AddedToken dict."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict) and isinstance(value.get("content"), str):
+        return value["content"]
+    return None
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    from vmm.core import config as config_mod
+
+    return config_mod.load_json_file(path)
+
+
+@dataclass
+class TokenizerInfo:
+    chat_template: str | None = None
+    named_templates: dict[str, str] = field(default_factory=dict)
+    tokens: dict[str, str | None] = field(default_factory=dict)
+
+
+def read_tokenizer_config(model_path: Path) -> TokenizerInfo | None:
+    """chat_template and special tokens from tokenizer_config.json; None when absent."""
+    path = model_path / TOKENIZER_CONFIG
+    if not path.is_file():
+        return None
+    doc = _read_json(path)
+    result = TokenizerInfo()
+    for key in ("bos_token", "eos_token", "unk_token", "pad_token"):
+        result.tokens[key] = _token_text(doc.get(key))
+    raw = doc.get("chat_template")
+    if isinstance(raw, str):
+        result.chat_template = raw
+    elif isinstance(raw, list):
+        for entry in raw:
+            if not (isinstance(entry, dict) and isinstance(entry.get("name"), str)
+                    and isinstance(entry.get("template"), str)):
+                raise IntegrityError("malformed chat_template list (entries need name and template)",
+                                     str(path), "fix the file, or set a template with `vmm template NAME --set`")
+            result.named_templates[entry["name"]] = entry["template"]
+        result.chat_template = result.named_templates.get("default")
+    elif raw is not None:
+        raise IntegrityError("malformed chat_template (neither a string nor a list)", str(path),
+                             "fix the file, or set a template with `vmm template NAME --set`")
+    return result
+
+
+# --------------------------------------------------------------------------- the record of what vmm wrote
+
+def read_record(model_path: Path) -> dict[str, Any] | None:
+    """What vmm wrote as chat_template.jinja (manifest extra, else .vmm/chat_template.json)."""
+    try:
+        manifest = store.read_manifest(model_path)
+    except IntegrityError:
+        manifest = None
+    if manifest is not None:
+        record = manifest.extra.get(MANIFEST_KEY)
+        return record if isinstance(record, dict) else None
+    try:
+        record = json.loads((model_path / RECORD_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _write_template_file(target: Path, text: str) -> None:
+    """Atomic write, readable by the user vLLM runs as (mkstemp creates files 0600)."""
+    import os
+
+    store.atomic_write_bytes(target, text.encode("utf-8"))
+    os.chmod(target, 0o644)
+
+
+def _sha256(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def vmm_wrote(record: dict[str, Any] | None, current_text: str | None) -> bool:
+    """Whether chat_template.jinja is still the file vmm wrote (a later pull may restore the Hub's)."""
+    if not record or record.get("written_by") != "vmm" or current_text is None:
+        return False
+    recorded = record.get("sha256")
+    return recorded is None or recorded == _sha256(current_text)
+
+
+def _write_record(model_path: Path, record: dict[str, Any]) -> str:
+    """Store the record in the manifest when the model has one; returns where it went."""
+    manifest = store.read_manifest(model_path)
+    if manifest is not None:
+        manifest.extra[MANIFEST_KEY] = record
+        store.write_manifest(model_path, manifest)
+        return store.META_DIR + "/" + store.MANIFEST_NAME
+    store.atomic_write_json(model_path / RECORD_FILE, record)
+    return RECORD_FILE
+
+
+# --------------------------------------------------------------------------- resolution
+
+@dataclass
+class ResolvedTemplate:
+    source: str                      # one of SOURCES
+    source_path: str | None          # the file it was read from (relative to the model dir)
+    family: str                      # the family vmm detects (the fallback it would use)
+    template: str
+    tokens: dict[str, str | None]
+    named_templates: list[str] = field(default_factory=list)
+    written_by_vmm: bool = False     # chat_template.jinja was written by vmm
+    notes: list[str] = field(default_factory=list)
+
+
+def _model_identity(model_path: Path, model_name: str | None, quant: str | None):
+    """(model_type, architectures, gguf file or None) without failing on a broken config."""
+    from vmm.core import config as config_mod
+    from vmm.core import formats
+
+    gguf_path = None
+    notes: list[str] = []
+    if formats.find_gguf_files(model_path, read_metadata=False):
+        try:
+            gguf_path = formats.select_gguf(model_path, quant).path
+        except UsageError:
+            first = formats.find_gguf_files(model_path)[0]
+            gguf_path = first.path
+            notes.append(f"several GGUF quantizations; read the template metadata of "
+                         f"{first.path.relative_to(model_path).as_posix()}")
+        except VmmError:
+            gguf_path = None
+    model_type, archs = None, []
+    try:
+        if (model_path / "config.json").is_file():
+            cfg = config_mod.read_model_config(model_path)
+        elif gguf_path is not None:
+            from vmm.core import gguf_meta
+
+            cfg = gguf_meta.config_from_gguf(gguf_path)
+        else:
+            cfg = None
+        if cfg is not None:
+            model_type, archs = cfg.model_type, cfg.architectures
+    except VmmError as exc:
+        notes.append(f"config unreadable ({exc.what}); family chosen by name")
+    return model_type, archs, gguf_path, notes
+
+
+def resolve_template(model_path: Path, model_name: str | None = None,
+                     quant: str | None = None) -> ResolvedTemplate:
+    """The template vLLM's tokenizer will use, where it comes from, and the special tokens."""
+    model_path = Path(model_path)
+    model_type, archs, gguf_path, notes = _model_identity(model_path, model_name, quant)
+    family = choose_family(model_type, archs, model_name or model_path.name)
+    tok = read_tokenizer_config(model_path)
+    tokens: dict[str, str | None] = dict(tok.tokens) if tok else {}
+    gguf_template = None
+    if gguf_path is not None:
+        from vmm.core import gguf_meta
+
+        gguf_template, bos, eos = gguf_meta.gguf_chat_metadata(gguf_path)
+        # A tokenizer_config.json next to the GGUF wins for tokens, as for the template.
+        if not tokens.get("bos_token"):
+            tokens["bos_token"] = bos
+        if not tokens.get("eos_token"):
+            tokens["eos_token"] = eos
+    record = read_record(model_path)
+
+    named = sorted(tok.named_templates) if tok else []
+    extra_dir = model_path / CHAT_TEMPLATE_DIR
+    if extra_dir.is_dir():
+        named = sorted(set(named) | {p.name.removesuffix(".jinja") for p in extra_dir.glob("*.jinja")})
+
+    jinja_file = model_path / CHAT_TEMPLATE_FILE
+    if jinja_file.is_file():
+        try:
+            text = jinja_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise IntegrityError("cannot read chat template", str(jinja_file), str(exc)) from exc
+        written = vmm_wrote(record, text)
+        if written and record.get("family") in FAMILIES:
+            family = record["family"]
+        return ResolvedTemplate("chat_template.jinja", CHAT_TEMPLATE_FILE, family, text,
+                                _with_family_tokens(tokens, family), named, written, notes)
+    if tok is not None and tok.chat_template is not None:
+        return ResolvedTemplate("tokenizer_config.json", TOKENIZER_CONFIG, family, tok.chat_template,
+                                _with_family_tokens(tokens, family), named, False, notes)
+    if tok is not None and tok.named_templates:
+        raise IntegrityError(
+            "tokenizer_config.json has named chat templates but none called 'default'",
+            f"{model_path / TOKENIZER_CONFIG} (templates: {', '.join(named)})",
+            "vLLM cannot pick one: set one with `vmm template NAME --set FILE`")
+    if gguf_template:
+        return ResolvedTemplate("gguf", gguf_path.relative_to(model_path).as_posix(), family,
+                                gguf_template, _with_family_tokens(tokens, family), named, False, notes)
+    return ResolvedTemplate("family", f"vmm/data/{FAMILIES[family].file}", family, family_template(family),
+                            _with_family_tokens(tokens, family), named, False, notes)
+
+
+def _with_family_tokens(tokens: dict[str, str | None], family: str) -> dict[str, str | None]:
+    """The model's own special tokens; the family's defaults only where it has none."""
+    spec = FAMILIES[family]
+    out = dict(tokens)
+    if not out.get("bos_token") and spec.bos_token:
+        out["bos_token"] = spec.bos_token
+    if not out.get("eos_token") and spec.eos_token:
+        out["eos_token"] = spec.eos_token
+    return out
+
+
+# --------------------------------------------------------------------------- the command
+
+@dataclass
+class TemplateResult:
+    name: str
+    path: str
+    source: str
+    family: str
+    template: str
+    rendered: str
+    source_path: str | None = None
+    system_folded: bool = False
+    fold_reason: str | None = None
+    bos_token: str | None = None
+    eos_token: str | None = None
+    named_templates: list[str] = field(default_factory=list)
+    written_by_vmm: bool = False
+    messages: list[dict[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    action: str | None = None        # what --set did
+
+
+def _problem_error(problem: TemplateProblem, where: str) -> IntegrityError:
+    what = ("chat template has a syntax error" if problem.kind == "syntax"
+            else "chat template fails on a plain conversation")
+    return IntegrityError(f"{what} ({problem.describe()})", where,
+                          "fix the template, or replace it with `vmm template NAME --set FAMILY|FILE`")
+
+
+def _where(model_path: Path, resolved: ResolvedTemplate) -> str:
+    if resolved.source == "family":
+        return f"family template {resolved.family} ({resolved.source_path})"
+    if resolved.source == "gguf":
+        return f"{model_path / (resolved.source_path or '')} (tokenizer.chat_template)"
+    return str(model_path / (resolved.source_path or ""))
+
+
+def show_template(model_path: Path, model_name: str | None = None, quant: str | None = None,
+                  system: str | None = None) -> TemplateResult:
+    """``vmm template``: resolve, render the sample, and report (exit 5 on a bad template)."""
+    model_path = Path(model_path)
+    resolved = resolve_template(model_path, model_name, quant)
+    try:
+        rendering = render_sample(resolved.template, resolved.tokens, system)
+    except TemplateProblem as problem:
+        raise _problem_error(problem, _where(model_path, resolved)) from None
+    return TemplateResult(
+        name=model_name or model_path.name, path=str(model_path), source=resolved.source,
+        family=resolved.family, template=resolved.template, rendered=rendering.rendered,
+        source_path=resolved.source_path, system_folded=rendering.system_folded,
+        fold_reason=rendering.fold_reason, bos_token=resolved.tokens.get("bos_token"),
+        eos_token=resolved.tokens.get("eos_token"), named_templates=resolved.named_templates,
+        written_by_vmm=resolved.written_by_vmm, messages=rendering.messages, notes=resolved.notes,
+    )
+
+
+# --------------------------------------------------------------------------- writing templates
+
+@dataclass
+class SetupResult:
+    action: str                  # "kept" (the model has its own) or "written"
+    source: str                  # where the template vLLM will use comes from
+    family: str
+    path: str | None = None      # the file written
+    recorded_in: str | None = None
+
+
+def setup_chat_template(model_path: Path, model_name: str | None = None) -> SetupResult:
+    """SPEC.md's core function: give a model without a template of its own its family's.
+
+    A model's own template (chat_template.jinja, tokenizer_config.json, GGUF metadata) is
+    kept untouched. Otherwise the family template is written to ``chat_template.jinja``
+    (temporary name, fsync, rename) and the manifest records that vmm wrote it. The caller
+    holds the model's lock (pull calls this at its end).
+    """
+    model_path = Path(model_path)
+    resolved = resolve_template(model_path, model_name)
+    if resolved.source != "family":
+        return SetupResult("kept", resolved.source, resolved.family, resolved.source_path)
+    target = model_path / CHAT_TEMPLATE_FILE
+    _write_template_file(target, resolved.template)
+    where = _write_record(model_path, {"written_by": "vmm", "family": resolved.family,
+                                       "from": "family default", "original": None,
+                                       "sha256": _sha256(resolved.template)})
+    return SetupResult("written", "chat_template.jinja", resolved.family, CHAT_TEMPLATE_FILE, where)
+
+
+def set_template(model_path: Path, value: str, model_name: str | None = None) -> SetupResult:
+    """``vmm template NAME --set FAMILY|FILE``: write ``chat_template.jinja`` for vLLM.
+
+    The new template must render the sample conversation (exit 5 otherwise, nothing
+    written). An original ``chat_template.jinja`` that vmm did not write is moved to
+    ``.vmm/chat_template.jinja.orig`` (hidden from transformers, which only reads the top
+    level) and recorded; a ``chat_template`` in tokenizer_config.json stays untouched and is
+    overridden, since transformers prefers chat_template.jinja over it (5.24.0
+    ``_from_pretrained``: the file's text replaces ``init_kwargs["chat_template"]``).
+    """
+    model_path = Path(model_path)
+    if value in FAMILIES:
+        text, family, origin = family_template(value), value, f"family {value}"
+    else:
+        path = Path(value).expanduser()
+        if not path.is_file():
+            raise UsageError("not a template family or file", value,
+                             f"name one of {', '.join(FAMILIES)} or a .jinja file")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError("cannot read template file", str(path), str(exc)) from exc
+        family, origin = None, str(path.absolute())
+    resolved = resolve_template(model_path, model_name)
+    tokens = _with_family_tokens(resolved.tokens, family or resolved.family)
+    try:
+        render_sample(text, tokens)
+    except TemplateProblem as problem:
+        raise _problem_error(problem, value if family is None else f"family template {family}") from None
+    record = read_record(model_path) or {}
+    target = model_path / CHAT_TEMPLATE_FILE
+    try:
+        current = target.read_text(encoding="utf-8") if target.is_file() else None
+    except (OSError, UnicodeDecodeError):
+        current = ""
+    ours = vmm_wrote(record, current)
+    original = record.get("original") if record.get("written_by") == "vmm" else None
+    overrides = record.get("overrides") if record.get("written_by") == "vmm" else None
+    if current is not None and not ours:
+        kept = model_path / ORIGINAL_KEPT
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        target.replace(kept)
+        original, overrides = ORIGINAL_KEPT, CHAT_TEMPLATE_FILE
+    elif overrides is None and resolved.source in ("tokenizer_config.json", "gguf"):
+        overrides = resolved.source
+    _write_template_file(target, text)
+    where = _write_record(model_path, {"written_by": "vmm", "family": family, "from": origin,
+                                       "original": original, "overrides": overrides,
+                                       "sha256": _sha256(text)})
+    return SetupResult("written", "chat_template.jinja", family or resolved.family, CHAT_TEMPLATE_FILE, where)
+
+
+def template_command(model: store.LocalModel, root: Path, quant: str | None = None,
+                     system: str | None = None, set_value: str | None = None) -> TemplateResult:
+    """``vmm template``: optionally ``--set`` (under the model's lock), then show."""
+    action = None
+    if set_value is not None:
+        if model.path.parent == Path(root).absolute():
+            with store.model_lock(Path(root), model.path.name, "template --set"):
+                done = set_template(model.path, set_value, model.name)
+        else:
+            done = set_template(model.path, set_value, model.name)
+        action = f"wrote {done.path} ({'family ' + set_value if set_value in FAMILIES else set_value})"
+    result = show_template(model.path, model.name, quant, system)
+    result.action = action
+    return result
+
