@@ -25,7 +25,9 @@ def test_import_of_a_plain_directory_hardlinks_and_writes_a_hashed_manifest(root
     assert manifest.repo_id == "acme/my-model"
     by_path = {f.path: f for f in manifest.files}
     assert by_path["model.safetensors"].sha256 == hashing.sha256_file(src / "model.safetensors")
-    assert by_path["tokenizer.json"].git_sha1 == hashing.git_blob_sha1_file(src / "tokenizer.json")
+    # Which files were LFS on the Hub is unknown here: the content sha256 only.
+    assert by_path["tokenizer.json"].sha256 == hashing.sha256_file(src / "tokenizer.json")
+    assert by_path["tokenizer.json"].git_sha1 is None
     assert src.exists()                              # without --move the source stays
     listed = run_vmm("ls", "--json").json()["models"]
     assert [(m["name"], m["managed"]) for m in listed] == [("acme/my-model", True)]
@@ -51,6 +53,13 @@ def test_import_of_an_hf_cache_entry_by_name_and_by_path(root, tmp_path, monkeyp
     target = root / "Qwen--Tiny"
     manifest = store.read_manifest(target)
     assert manifest.commit == COMMIT and manifest.repo_id == "Qwen/Tiny"
+    # The Hub's meaning of each hash: LFS files by sha256, the others by git blob id.
+    by_path = {f.path: f for f in manifest.files}
+    assert by_path["model.safetensors"].sha256 and by_path["model.safetensors"].git_sha1 is None
+    assert by_path["tokenizer.json"].sha256 is None
+    assert by_path["tokenizer.json"].git_sha1 == hashing.git_blob_sha1_file(root / "Qwen--Tiny" / "tokenizer.json")
+    checks = {c["name"]: c["status"] for c in run_vmm("check", "Qwen/Tiny", "--json", "--vllm-version", "0.10.0").json()["checks"]}
+    assert checks["integrity"] == "pass", checks
     # Real files in the root (hardlinks of the blobs), never symlinks into the cache.
     weights = target / "model.safetensors"
     assert not weights.is_symlink()

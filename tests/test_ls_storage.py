@@ -156,3 +156,28 @@ def test_ls_updates_with_the_hub_unreachable_reports_each_model(root):
     run = run_vmm("ls", "--updates", "--json")
     assert run.exit_code == 0
     assert "cannot reach the Hub" in run.json()["models"][0]["update"]["error"]
+
+
+def test_ls_updates_against_the_local_hub_server(root, monkeypatch):
+    hubserver = pytest.importorskip("hubserver")     # tests/hubserver.py (pull's local Hub)
+    with hubserver.HubServer() as hub:
+        first = hub.add_repo("org/tiny", {"config.json": b"{}", "w.bin": b"v1"})
+        pinned_sha = hub.add_repo("org/fixed", {"config.json": b"{}"})
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        tiny = make_model(root, "org/tiny", {"w.bin": b"v1"})
+        from vmm.core import store
+
+        manifest = store.read_manifest(tiny)
+        manifest.commit = first
+        store.write_manifest(tiny, manifest)
+        fixed = make_model(root, "org/fixed", {"config.json": b"{}"})
+        manifest = store.read_manifest(fixed)
+        manifest.revision = manifest.commit = pinned_sha
+        store.write_manifest(fixed, manifest)
+        rows = {m["name"]: m["update"] for m in run_vmm("ls", "--updates", "--json").json()["models"]}
+        assert rows["org/tiny"]["update_available"] is False and rows["org/tiny"]["remote_commit"] == first
+        second = hub.add_repo("org/tiny", {"config.json": b"{}", "w.bin": b"v2"})
+        rows = {m["name"]: m["update"] for m in run_vmm("ls", "--updates", "--json").json()["models"]}
+    assert second != first
+    assert rows["org/tiny"]["update_available"] is True and rows["org/tiny"]["remote_commit"] == second
+    assert rows["org/fixed"]["update_available"] is False and rows["org/fixed"]["revision"] == pinned_sha

@@ -193,7 +193,13 @@ def _verify(rel: str, real: Path, blob_name: str | None) -> store.ManifestFile:
         if hashing.looks_like_sha1(blob_name) and blob_name != sha1:
             raise IntegrityError("HF cache blob does not match its name (git sha1)", f"{rel} -> {real}",
                                  "the cache entry is damaged: `hf download` it again; nothing was imported")
-    return store.ManifestFile(path=rel, size=size, sha256=sha256, git_sha1=sha1)
+    # The manifest keeps the Hub's meaning of each field (what pull writes): ``sha256`` is
+    # the LFS content hash, ``git_sha1`` the Hub's blob id, which for an LFS file is the
+    # pointer's, not the content's. A cache blob's name says which kind it is; a plain
+    # directory does not say which files were LFS, so it gets the content sha256 only.
+    if blob_name is not None and hashing.looks_like_sha1(blob_name):
+        return store.ManifestFile(path=rel, size=size, sha256=None, git_sha1=sha1)
+    return store.ManifestFile(path=rel, size=size, sha256=sha256, git_sha1=None)
 
 
 def import_model(root: Path, source: str, name: str | None = None, move: bool = False,

@@ -579,6 +579,40 @@ def setup_chat_template(model_path: Path, model_name: str | None = None) -> Setu
     return SetupResult("written", "chat_template.jinja", resolved.family, CHAT_TEMPLATE_FILE, where)
 
 
+def operator_template(model_path: Path) -> str | None:
+    """The text of a ``chat_template.jinja`` that ``vmm template --set`` put in place of the
+    repo's own (the Hub's original was moved to ``.vmm/``), or None. A pull that repairs or
+    updates the model would otherwise restore the Hub's file over the operator's choice."""
+    record = read_record(model_path)
+    if not record or record.get("written_by") != "vmm" or not record.get("original"):
+        return None
+    target = model_path / CHAT_TEMPLATE_FILE
+    try:
+        current = target.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    return current if vmm_wrote(record, current) else None
+
+
+def after_pull(model_path: Path, model_name: str, operator_text: str | None) -> SetupResult:
+    """Pull's last step, under the model lock: keep the operator's ``--set`` template (the
+    freshly pulled original goes to ``.vmm/``), then give a model without a template of its
+    own its family's (SPEC.md: pull sets up the chat template)."""
+    target = model_path / CHAT_TEMPLATE_FILE
+    if operator_text is not None:
+        try:
+            current = target.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            current = None
+        if current != operator_text:
+            if current is not None:
+                kept = model_path / ORIGINAL_KEPT
+                kept.parent.mkdir(parents=True, exist_ok=True)
+                target.replace(kept)
+            _write_template_file(target, operator_text)
+    return setup_chat_template(model_path, model_name)
+
+
 def set_template(model_path: Path, value: str, model_name: str | None = None) -> SetupResult:
     """``vmm template NAME --set FAMILY|FILE``: write ``chat_template.jinja`` for vLLM.
 

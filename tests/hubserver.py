@@ -1,0 +1,679 @@
+"""A local Hugging Face Hub-compatible HTTP server for tests, benchmarks and offline demos.
+
+Stdlib only (``http.server.ThreadingHTTPServer``). Serves model repos from directories (or
+in-memory file dicts), with the endpoints huggingface_hub 2.4.0 uses (read in its
+``hf_api.py`` / ``file_download.py`` / ``_snapshot_download.py``):
+
+- ``GET /api/models/{repo}[/revision/{rev}]`` -> ``id``, ``sha``, ``siblings`` (with
+  ``?blobs=true``: ``size``, ``blobId``, ``lfs{sha256,size,pointerSize}``)
+- ``GET /api/models/{repo}/tree/{rev}[/{path}]`` (``recursive``, ``expand``)
+- ``POST /api/models/{repo}/paths-info/{rev}``
+- ``HEAD``/``GET /{repo}/resolve/{rev}/{path}`` with ``X-Repo-Commit``, ``ETag``,
+  ``X-Linked-Etag``, ``X-Linked-Size``, ``Accept-Ranges``; Range -> 206 / 416; LFS files
+  answer 302 to a second "CDN" listener (host ``localhost`` instead of ``127.0.0.1``).
+- ``GET /api/whoami-v2``
+- errors: 404 + ``X-Error-Code: RepoNotFound|RevisionNotFound|EntryNotFound``; gated repos
+  401 (no token) / 403 (wrong token) with ``X-Error-Code: GatedRepo``.
+
+Fault injection (``server.faults``), counters (``server.bytes_served[path]``) and a request
+log (``server.requests``) let tests assert what a client did.
+
+As a script::
+
+    python tests/hubserver.py --repo org/name=DIR [--repo org/other=DIR2] --port 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import hashlib
+import json
+import os
+import re
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, quote, unquote, urlsplit
+
+LFS_THRESHOLD = 10 * 1024 * 1024
+LFS_EXTENSIONS = (".safetensors", ".bin", ".gguf", ".pt", ".pth", ".h5", ".msgpack", ".onnx", ".ckpt")
+
+
+# --------------------------------------------------------------------------- repo content
+
+class RepoFileEntry:
+    """One file of one revision: bytes in memory or a path on disk; hashes computed lazily."""
+
+    def __init__(self, path: str, data: bytes | None = None, disk: Path | None = None,
+                 lfs: bool | None = None) -> None:
+        self.path = path
+        self.data = data
+        self.disk = disk
+        self.size = len(data) if data is not None else disk.stat().st_size
+        self._lock = threading.Lock()
+        self._sha256: str | None = None
+        self._sha1: str | None = None
+        if lfs is None:
+            lfs = self.size >= LFS_THRESHOLD or path.lower().endswith(LFS_EXTENSIONS)
+        self.lfs = lfs
+
+    def read(self, start: int, end: int, handle=None) -> bytes:
+        """Bytes [start, end); ``handle``: an open file of ``disk`` to reuse."""
+        if self.data is not None:
+            return self.data[start:end]
+        if handle is not None:
+            return os.pread(handle.fileno(), end - start, start)
+        with open(self.disk, "rb") as own:
+            return os.pread(own.fileno(), end - start, start)
+
+    def _hash(self) -> None:
+        with self._lock:
+            if self._sha256 is not None:
+                return
+            s256 = hashlib.sha256()
+            s1 = hashlib.sha1(b"blob %d\0" % self.size)
+            pos = 0
+            while pos < self.size:
+                block = self.read(pos, min(self.size, pos + (8 << 20)))
+                s256.update(block)
+                s1.update(block)
+                pos += len(block)
+            self._sha256, self._sha1 = s256.hexdigest(), s1.hexdigest()
+
+    @property
+    def sha256(self) -> str:
+        self._hash()
+        return self._sha256  # type: ignore[return-value]
+
+    @property
+    def git_sha1(self) -> str:
+        """Git blob id of the file as git stores it (for LFS files: of the pointer file)."""
+        self._hash()
+        if self.lfs:
+            return hashlib.sha1(b"blob %d\0" % len(self.pointer) + self.pointer).hexdigest()
+        return self._sha1  # type: ignore[return-value]
+
+    @property
+    def content_sha1(self) -> str:
+        self._hash()
+        return self._sha1  # type: ignore[return-value]
+
+    @property
+    def pointer(self) -> bytes:
+        return (f"version https://git-lfs.github.com/spec/v1\noid sha256:{self.sha256}\n"
+                f"size {self.size}\n").encode()
+
+
+@dataclass
+class Revision:
+    name: str
+    files: dict[str, RepoFileEntry]
+    commit: str = ""
+
+
+@dataclass
+class Repo:
+    repo_id: str
+    revisions: dict[str, Revision] = field(default_factory=dict)   # branch name -> revision
+    gated_tokens: set[str] | None = None   # None: public; else tokens allowed
+
+    def find(self, rev: str) -> Revision | None:
+        if rev in self.revisions:
+            return self.revisions[rev]
+        for revision in self.revisions.values():
+            if revision.commit == rev:
+                return revision
+        return None
+
+
+def load_files(source: Path | dict[str, bytes]) -> dict[str, RepoFileEntry]:
+    if isinstance(source, dict):
+        return {p: RepoFileEntry(p, data=(d.encode() if isinstance(d, str) else d))
+                for p, d in source.items()}
+    files: dict[str, RepoFileEntry] = {}
+    base = Path(source)
+    for path in sorted(base.rglob("*")):
+        if path.is_file():
+            rel = path.relative_to(base).as_posix()
+            if rel.startswith(".git/") or rel.startswith(".vmm/"):
+                continue
+            files[rel] = RepoFileEntry(rel, disk=path)
+    return files
+
+
+# --------------------------------------------------------------------------- faults
+
+@dataclass
+class Fault:
+    """One injected misbehaviour on file bodies (resolve and CDN GETs).
+
+    kind: ``status`` (answer ``status`` with optional ``retry_after``), ``reset`` (close the
+    connection after ``after_bytes`` of the body), ``corrupt`` (flip the byte at file offset
+    ``offset`` when a served range covers it), ``lie_size`` (advertise ``size`` in headers).
+    ``times``: how many requests it hits (None: forever). ``path``: fnmatch on the file path.
+    """
+
+    kind: str
+    path: str = "*"
+    times: int | None = 1
+    status: int = 500
+    retry_after: float | None = None
+    after_bytes: int = 0
+    offset: int = 0
+    size: int = 0
+    hits: int = 0
+
+    def take(self, path: str) -> bool:
+        if not fnmatch.fnmatch(path, self.path):
+            return False
+        if self.times is not None and self.hits >= self.times:
+            return False
+        self.hits += 1
+        return True
+
+
+class Faults:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.items: list[Fault] = []
+        self.rate_bytes_per_s: float | None = None   # per connection cap on bodies
+
+    def add(self, kind: str, **kwargs) -> Fault:
+        fault = Fault(kind, **kwargs)
+        with self.lock:
+            self.items.append(fault)
+        return fault
+
+    def clear(self) -> None:
+        with self.lock:
+            self.items.clear()
+        self.rate_bytes_per_s = None
+
+    def take(self, kind: str, path: str) -> Fault | None:
+        with self.lock:
+            for fault in self.items:
+                if fault.kind == kind and fault.take(path):
+                    return fault
+        return None
+
+    def peek(self, kind: str, path: str) -> Fault | None:
+        with self.lock:
+            for fault in self.items:
+                if fault.kind == kind and fnmatch.fnmatch(path, fault.path) and (
+                        fault.times is None or fault.hits < fault.times):
+                    return fault
+        return None
+
+
+# --------------------------------------------------------------------------- the server
+
+@dataclass
+class LoggedRequest:
+    method: str
+    path: str
+    headers: dict[str, str]
+    cdn: bool
+
+
+def fake_commit(repo_id: str, name: str, files: dict[str, RepoFileEntry]) -> str:
+    digest = hashlib.sha1(f"{repo_id}\0{name}\0".encode())
+    for path in sorted(files):
+        digest.update(f"{path}\0{files[path].size}\0".encode())
+        entry = files[path]
+        if entry.data is not None:
+            digest.update(hashlib.sha1(entry.data).digest())
+        else:
+            stat = entry.disk.stat()
+            digest.update(f"{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()
+
+
+class HubServer:
+    """Context manager: ``with HubServer() as hub: hub.add_repo(...); hub.url``."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, cdn_port: int = 0) -> None:
+        self.repos: dict[str, Repo] = {}
+        self.faults = Faults()
+        self.lock = threading.Lock()
+        self.bytes_served: dict[str, int] = {}
+        self.requests: list[LoggedRequest] = []
+        self.tokens: dict[str, str] = {}   # token -> user name, for whoami
+        self.lfs_by_sha: dict[str, RepoFileEntry] = {}
+        self.metadata_override: dict[str, bytes] = {}   # url path -> raw body (malformed JSON tests)
+        self._host = host
+        self.main = ThreadingHTTPServer((host, port), _handler(self, cdn=False))
+        self.cdn = ThreadingHTTPServer((host, cdn_port), _handler(self, cdn=True))
+        self.main.daemon_threads = self.cdn.daemon_threads = True
+        self._threads: list[threading.Thread] = []
+
+    # ---- set up
+    @property
+    def url(self) -> str:
+        return f"http://{self._host}:{self.main.server_address[1]}"
+
+    @property
+    def cdn_url(self) -> str:
+        # A different host name for the same machine: the Authorization header must not go here.
+        return f"http://localhost:{self.cdn.server_address[1]}"
+
+    def add_repo(self, repo_id: str, source: Path | dict[str, bytes], revision: str = "main",
+                 gated_tokens: set[str] | None = None, lfs: dict[str, bool] | None = None) -> str:
+        """Add (or add a revision to) a repo; return the fake commit sha of that revision."""
+        files = load_files(source)
+        for path, flag in (lfs or {}).items():
+            files[path].lfs = flag
+        repo = self.repos.setdefault(repo_id, Repo(repo_id))
+        if gated_tokens is not None:
+            repo.gated_tokens = set(gated_tokens)
+        rev = Revision(revision, files, fake_commit(repo_id, revision, files))
+        repo.revisions[revision] = rev
+        return rev.commit
+
+    def count(self, path: str) -> int:
+        with self.lock:
+            return self.bytes_served.get(path, 0)
+
+    def total_served(self) -> int:
+        with self.lock:
+            return sum(self.bytes_served.values())
+
+    def reset_counters(self) -> None:
+        with self.lock:
+            self.bytes_served.clear()
+            self.requests.clear()
+
+    # ---- run
+    def start(self) -> HubServer:
+        for srv in (self.main, self.cdn):
+            thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05},
+                                      daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        return self
+
+    def stop(self) -> None:
+        for srv in (self.main, self.cdn):
+            srv.shutdown()
+            srv.server_close()
+
+    def __enter__(self) -> HubServer:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _handler(hub: HubServer, cdn: bool):
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        server_version = "vmm-test-hub/1"
+
+        def log_message(self, fmt, *args):  # quiet
+            pass
+
+        # ---- helpers
+        def _log(self) -> None:
+            with hub.lock:
+                hub.requests.append(LoggedRequest(self.command, self.path,
+                                                  {k: v for k, v in self.headers.items()}, cdn))
+
+        def _send(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None,
+                  content_type: str = "application/json") -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            for key, value in (headers or {}).items():
+                self.send_header(key, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
+        def _json(self, doc, status: int = 200, headers: dict[str, str] | None = None) -> None:
+            self._send(status, json.dumps(doc).encode(), headers)
+
+        def _error(self, status: int, code: str | None, message: str) -> None:
+            headers = {"X-Error-Message": message}
+            if code:
+                headers["X-Error-Code"] = code
+            self._json({"error": message}, status, headers)
+
+        def _token(self) -> str | None:
+            auth = self.headers.get("Authorization", "")
+            return auth[7:].strip() if auth.startswith("Bearer ") else None
+
+        def _find_repo(self, rest: str) -> tuple[Repo | None, str]:
+            for repo_id in sorted(hub.repos, key=len, reverse=True):
+                if rest == repo_id or rest.startswith(repo_id + "/"):
+                    return hub.repos[repo_id], rest[len(repo_id):].lstrip("/")
+            return None, rest
+
+        def _gate(self, repo: Repo) -> bool:
+            if repo.gated_tokens is None:
+                return True
+            token = self._token()
+            if token is None:
+                self._error(401, "GatedRepo", f"Access to model {repo.repo_id} is restricted. "
+                                              "You must have access to it and be authenticated.")
+                return False
+            if token not in repo.gated_tokens:
+                self._error(403, "GatedRepo", f"Access to model {repo.repo_id} is restricted and "
+                                              "you are not in the authorized list.")
+                return False
+            return True
+
+        # ---- verbs
+        def do_HEAD(self):
+            self._dispatch()
+
+        def do_GET(self):
+            self._dispatch()
+
+        def do_POST(self):
+            self._dispatch()
+
+        def _dispatch(self) -> None:
+            self._log()
+            try:
+                split = urlsplit(self.path)
+                path = split.path
+                query = parse_qs(split.query)
+                if path in hub.metadata_override:
+                    self._send(200, hub.metadata_override[path])
+                    return
+                if cdn:
+                    self._cdn(path)
+                elif path == "/api/whoami-v2":
+                    self._whoami()
+                elif path.startswith("/api/models/"):
+                    self._api(path[len("/api/models/"):], query)
+                elif "/resolve/" in path:
+                    self._resolve(path.lstrip("/"))
+                else:
+                    self._error(404, None, "not found")
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+
+        def _whoami(self) -> None:
+            token = self._token()
+            if not token or token not in hub.tokens:
+                self._error(401, None, "Invalid credentials in Authorization header")
+                return
+            self._json({"type": "user", "name": hub.tokens[token], "auth": {
+                "type": "access_token", "accessToken": {"displayName": "test", "role": "read"}}})
+
+        def _api(self, rest: str, query: dict) -> None:
+            if self.command == "POST":
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+            repo, rest = self._find_repo(rest)
+            if repo is None:
+                self._error(404, "RepoNotFound", "Repository not found")
+                return
+            if not self._gate(repo):
+                return
+            parts = rest.split("/", 1) if rest else []
+            kind = parts[0] if parts else ""
+            tail = parts[1] if len(parts) > 1 else ""
+            if kind in ("", "revision"):
+                rev_name = unquote(tail) if kind == "revision" else "main"
+                revision = repo.find(rev_name)
+                if revision is None:
+                    self._error(404, "RevisionNotFound", f"Invalid rev id: {rev_name}")
+                    return
+                self._json(self._info(repo, revision, "true" in query.get("blobs", [])))
+            elif kind in ("tree", "paths-info"):
+                rev_name, _, sub = tail.partition("/")
+                revision = repo.find(unquote(rev_name))
+                if revision is None:
+                    self._error(404, "RevisionNotFound", f"Invalid rev id: {unquote(rev_name)}")
+                    return
+                if kind == "tree":
+                    entries = self._tree(revision, unquote(sub),
+                                         "true" in query.get("recursive", ["false"])[0].lower())
+                    if entries is None:
+                        self._error(404, "EntryNotFound", f"{sub} does not exist")
+                        return
+                    self._json(entries)
+                else:
+                    wanted = self._paths_info_request(body)
+                    entries = [self._file_entry(revision.files[p]) for p in wanted
+                               if p in revision.files]
+                    self._json(entries)
+            else:
+                self._error(404, None, "not found")
+
+        def _paths_info_request(self, body: bytes) -> list[str]:
+            ctype = self.headers.get("Content-Type", "")
+            if "json" in ctype:
+                return list(json.loads(body or b"{}").get("paths", []))
+            return parse_qs(body.decode()).get("paths", [])
+
+        def _file_entry(self, entry: RepoFileEntry) -> dict:
+            doc = {"type": "file", "oid": entry.git_sha1, "size": entry.size, "path": entry.path}
+            if entry.lfs:
+                doc["lfs"] = {"oid": entry.sha256, "size": entry.size,
+                              "pointerSize": len(entry.pointer)}
+            return doc
+
+        def _tree(self, revision: Revision, sub: str, recursive: bool) -> list[dict] | None:
+            sub = sub.strip("/")
+            prefix = sub + "/" if sub else ""
+            if sub and not any(p.startswith(prefix) for p in revision.files):
+                return None
+            out, dirs = [], set()
+            for path in sorted(revision.files):
+                if not path.startswith(prefix):
+                    continue
+                rel = path[len(prefix):]
+                segments = rel.split("/")
+                for depth in range(1, len(segments)):
+                    directory = prefix + "/".join(segments[:depth])
+                    if directory not in dirs and (recursive or depth == 1):
+                        dirs.add(directory)
+                        out.append({"type": "directory", "oid": hashlib.sha1(directory.encode()).hexdigest(),
+                                    "size": 0, "path": directory})
+                if recursive or len(segments) == 1:
+                    out.append(self._file_entry(revision.files[path]))
+            return out
+
+        def _info(self, repo: Repo, revision: Revision, blobs: bool) -> dict:
+            siblings = []
+            for path in sorted(revision.files):
+                entry = revision.files[path]
+                sib = {"rfilename": path}
+                if blobs:
+                    sib["size"] = entry.size
+                    sib["blobId"] = entry.git_sha1
+                    if entry.lfs:
+                        sib["lfs"] = {"sha256": entry.sha256, "size": entry.size,
+                                      "pointerSize": len(entry.pointer)}
+                siblings.append(sib)
+            return {"_id": hashlib.md5(repo.repo_id.encode()).hexdigest()[:24], "id": repo.repo_id,
+                    "modelId": repo.repo_id, "sha": revision.commit, "private": False,
+                    "gated": False if repo.gated_tokens is None else "auto", "disabled": False,
+                    "downloads": 0, "likes": 0, "tags": [], "siblings": siblings,
+                    "lastModified": "2026-01-01T00:00:00.000Z",
+                    "createdAt": "2026-01-01T00:00:00.000Z"}
+
+        def _resolve(self, rest: str) -> None:
+            repo, tail = self._find_repo(rest)
+            if repo is None or not tail.startswith("resolve/"):
+                self._error(404, "RepoNotFound", "Repository not found")
+                return
+            if not self._gate(repo):
+                return
+            rev_name, _, file_path = tail[len("resolve/"):].partition("/")
+            rev_name, file_path = unquote(rev_name), unquote(file_path)
+            revision = repo.find(rev_name)
+            if revision is None:
+                self._error(404, "RevisionNotFound", f"Invalid rev id: {rev_name}")
+                return
+            entry = revision.files.get(file_path)
+            if entry is None:
+                self._error(404, "EntryNotFound", f"{file_path} does not exist on {rev_name}")
+                return
+            lie = hub.faults.peek("lie_size", entry.path)
+            size = lie.size if lie else entry.size
+            common = {"X-Repo-Commit": revision.commit, "Accept-Ranges": "bytes"}
+            if entry.lfs:
+                hub.lfs_by_sha[entry.sha256] = entry
+                location = f"{hub.cdn_url}/lfs/{entry.sha256}?path={quote(entry.path)}&sig=test"
+                headers = {**common, "X-Linked-Etag": f'"{entry.sha256}"', "X-Linked-Size": str(size),
+                           "ETag": f'"{entry.git_sha1}"', "Location": location}
+                self._send(302, b"", headers)
+                return
+            self._body(entry, {**common, "ETag": f'"{entry.git_sha1}"'}, size)
+
+        def _cdn(self, path: str) -> None:
+            if not path.startswith("/lfs/"):
+                self._error(404, None, "not found")
+                return
+            if self.headers.get("Authorization"):
+                # A presigned URL refuses an Authorization header, as real CDNs do.
+                self._error(400, None, "Authorization header not allowed with a signed URL")
+                return
+            entry = hub.lfs_by_sha.get(path[len("/lfs/"):])
+            if entry is None:
+                self._error(404, None, "no such object")
+                return
+            lie = hub.faults.peek("lie_size", entry.path)
+            self._body(entry, {"ETag": f'"{entry.sha256}"', "Accept-Ranges": "bytes"},
+                       lie.size if lie else entry.size)
+
+        def _body(self, entry: RepoFileEntry, headers: dict[str, str], advertised: int) -> None:
+            if self.command == "GET":
+                fault = hub.faults.take("status", entry.path)
+                if fault is not None:
+                    extra = {}
+                    if fault.retry_after is not None:
+                        extra["Retry-After"] = str(fault.retry_after if fault.retry_after % 1
+                                                   else int(fault.retry_after))
+                    self._json({"error": "injected failure"}, fault.status, extra)
+                    return
+            size = entry.size
+            start, end, status = 0, size, 200
+            rng = self.headers.get("Range")
+            if rng:
+                match = re.fullmatch(r"bytes=(\d*)-(\d*)", rng.strip())
+                if not match or (not match.group(1) and not match.group(2)):
+                    self._send(416, b"", {"Content-Range": f"bytes */{size}"})
+                    return
+                if match.group(1):
+                    start = int(match.group(1))
+                    end = min(size, int(match.group(2)) + 1) if match.group(2) else size
+                else:
+                    start, end = max(0, size - int(match.group(2))), size
+                if start >= size or start >= end:
+                    self._send(416, b"", {"Content-Range": f"bytes */{size}"})
+                    return
+                status = 206
+                headers = {**headers, "Content-Range": f"bytes {start}-{end - 1}/{advertised}"}
+            length = (end - start) if status == 206 else advertised
+            self.send_response(status)
+            self.send_header("Content-Type", "application/octet-stream")
+            for key, value in headers.items():
+                self.send_header(key, value)
+            self.send_header("Content-Length", str(length))
+            self.end_headers()
+            if self.command == "HEAD":
+                return
+            reset = hub.faults.take("reset", entry.path)
+            corrupt = hub.faults.peek("corrupt", entry.path)
+            if corrupt is not None and start <= corrupt.offset < end:
+                corrupt = hub.faults.take("corrupt", entry.path)
+            else:
+                corrupt = None
+            rate = hub.faults.rate_bytes_per_s
+            handle = open(entry.disk, "rb") if entry.disk is not None else None
+            try:
+                self._stream(entry, start, end, reset, corrupt, rate, handle)
+            finally:
+                if handle is not None:
+                    handle.close()
+
+        def _stream(self, entry, start, end, reset, corrupt, rate, handle) -> None:
+            began = time.monotonic()
+            sent = 0
+            pos = start
+            if handle is not None and reset is None and corrupt is None:
+                # Zero-copy path (benchmarks): the server must not be what limits the clients.
+                out = self.connection.fileno()
+                while pos < end:
+                    n = os.sendfile(out, handle.fileno(), pos, min(end - pos, 1 << 20))
+                    if n <= 0:
+                        return
+                    pos += n
+                    sent += n
+                    self._count(entry.path, n)
+                    if rate:
+                        ahead = sent / rate - (time.monotonic() - began)
+                        if ahead > 0:
+                            time.sleep(ahead)
+                return
+            block_size = 256 * 1024
+            while pos < end:
+                block = entry.read(pos, min(end, pos + block_size), handle)
+                if corrupt is not None and pos <= corrupt.offset < pos + len(block):
+                    i = corrupt.offset - pos
+                    block = block[:i] + bytes([block[i] ^ 0xFF]) + block[i + 1:]
+                if reset is not None and sent + len(block) > reset.after_bytes:
+                    part = block[: max(0, reset.after_bytes - sent)]
+                    if part:
+                        self.wfile.write(part)
+                        self._count(entry.path, len(part))
+                    self.wfile.flush()
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                               b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                    self.close_connection = True
+                    self.connection.close()
+                    return
+                self.wfile.write(block)
+                self._count(entry.path, len(block))
+                sent += len(block)
+                pos += len(block)
+                if rate:
+                    ahead = sent / rate - (time.monotonic() - began)
+                    if ahead > 0:
+                        time.sleep(ahead)
+
+        def _count(self, path: str, n: int) -> None:
+            with hub.lock:
+                hub.bytes_served[path] = hub.bytes_served.get(path, 0) + n
+
+    return Handler
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Serve directories as Hugging Face model repos.")
+    parser.add_argument("--repo", action="append", default=[], metavar="ORG/NAME=DIR",
+                        help="a repo to serve (repeatable); ORG/NAME@REV=DIR adds a revision")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--rate", type=float, default=None,
+                        help="cap each connection's body bytes/s (e.g. 104857600)")
+    args = parser.parse_args(argv)
+    hub = HubServer(args.host, args.port)
+    for spec in args.repo:
+        name, _, directory = spec.partition("=")
+        name, _, rev = name.partition("@")
+        if not directory or not Path(directory).is_dir():
+            parser.error(f"--repo {spec}: not ORG/NAME=DIR with an existing DIR")
+        hub.add_repo(name, Path(directory), revision=rev or "main")
+    hub.faults.rate_bytes_per_s = args.rate
+    hub.start()
+    print(hub.url, flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        hub.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
