@@ -267,19 +267,6 @@ def rm_cmd(name: NameArg, root: RootOpt = None,
 
 # ------------------------------------------------------------------ pull
 
-def _parse_size(text: str, option: str) -> int:
-    """'16MiB', '8M', '1048576' -> bytes (binary multiples); exit 2 on anything else."""
-    import re
-
-    from vmm.core.errors import UsageError
-
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B?)?\s*", text, re.I)
-    if not match:
-        raise UsageError(f"malformed size for {option}", repr(text), "use e.g. 16MiB or 8388608")
-    scale = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}[match.group(2).upper()]
-    return int(float(match.group(1)) * scale)
-
-
 @app.command()
 def pull(
     name: NameArg,
@@ -305,9 +292,10 @@ def pull(
 
     from vmm import render
     from vmm.core import download
+    from vmm.core.units import parse_size
     from vmm.render_pull import PullProgress
 
-    size = _parse_size(chunk_size, "--chunk-size")
+    size = parse_size(chunk_size, "--chunk-size")
 
     def _term(_signum, _frame):
         raise KeyboardInterrupt

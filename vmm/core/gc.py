@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vmm.core import names, store
+from vmm.core.units import parse_duration, parse_size  # noqa: F401 (gc.parse_* API)
 from vmm.core.errors import BusyError, NotFoundError, UsageError, VmmError
 
 DEFAULT_PARTIALS_OLDER_THAN_S = 24 * 3600
@@ -313,25 +314,3 @@ def _stale_imports(root: Path, older_than_s: float, now: float, dry_run: bool, r
         report.partials.append(GcPartial(entry.path, size, age))
 
 
-def parse_size(text: str) -> int:
-    """'500GB', '1.5TiB', '800M', '1024' -> bytes (K/M/G/T are powers of 1000 with B, of 1024 with iB or alone)."""
-    import re
-
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGTP]?)(i?)(B?)\s*", text or "", re.I)
-    if not match:
-        raise UsageError("malformed size", repr(text), "use a number with a unit, e.g. 500GB, 1.5TiB, 800MiB")
-    value, unit, binary, b = match.groups()
-    power = "KMGTP".find(unit.upper()) + 1 if unit else 0
-    base = 1024 if (binary or (unit and not b)) else 1000
-    return int(float(value) * base ** power)
-
-
-def parse_duration(text: str) -> float:
-    """'30d', '12h', '90m', '45s', '2w' -> seconds."""
-    import re
-
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", text or "", re.I)
-    if not match:
-        raise UsageError("malformed duration", repr(text), "use a number with a unit: 45s, 90m, 12h, 30d, 2w")
-    value, unit = match.groups()
-    return float(value) * {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[unit.lower()]

@@ -16,10 +16,10 @@ Every number here is an estimate of what vLLM will do, with its source:
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 from vmm.core import config as config_mod
+from vmm.core import units
 from vmm.core.config import ModelConfig
 from vmm.core.errors import IncompatibleError, UsageError
 
@@ -36,17 +36,14 @@ CPU_MIN_KV_BYTES = 64 << 20
 CPU_KV_SEQUENCES = 16            # KV room for this many full-length sequences on CPU
 # rope types whose max_position_embeddings is already the scaled length (vLLM 0.32).
 _ROPE_ALREADY_SCALED = {"su", "longrope", "llama3", "yarn", "deepseek_yarn", "deepseek_llama_scaling"}
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?)b?\s*$", re.I)
 
 
 def parse_size(text: str) -> int:
-    """'24GiB' -> 25769803776, '80GB' -> 80e9, '512MiB', '1.5T'; exit 2 when malformed."""
-    match = _SIZE.match(str(text))
-    if not match or float(match.group(1)) <= 0:
-        raise UsageError("malformed size", repr(text), "write it like 24GiB, 80GB or 512MiB")
-    number, unit, binary = float(match.group(1)), match.group(2).lower(), match.group(3)
-    power = " kmgtp".index(unit) if unit else 0
-    return int(number * ((1024 if binary or not unit else 1000) ** power))
+    """A GPU or host memory size ('24GiB', '80GB'); exit 2 when malformed or zero."""
+    size = units.parse_size(text, "size")
+    if size <= 0:
+        raise UsageError("malformed size", repr(text), "a memory size must be positive, e.g. 24GiB")
+    return size
 
 
 def default_gpu_memory_utilization(vllm_version: str | None) -> float:

@@ -1,0 +1,31 @@
+"""Sizes and durations as operators write them, parsed in one place (exit 2 when malformed)."""
+
+from __future__ import annotations
+
+import re
+
+from vmm.core.errors import UsageError
+
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMGTP]?)(i?)(B?)\s*", re.I)
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", re.I)
+
+
+def parse_size(text: str, what: str = "size") -> int:
+    """'500GB', '1.5TiB', '800M', '1024' -> bytes: K/M/G/T/P are powers of 1000 with a B
+    ('80GB', as GPU vendors write), of 1024 with iB or alone ('24GiB', '16M')."""
+    match = _SIZE.fullmatch(text or "")
+    if not match:
+        raise UsageError(f"malformed {what}", repr(text), "use a number with a unit, e.g. 24GiB, 80GB, 16MiB")
+    value, unit, binary, b = match.groups()
+    power = "KMGTP".find(unit.upper()) + 1 if unit else 0
+    base = 1024 if (binary or (unit and not b)) else 1000
+    return int(float(value) * base ** power)
+
+
+def parse_duration(text: str) -> float:
+    """'30d', '12h', '90m', '45s', '2w' -> seconds."""
+    match = _DURATION.fullmatch(text or "")
+    if not match:
+        raise UsageError("malformed duration", repr(text), "use a number with a unit: 45s, 90m, 12h, 30d, 2w")
+    value, unit = match.groups()
+    return float(value) * {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[unit.lower()]
