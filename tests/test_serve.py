@@ -158,6 +158,13 @@ def test_mismatching_quantization_is_refused(root):
     assert_error_line(run, 2, "disagrees")
 
 
+def test_checkpoint_quantization_on_an_unquantized_model_is_refused_but_online_fp8_is_fine(models):
+    run = run_vmm("serve", "org/tiny", "--dry-run", "--gpus", "1", "--gpu-memory", "24GiB", "--quantization", "awq")
+    assert_error_line(run, 2, "unquantized checkpoint")
+    doc = dry("org/tiny", "--gpus", "1", "--gpu-memory", "24GiB", "--quantization", "fp8")
+    assert doc["command"][doc["command"].index("--quantization") + 1] == "fp8"
+
+
 def test_cpu_plan_sets_kv_bytes_eager_and_fp32(models):
     doc = dry("org/tiny", "--device", "cpu")
     command = doc["command"]

@@ -176,6 +176,13 @@ def test_serve_chat_stream_metrics_and_sigterm(env, pulled):
 
         metrics = urllib.request.urlopen(f"{base}/metrics", timeout=30).read().decode()
         assert "vllm:generation_tokens_total" in metrics and "vllm:num_requests_running" in metrics
+        # vmm ps reads the same real /metrics: the tokens generated above are counted.
+        ps = json.loads(vmm("ps", "--json", "--interval", "0", env=env).stdout)["servers"]
+        [entry] = [s for s in ps if s["port"] == port]
+        assert entry["alive"] and entry["running"] == 0 and entry["generation_tokens_total"] >= 8
+        assert entry["kv_cache_usage"] is not None
+        # And the model is locked against rm while vLLM serves it.
+        assert vmm("rm", REPO_ID, "--yes", env=env, check=False).returncode == 8
 
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0, proc.stderr.read()[-4000:]

@@ -26,6 +26,10 @@ from vmm.core import config as config_mod
 from vmm.core import formats, gpu, planner, runtime, store, vllm_env
 from vmm.core.errors import BusyError, IncompatibleError, UsageError, VmmError
 
+# Methods vLLM applies at load time to an unquantized checkpoint (vLLM 0.33 docs: "online"
+# dynamic quantization); every other method needs a checkpoint already in that format.
+ONLINE_QUANTIZATION = ("fp8", "experts_int8", "ptpc_fp8")
+
 HINTS = (
     ("CUDA out of memory", "lower --gpu-memory-utilization or --max-model-len, or plan more GPUs (--gpus)"),
     ("out of memory", "lower --max-model-len or free memory"),
@@ -142,6 +146,10 @@ def build(req: ServeRequest, install: vllm_env.VllmInstall | None = None) -> Ser
     if req.quantization and quant_cfg and req.quantization.lower() != str(quant_cfg).lower():
         raise UsageError("--quantization disagrees with the checkpoint", f"{req.quantization} vs {quant_cfg}",
                          "drop --quantization: vLLM reads it from the checkpoint")
+    if req.quantization and not quant_cfg and req.quantization.lower() not in ONLINE_QUANTIZATION:
+        raise UsageError("--quantization names a checkpoint format this model is not in",
+                         f"{req.quantization} on an unquantized checkpoint",
+                         f"use a {req.quantization} variant of the model, or online {', '.join(ONLINE_QUANTIZATION)}")
     opts = req.options
     if install is not None and opts.vllm_version is None:
         opts.vllm_version = install.version
