@@ -95,6 +95,8 @@ def test_root_option_before_or_after_the_subcommand(zoo, tmp_path, monkeypatch):
     monkeypatch.setenv("VMM_ROOT", str(tmp_path / "elsewhere"))
     before = run_vmm("--root", zoo, "ls", "--json").json()
     after = run_vmm("ls", "--root", zoo, "--json").json()
+    for doc in (before, after):      # the filesystem's free bytes move with everything else on the host
+        doc["totals"] = {k: v for k, v in doc["totals"].items() if "free" not in k}
     assert before == after and len(before["models"]) == 5
 
 
