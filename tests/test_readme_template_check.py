@@ -14,13 +14,9 @@ STABLELM = config(TINY_LLAMA, architectures=["StableLMEpochForCausalLM"], model_
 
 
 def _block(text: str, command: str) -> list[str]:
-    lines = text.split(f"$ {command}\n", 1)[1].splitlines()
-    out = []
-    for line in lines:
-        if line.startswith(("$ ", "```")):
-            break
-        out.append(line)
-    return out
+    from test_readme import _console_block
+
+    return _console_block(text, command)
 
 
 @pytest.fixture

@@ -93,11 +93,15 @@ def replace_with_link(keep: Path, dst: Path) -> None:
     try:
         os.replace(tmp, dst)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        _discard(tmp)
         raise
+
+
+def _discard(tmp: Path) -> None:
+    try:
+        os.unlink(tmp)
+    except OSError:
+        pass
 
 
 def link_or_copy(src: Path | str, dst: Path | str) -> str:
@@ -124,10 +128,7 @@ def link_or_copy(src: Path | str, dst: Path | str) -> str:
         shutil.copystat(src, tmp)
         os.replace(tmp, dst)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        _discard(tmp)
         raise
     return "copy"
 
