@@ -465,15 +465,15 @@ def make_hand_made_dir(root: Path | str, dir_name: str = "my-finetune", cfg: dic
 def manage(model_dir: Path | str, repo_id: str, commit: str = "0123456789abcdef0123456789abcdef01234567",
            revision: str = "main", last_used: float | None = None, quant: str | None = None) -> Path:
     """Give a model directory a vmm manifest listing its files (as `vmm pull` would)."""
-    from vmm.core import store
+    from vmm.core.store import manifests
 
     model_dir = Path(model_dir)
     files = []
     for path in sorted(model_dir.rglob("*")):
         rel = path.relative_to(model_dir).as_posix()
         if path.is_file() and not rel.startswith(".vmm/"):
-            files.append(store.ManifestFile(path=rel, size=path.stat().st_size))
-    store.write_manifest(model_dir, store.Manifest(
+            files.append(manifests.ManifestFile(path=rel, size=path.stat().st_size))
+    manifests.write_manifest(model_dir, manifests.Manifest(
         repo_id=repo_id, revision=revision, commit=commit, quant=quant, files=files,
         pulled_at=time.time(), last_used=last_used))
     return model_dir

@@ -8,7 +8,8 @@ import os
 import time
 from pathlib import Path
 
-from vmm.core import hashing, store
+from vmm.core import hashing
+from vmm.core.store import manifests
 
 COMMIT = "a" * 40
 
@@ -35,8 +36,8 @@ def make_model(root: Path, repo_id: str, files: dict[str, bytes], managed: bool 
         entries = []
         for rel in sorted(files):
             sha256, sha1, size = hashing.file_hashes(model_dir / rel)
-            entries.append(store.ManifestFile(rel, size, sha256 if hashes else None, sha1 if hashes else None))
-        store.write_manifest(model_dir, store.Manifest(
+            entries.append(manifests.ManifestFile(rel, size, sha256 if hashes else None, sha1 if hashes else None))
+        manifests.write_manifest(model_dir, manifests.Manifest(
             repo_id=repo_id, revision="main", commit=COMMIT, files=entries,
             pulled_at=pulled_at if pulled_at is not None else time.time(), last_used=last_used,
             pinned=pinned))

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 
 import builders as b
-from vmm.core import formats, store
+from vmm.core.model import formats
+from vmm.core.store import manifests
 
 
 def test_gguf_split_makes_exactly_the_parts_asked(tmp_path):
@@ -26,6 +27,6 @@ def test_shards_and_index_agree(tmp_path):
 
 def test_make_model_manages_and_hand_made_does_not(tmp_path):
     managed = b.make_model(tmp_path, "org/m", kind="pytorch", shards=2)
-    manifest = store.read_manifest(managed)
+    manifest = manifests.read_manifest(managed)
     assert manifest.repo_id == "org/m" and {f.path for f in manifest.files} >= {"config.json"}
-    assert store.read_manifest(b.make_hand_made_dir(tmp_path)) is None
+    assert manifests.read_manifest(b.make_hand_made_dir(tmp_path)) is None

@@ -19,7 +19,9 @@ from builders import (
 )
 from conftest import assert_error_line, run_vmm
 
-from vmm.core import check, compat, store
+from vmm.core import check
+from vmm.core.serving import compat
+from vmm.core.store import manifests
 
 LFS_SUFFIXES = (".safetensors", ".bin", ".gguf")
 TOK = {"bos_token": "<s>", "eos_token": "</s>", "chat_template": QWEN2_TOKENIZER_CONFIG["chat_template"]}
@@ -39,12 +41,12 @@ def manage_hashed(model_dir: Path, repo_id: str, quant: str | None = None) -> Pa
         if not path.is_file() or rel.startswith(".vmm/"):
             continue
         data = path.read_bytes()
-        entry = store.ManifestFile(path=rel, size=len(data),
+        entry = manifests.ManifestFile(path=rel, size=len(data),
                                    git_sha1=hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest())
         if rel.endswith(LFS_SUFFIXES):
             entry.sha256 = hashlib.sha256(data).hexdigest()
         files.append(entry)
-    store.write_manifest(model_dir, store.Manifest(repo_id=repo_id, revision="main", commit="0" * 40,
+    manifests.write_manifest(model_dir, manifests.Manifest(repo_id=repo_id, revision="main", commit="0" * 40,
                                                    quant=quant, files=files, pulled_at=time.time()))
     return model_dir
 
@@ -132,9 +134,9 @@ def test_hashing_is_parallel_and_correct_across_many_files(tmp_path):
     for i in range(12):
         data = bytes([i]) * (100_000 + i)
         (model_dir / f"f{i}.safetensors").write_bytes(data)
-        files.append(store.ManifestFile(f"f{i}.safetensors", len(data), sha256=hashlib.sha256(data).hexdigest()))
+        files.append(manifests.ManifestFile(f"f{i}.safetensors", len(data), sha256=hashlib.sha256(data).hexdigest()))
     flip_byte(model_dir / "f7.safetensors", 10)
-    verdicts = check.verify_files(model_dir, store.Manifest("a/b", files=files), workers=4)
+    verdicts = check.verify_files(model_dir, manifests.Manifest("a/b", files=files), workers=4)
     assert [v.path for v in verdicts if not v.ok] == ["f7.safetensors"]
     assert all(v.hashed for v in verdicts)
     assert check.git_blob_sha1(model_dir / "f0.safetensors") == hashlib.sha1(

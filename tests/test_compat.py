@@ -10,8 +10,8 @@ import textwrap
 import pytest
 from builders import DEEPSEEK_V2_LITE, LLAMA3_8B_INSTRUCT, QWEN2_7B_INSTRUCT, config
 
-from vmm.core import compat
-from vmm.core.config import from_config_dict, get_model_config
+from vmm.core.serving import compat
+from vmm.core.model.config import from_config_dict, get_model_config
 from vmm.core.errors import IncompatibleError, UsageError
 
 STABLELM_EPOCH = {"architectures": ["StableLMEpochForCausalLM"], "model_type": "stablelm_epoch",

@@ -8,8 +8,8 @@ import pytest
 
 import builders as b
 from conftest import assert_error_line, run_vmm
-from vmm.core import store
-from vmm.core.config import get_model_config, kv_cache_bytes_per_token, read_model_config
+from vmm.core.store import local
+from vmm.core.model.config import get_model_config, kv_cache_bytes_per_token, read_model_config
 from vmm.core.errors import UsageError
 
 
@@ -44,7 +44,7 @@ def test_root_that_cannot_be_created_is_exit_2(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     with pytest.raises(UsageError) as info:
-        store.ensure_root(blocker / "models")
+        local.ensure_root(blocker / "models")
     assert info.value.exit_code == 2 and "VMM_ROOT" in info.value.line()
 
 

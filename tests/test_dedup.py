@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import os
 
-from conftest import assert_error_line, run_vmm
+from conftest import run_vmm
 from storage_helpers import blob, make_model
 
-from vmm.core import dedup, hashing, store
+from vmm.core.store import dedup, locking, manifests
+from vmm.core import hashing
 
 SHARD = blob("shared-shard", 300_000)
 TOK = blob("tokenizer", 100_000)
@@ -56,7 +57,7 @@ def test_rm_of_one_deduped_model_leaves_the_other_intact(root):
     rm = run_vmm("rm", "org/base", "--yes")
     assert rm.exit_code == 0, rm.stderr
     assert not a.exists()
-    manifest = store.read_manifest(b)
+    manifest = manifests.read_manifest(b)
     for f in manifest.files:
         assert hashing.sha256_file(b / f.path) == f.sha256, f.path
     assert os.stat(b / "tokenizer.json").st_nlink == 1
@@ -64,7 +65,7 @@ def test_rm_of_one_deduped_model_leaves_the_other_intact(root):
 
 def test_dedup_skips_locked_models(root):
     a, b = _two_models(root)
-    with store.model_lock(root, "org--finetune", "serve", shared=True):
+    with locking.model_lock(root, "org--finetune", "serve", shared=True):
         run = run_vmm("dedup", "--json")
     assert run.exit_code == 0, run.stderr
     assert run.json()["bytes_saved"] == 0

@@ -8,8 +8,8 @@ import struct
 import pytest
 
 import builders as b
-from vmm.core import formats, gguf_meta
-from vmm.core.config import kv_cache_bytes_per_token, read_model_config
+from vmm.core.model import formats, gguf_meta
+from vmm.core.model.config import kv_cache_bytes_per_token, read_model_config
 from vmm.core.errors import IntegrityError, NotFoundError, UsageError
 
 

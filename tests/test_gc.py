@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import time
 
 import pytest
 from conftest import assert_error_line, run_vmm, run_vmm_subprocess
 from storage_helpers import blob, make_model, set_mtime
 
-from vmm.core import dedup, gc, store
+from vmm.core.store import dedup, gc, locking, manifests, paths
 
 DAY = 86400.0
 
@@ -52,8 +51,8 @@ def test_gc_never_removes_pinned_or_locked_models(root):
     old, mid, new, pulled, hand = _aged_root(root)
     assert run_vmm("pin", "org/old").exit_code == 0
     assert run_vmm("pin", "hand-made").exit_code == 0
-    assert store.pin_path(root, "hand-made").exists() and store.read_manifest(old).pinned
-    with store.model_lock(root, "org--pulled", "serve", shared=True):
+    assert paths.pin_path(root, "hand-made").exists() and manifests.read_manifest(old).pinned
+    with locking.model_lock(root, "org--pulled", "serve", shared=True):
         run = run_vmm("gc", "--keep-under", "0", "--yes", "--json")
     assert run.exit_code == 0, run.stderr
     doc = run.json()
@@ -66,7 +65,7 @@ def test_gc_never_removes_pinned_or_locked_models(root):
     assert "warning" in run.stderr
     # Unpinned, it goes.
     assert run_vmm("unpin", "org/old").exit_code == 0
-    assert not store.read_manifest(old).pinned
+    assert not manifests.read_manifest(old).pinned
     again = run_vmm("gc", "--unused-for", "1d", "--yes", "--json").json()
     assert sorted(m["name"] for m in again["removed"]) == ["org/old", "org/pulled"]
     assert hand.exists()
@@ -112,14 +111,14 @@ def test_gc_removes_stale_partials_and_keeps_fresh_ones_and_those_of_a_pull_in_p
     now = time.time()
     a = make_model(root, "org/a", {"w.bin": b"x"})
     b = make_model(root, "org/b", {"w.bin": b"x"})
-    stale = store.partial_dir(a) / "model.safetensors.part"
-    fresh = store.partial_dir(a) / "tokenizer.json.part"
-    pulling = store.partial_dir(b) / "model.safetensors.part"
+    stale = paths.partial_dir(a) / "model.safetensors.part"
+    fresh = paths.partial_dir(a) / "tokenizer.json.part"
+    pulling = paths.partial_dir(b) / "model.safetensors.part"
     for path, age in ((stale, 3 * DAY), (fresh, 60), (pulling, 3 * DAY)):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"p" * 5000)
         set_mtime(path, now - age)
-    with store.model_lock(root, "org--b", "pull"):
+    with locking.model_lock(root, "org--b", "pull"):
         run = run_vmm("gc", "--partials-older-than", "1d", "--yes", "--json")
     assert run.exit_code == 0, run.stderr
     doc = run.json()

@@ -8,7 +8,7 @@ import stat
 import pytest
 
 from conftest import assert_error_line, run_vmm
-from vmm.core import gpu
+from vmm.core.serving import gpu
 from vmm.core.errors import IncompatibleError
 
 SMI = """0, GPU-aaaa1111, NVIDIA H100 80GB HBM3, 81559, 80000, 9.0

@@ -7,7 +7,8 @@ import os
 from conftest import assert_error_line, run_vmm
 from storage_helpers import COMMIT, blob, make_hf_cache_entry, make_model
 
-from vmm.core import adopt, hashing, store
+from vmm.core.store import adopt, manifests
+from vmm.core import hashing
 
 FILES = {"config.json": b'{"model_type": "llama", "architectures": ["LlamaForCausalLM"]}',
          "model.safetensors": blob("weights", 150_000), "tokenizer.json": blob("tok", 20_000)}
@@ -21,7 +22,7 @@ def test_import_of_a_plain_directory_hardlinks_and_writes_a_hashed_manifest(root
     assert doc["name"] == "acme/my-model" and doc["files"] == 3 and doc["linked"] == 3 and doc["verified"]
     target = root / "acme--my-model"
     assert os.path.samefile(target / "model.safetensors", src / "model.safetensors")
-    manifest = store.read_manifest(target)
+    manifest = manifests.read_manifest(target)
     assert manifest.repo_id == "acme/my-model"
     by_path = {f.path: f for f in manifest.files}
     assert by_path["model.safetensors"].sha256 == hashing.sha256_file(src / "model.safetensors")
@@ -51,7 +52,7 @@ def test_import_of_an_hf_cache_entry_by_name_and_by_path(root, tmp_path, monkeyp
     doc = run.json()
     assert doc["kind"] == "hf-cache" and doc["commit"] == COMMIT and doc["revision"] == "main"
     target = root / "Qwen--Tiny"
-    manifest = store.read_manifest(target)
+    manifest = manifests.read_manifest(target)
     assert manifest.commit == COMMIT and manifest.repo_id == "Qwen/Tiny"
     # The Hub's meaning of each hash: LFS files by sha256, the others by git blob id.
     by_path = {f.path: f for f in manifest.files}

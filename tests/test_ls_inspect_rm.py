@@ -13,7 +13,7 @@ import pytest
 
 import builders as b
 from conftest import assert_error_line, run_vmm, run_vmm_subprocess
-from vmm.core import info, store
+from vmm.core.store import catalog, manifests
 
 LS_MODEL_KEYS = {"name", "path", "format", "size_bytes", "files", "sharded", "shard_count",
                  "revision", "managed", "last_used"}
@@ -112,7 +112,7 @@ def test_ls_and_inspect_never_write_into_the_root(zoo):
     assert run_vmm("inspect", "Qwen/Qwen2-7B-Instruct").exit_code == 0
     assert run_vmm("shards", "Qwen/Qwen2-7B-Instruct").exit_code == 0
     assert [e for e in _tree_state(zoo) if not e[0].startswith(usage)] == before
-    assert store.read_manifest(zoo / "Qwen--Qwen2-7B-Instruct").use_counts == {"inspect": 1}
+    assert manifests.read_manifest(zoo / "Qwen--Qwen2-7B-Instruct").use_counts == {"inspect": 1}
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
@@ -325,8 +325,8 @@ def test_rm_refuses_while_another_process_holds_the_lock(zoo):
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import sys, time
         from pathlib import Path
-        from vmm.core import store
-        with store.model_lock(Path({str(zoo)!r}), "my-finetune", "serve", shared=True):
+        from vmm.core.store import local, locking, manifests
+        with locking.model_lock(Path({str(zoo)!r}), "my-finetune", "serve", shared=True):
             print("held", flush=True)
             time.sleep(60)
     """)], stdout=subprocess.PIPE, text=True)
@@ -336,7 +336,7 @@ def test_rm_refuses_while_another_process_holds_the_lock(zoo):
         from vmm.core.errors import BusyError
 
         with pytest.raises(BusyError):          # the core function checks under the lock itself
-            info.delete_model_from_volume(zoo, "my-finetune")
+            catalog.delete_model_from_volume(zoo, "my-finetune")
         assert (zoo / "my-finetune").is_dir()
     finally:
         holder.kill()
@@ -371,8 +371,8 @@ def test_delete_cleans_leftovers_of_an_interrupted_delete(zoo):
     leftover = zoo / ".my-finetune.rm-1-1"
     leftover.mkdir()
     (leftover / "half").write_text("x")
-    assert str(leftover) not in [m.path for m in info.list_models(zoo)]
-    info.delete_model_from_volume(zoo, "my-finetune")
+    assert str(leftover) not in [m.path for m in catalog.list_models(zoo)]
+    catalog.delete_model_from_volume(zoo, "my-finetune")
     assert not leftover.exists()
 
 
@@ -386,7 +386,7 @@ def test_unexpected_exception_is_exit_1_without_traceback_unless_debug(root, mon
     def boom(_root, *_):
         raise RuntimeError("simulated bug")
 
-    monkeypatch.setattr(info, "list_models", boom)
+    monkeypatch.setattr(catalog, "list_models", boom)
     assert_error_line(run_vmm("ls"), 1, "internal error", "simulated bug")
     monkeypatch.setenv("VMM_DEBUG", "1")
     with pytest.raises(RuntimeError):
@@ -398,7 +398,7 @@ def test_ctrl_c_is_exit_130(root, monkeypatch):
     def interrupted(_root, *_):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(info, "list_models", interrupted)
+    monkeypatch.setattr(catalog, "list_models", interrupted)
     assert_error_line(run_vmm("ls"), 130, "interrupted")
 
 
@@ -414,11 +414,11 @@ def test_inspect_weights_without_config_show_nulls_and_a_warning(root):
 
 
 def test_list_model_files_gives_sizes_and_manifest_expectations(zoo):
-    model = info.store.load_model(zoo / "Qwen--Qwen2-7B-Instruct")
-    files = {f.path: f for f in info.list_model_files(model)}
+    model = catalog.local.load_model(zoo / "Qwen--Qwen2-7B-Instruct")
+    files = {f.path: f for f in catalog.list_model_files(model)}
     assert set(files) == {"config.json", "tokenizer_config.json", "model.safetensors.index.json",
                           *(f"model-0000{i}-of-00004.safetensors" for i in range(1, 5))}
     shard = files["model-00001-of-00004.safetensors"]
     assert shard.size_bytes == shard.expected_size == (zoo / "Qwen--Qwen2-7B-Instruct" / shard.path).stat().st_size
-    hand = {f.path: f for f in info.list_model_files(info.store.load_model(zoo / "my-finetune"))}
+    hand = {f.path: f for f in catalog.list_model_files(catalog.local.load_model(zoo / "my-finetune"))}
     assert hand["model.safetensors"].expected_size is None

@@ -11,9 +11,9 @@ import pytest
 from conftest import assert_error_line, run_vmm
 from storage_helpers import COMMIT, blob, make_model
 
-from vmm.core import dedup, info
+from vmm.core.store import dedup, catalog
 
-CONTRACT = set(info.LS_KEYS)
+CONTRACT = set(catalog.LS_KEYS)
 
 
 def _root_with_usage(root):
@@ -165,15 +165,15 @@ def test_ls_updates_against_the_local_hub_server(root, monkeypatch):
         pinned_sha = hub.add_repo("org/fixed", {"config.json": b"{}"})
         monkeypatch.setenv("HF_ENDPOINT", hub.url)
         tiny = make_model(root, "org/tiny", {"w.bin": b"v1"})
-        from vmm.core import store
+        from vmm.core.store import manifests
 
-        manifest = store.read_manifest(tiny)
+        manifest = manifests.read_manifest(tiny)
         manifest.commit = first
-        store.write_manifest(tiny, manifest)
+        manifests.write_manifest(tiny, manifest)
         fixed = make_model(root, "org/fixed", {"config.json": b"{}"})
-        manifest = store.read_manifest(fixed)
+        manifest = manifests.read_manifest(fixed)
         manifest.revision = manifest.commit = pinned_sha
-        store.write_manifest(fixed, manifest)
+        manifests.write_manifest(fixed, manifest)
         rows = {m["name"]: m["update"] for m in run_vmm("ls", "--updates", "--json").json()["models"]}
         assert rows["org/tiny"]["update_available"] is False and rows["org/tiny"]["remote_commit"] == first
         second = hub.add_repo("org/tiny", {"config.json": b"{}", "w.bin": b"v2"})

@@ -15,7 +15,8 @@ import pytest
 from conftest import REPO, assert_error_line, run_vmm
 from hubserver import HubServer
 
-from vmm.core import download, store
+from vmm.core.hub import pull
+from vmm.core.store import local, locking, manifests
 
 PULL_KEYS = {"schema_version", "name", "path", "revision", "files", "bytes_downloaded", "bytes_total", "verified"}
 
@@ -45,7 +46,7 @@ BASE_FILES = {
 def hub(monkeypatch):
     with HubServer() as server:
         monkeypatch.setenv("HF_ENDPOINT", server.url)
-        monkeypatch.setattr(download, "BACKOFF_BASE_S", 0.01)
+        monkeypatch.setattr(pull, "BACKOFF_BASE_S", 0.01)
         yield server
 
 
@@ -77,7 +78,7 @@ def test_fresh_pull_is_byte_identical_with_manifest_and_json_contract(hub, root)
     assert files.pop("chat_template.jinja").startswith(b"{")
     assert doc["chat_template_written"] is True and doc["chat_template"].startswith("family ")
     assert files == EXPECTED
-    manifest = store.read_manifest(root / "org--tiny")
+    manifest = manifests.read_manifest(root / "org--tiny")
     assert manifest.commit == commit and manifest.revision == "main"
     assert manifest.extra["chat_template"]["written_by"] == "vmm"
     assert manifest.use_counts.get("pull") == 1
@@ -159,7 +160,7 @@ def test_corruption_that_never_stops_exits_5_naming_the_file(hub, root):
     run = run_vmm("pull", "org/tiny")
     assert_error_line(run, 5, "model-00002-of-00002.safetensors", "hash mismatch")
     assert not (root / "org--tiny" / "model-00002-of-00002.safetensors").exists()
-    assert store.read_manifest(root / "org--tiny") is None
+    assert manifests.read_manifest(root / "org--tiny") is None
 
 
 def test_5xx_storm_is_survived(hub, root):
@@ -171,7 +172,7 @@ def test_5xx_storm_is_survived(hub, root):
 
 
 def test_endless_5xx_exits_4(hub, root, monkeypatch):
-    monkeypatch.setattr(download, "CHUNK_ATTEMPTS", 3)
+    monkeypatch.setattr(pull, "CHUNK_ATTEMPTS", 3)
     hub.add_repo("org/tiny", BASE_FILES)
     hub.faults.add("status", status=500, path="config.json", times=None)
     run = run_vmm("pull", "org/tiny")
@@ -197,7 +198,7 @@ def test_connection_resets_mid_body_are_survived(hub, root):
 
 def test_too_little_disk_exits_7_before_writing(hub, root, monkeypatch):
     hub.add_repo("org/tiny", BASE_FILES)
-    monkeypatch.setattr(store, "free_bytes", lambda path: 1_000_000)
+    monkeypatch.setattr(local, "free_bytes", lambda path: 1_000_000)
     run = run_vmm("pull", "org/tiny")
     assert_error_line(run, 7, "bytes needed", "1000000 free")
     assert hub.total_served() == 0
@@ -215,7 +216,7 @@ def test_enospc_mid_transfer_exits_7_keeping_partial_data(hub, root, monkeypatch
             raise OSError(28, "No space left on device")
         return real(fd, data, offset)
 
-    monkeypatch.setattr(download.os, "pwrite", failing)
+    monkeypatch.setattr(pull.os, "pwrite", failing)
     run = run_vmm("pull", "org/tiny", "--chunk-size", "256KiB", "--workers", "1")
     assert_error_line(run, 7, "no space left")
     state = json.loads((root / "org--tiny/.vmm/partial/model.safetensors.part.json").read_text())
@@ -234,7 +235,7 @@ def test_path_traversal_in_listing_is_refused_and_nothing_escapes(hub, root, tmp
 
 def test_no_wait_exits_8_while_another_pull_holds_the_lock(hub, root):
     hub.add_repo("org/tiny", BASE_FILES)
-    with store.model_lock(root, "org--tiny", "pull"):
+    with locking.model_lock(root, "org--tiny", "pull"):
         run = run_vmm("pull", "org/tiny", "--no-wait")
     assert_error_line(run, 8, "locked")
     assert hub.total_served() == 0
@@ -243,7 +244,7 @@ def test_no_wait_exits_8_while_another_pull_holds_the_lock(hub, root):
 def test_second_pull_waits_for_the_first_with_a_message(hub, root):
     hub.add_repo("org/tiny", BASE_FILES)
     env = {**os.environ, "HF_ENDPOINT": hub.url, "VMM_ROOT": str(root)}
-    with store.model_lock(root, "org--tiny", "pull"):
+    with locking.model_lock(root, "org--tiny", "pull"):
         child = subprocess.Popen([sys.executable, "-m", "vmm", "pull", "org/tiny"], env=env, cwd=REPO,
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         time.sleep(1.5)
@@ -256,12 +257,12 @@ def test_second_pull_waits_for_the_first_with_a_message(hub, root):
 
 def test_lock_of_a_sigkilled_holder_is_taken_over(hub, root):
     hub.add_repo("org/tiny", BASE_FILES)
-    code = ("import sys,time; from pathlib import Path; from vmm.core import store\n"
-            "with store.model_lock(Path(sys.argv[1]), 'org--tiny', 'pull'):\n"
+    code = ("import sys,time; from pathlib import Path; from vmm.core.store import locking\n"
+            "with locking.model_lock(Path(sys.argv[1]), 'org--tiny', 'pull'):\n"
             "    print('held', flush=True); time.sleep(60)\n")
     holder = subprocess.Popen([sys.executable, "-c", code, str(root)], cwd=REPO, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
-    assert store.is_locked(root, "org--tiny")
+    assert locking.is_locked(root, "org--tiny")
     holder.send_signal(signal.SIGKILL)
     holder.wait()
     run = run_vmm("pull", "org/tiny", "--no-wait")
@@ -314,7 +315,7 @@ def test_gguf_quant_picks_all_split_parts_and_non_weight_files(hub, root):
     run = run_vmm("pull", "org/tiny:Q8_0", "--json")
     assert run.exit_code == 0, run.stderr
     assert set(_files(root)) == {"README.md", "tiny-Q8_0-00001-of-00002.gguf", "tiny-Q8_0-00002-of-00002.gguf"}
-    assert store.read_manifest(root / "org--tiny").quant == "Q8_0"
+    assert manifests.read_manifest(root / "org--tiny").quant == "Q8_0"
 
 
 def test_gguf_without_choice_exits_2_listing_quants_and_unknown_quant_exits_3(hub, root):
@@ -337,7 +338,7 @@ def test_update_fetches_only_changed_files_and_records_previous_revision(hub, ro
     assert set(hub.bytes_served) == {"model-00002-of-00002.safetensors", "config.json"}
     doc = run.json()
     assert doc["revision"] == second and doc["previous_revision"] == first
-    manifest = store.read_manifest(root / "org--tiny")
+    manifest = manifests.read_manifest(root / "org--tiny")
     assert manifest.previous_revisions == [first]
     expected = {k: v for k, v in changed.items() if k in EXPECTED or k == "config.json"}
     assert _files(root) == expected
@@ -375,7 +376,7 @@ def test_malformed_metadata_is_a_clean_error(hub, root):
 
 
 def test_unreachable_endpoint_exits_4(root, monkeypatch):
-    monkeypatch.setattr("vmm.core.hub.METADATA_ATTEMPTS", 1)
+    monkeypatch.setattr("vmm.core.hub.client.METADATA_ATTEMPTS", 1)
     assert_error_line(run_vmm("pull", "org/tiny"), 4, "could not be reached")
 
 
@@ -438,7 +439,7 @@ def test_identical_file_in_another_model_is_linked_not_downloaded(hub, root):
     assert hub.count(shard) == 0
     assert (root / "org--other" / shard).read_bytes() == BASE_FILES[shard]
     assert (root / "org--other" / shard).stat().st_ino == (root / "org--tiny" / shard).stat().st_ino
-    assert [f.path for f in store.read_manifest(root / "org--other").files if f.path == shard]
+    assert [f.path for f in manifests.read_manifest(root / "org--other").files if f.path == shard]
 
 
 def test_verified_blob_in_the_hf_cache_is_reused(hub, root, tmp_path):

@@ -6,7 +6,7 @@ import pytest
 from builders import TINY_LLAMA, config, make_demo_root, make_model
 from conftest import REPO, run_vmm
 
-from vmm.core import compat
+from vmm.core.serving import compat
 
 STABLELM = config(TINY_LLAMA, architectures=["StableLMEpochForCausalLM"], model_type="stablelm_epoch",
                   auto_map={"AutoConfig": "configuration_stablelm_epoch.StableLMEpochConfig",

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from conftest import assert_error_line, run_vmm
-from vmm.core import runtime
+from vmm.core.serving import runtime
 
 # A stand-in for a vLLM server's /metrics: counters grow by 50 tokens per second.
 METRICS_SERVER = r'''

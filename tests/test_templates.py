@@ -19,7 +19,8 @@ from builders import (
 )
 from conftest import assert_error_line, run_vmm
 
-from vmm.core import store, templates
+from vmm.core.model import templates
+from vmm.core.store import locking, manifests
 
 CARD = "You are Zed the lighthouse keeper; you speak only in riddles and remember every ship."
 TURNS = [c for _, c in templates.SAMPLE_TURNS]
@@ -237,7 +238,7 @@ def test_set_family_writes_chat_template_and_records_it(root):
     assert run.exit_code == 0, run.stderr
     assert run.json()["source"] == "chat_template.jinja"
     assert (path / "chat_template.jinja").read_text() == templates.family_template("chatml")
-    record = store.read_manifest(path).extra["chat_template"]
+    record = manifests.read_manifest(path).extra["chat_template"]
     assert record["written_by"] == "vmm" and record["family"] == "chatml"
 
 
@@ -250,12 +251,12 @@ def test_set_file_keeps_the_original_chat_template(root, tmp_path):
     assert run.exit_code == 0, run.stderr
     assert run.json()["rendered"].startswith("MINE ")
     assert (path / ".vmm" / "chat_template.jinja.orig").read_text() == original
-    record = store.read_manifest(path).extra["chat_template"]
+    record = manifests.read_manifest(path).extra["chat_template"]
     assert record["original"] == ".vmm/chat_template.jinja.orig"
     # A second --set replaces vmm's file and still keeps the first original.
     assert run_vmm("template", "acme/orig", "--set", "generic").exit_code == 0
     assert (path / ".vmm" / "chat_template.jinja.orig").read_text() == original
-    assert store.read_manifest(path).extra["chat_template"]["original"] == ".vmm/chat_template.jinja.orig"
+    assert manifests.read_manifest(path).extra["chat_template"]["original"] == ".vmm/chat_template.jinja.orig"
 
 
 def test_template_restored_by_a_pull_is_not_taken_for_vmms(root):
@@ -273,7 +274,7 @@ def test_template_restored_by_a_pull_is_not_taken_for_vmms(root):
 def test_set_on_hand_made_dir_records_beside_it_without_making_it_managed(root):
     path = make_safetensors_model(root / "my-finetune", TINY_LLAMA)
     assert run_vmm("template", "my-finetune", "--set", "mistral").exit_code == 0
-    assert store.read_manifest(path) is None
+    assert manifests.read_manifest(path) is None
     assert json.loads((path / ".vmm" / "chat_template.json").read_text())["family"] == "mistral"
     doc = run_vmm("template", "my-finetune", "--json").json()
     assert doc["family"] == "mistral" and doc["written_by_vmm"] is True
@@ -298,7 +299,7 @@ def test_setup_chat_template_writes_family_only_without_own_template(root):
     assert (result.action, result.family) == ("written", "mistral")
     assert (bare / "chat_template.jinja").read_text() == templates.family_template("mistral")
     assert oct((bare / "chat_template.jinja").stat().st_mode & 0o044) == oct(0o044)
-    assert store.read_manifest(bare).extra["chat_template"]["written_by"] == "vmm"
+    assert manifests.read_manifest(bare).extra["chat_template"]["written_by"] == "vmm"
     own = make_model(root, "Qwen/Qwen2-7B-Instruct", cfg=small(QWEN2_7B_INSTRUCT), tokenizer_config=QWEN2_TOKENIZER_CONFIG)
     kept = templates.setup_chat_template(own, "Qwen/Qwen2-7B-Instruct")
     assert (kept.action, kept.source) == ("kept", "tokenizer_config.json")
@@ -311,6 +312,6 @@ def test_template_of_unknown_model_exits_3(root):
 
 def test_set_refuses_while_another_vmm_holds_the_model(root):
     make_model(root, "acme/base-7b", cfg=TINY_LLAMA)
-    with store.model_lock(root, "acme--base-7b", "pull"):
+    with locking.model_lock(root, "acme--base-7b", "pull"):
         assert_error_line(run_vmm("template", "acme/base-7b", "--set", "chatml"), 8, "locked")
     assert not (root / "acme--base-7b" / "chat_template.jinja").exists()

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from vmm.core import vllm_env
+from vmm.core.serving import vllm_env
 from vmm.core.errors import VllmMissingError
 
 

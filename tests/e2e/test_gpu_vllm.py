@@ -24,7 +24,7 @@ pytestmark = pytest.mark.gpu
 
 
 def _gpus():
-    from vmm.core import gpu
+    from vmm.core.serving import gpu
 
     return gpu.discover()
 
@@ -33,7 +33,7 @@ def _gpus():
 def tiny(tmp_path_factory):
     if not _gpus():
         pytest.skip("no NVIDIA GPU visible (nvidia-smi/NVML find none)")
-    from vmm.core import vllm_env
+    from vmm.core.serving import vllm_env
 
     found = vllm_env.find_vllm()
     if found is None or found.is_cpu:

@@ -31,7 +31,7 @@ REPO_ID = "vmm-test/tiny-llama"
 
 
 def _vllm_python() -> str:
-    from vmm.core import vllm_env
+    from vmm.core.serving import vllm_env
 
     found = vllm_env.find_vllm()
     if found is None or not found.python:
@@ -105,7 +105,7 @@ def test_pull_check_template(env, pulled, tiny_repo):
 
 def test_computed_commands_pass_vllms_own_parser(env, pulled, tmp_path):
     """Every plan vmm makes, for CPU and for GPU shapes, parses with the real vLLM."""
-    from vmm.core import vllm_env
+    from vmm.core.serving import vllm_env
 
     root = tmp_path / "plans"
     builders.make_model(root, "Qwen/Qwen2-7B-Instruct", kind="safetensors", cfg=builders.QWEN2_7B_INSTRUCT, shards=4)

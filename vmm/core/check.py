@@ -4,7 +4,7 @@ Checks, in order: ``integrity`` (every file against the manifest: sha256 for LFS
 blob sha1 for the others; sizes only with ``fast``; a hand-made dir gets sizes and headers
 and a warning), ``shards`` (index against files), ``weights`` (safetensors headers parse and
 match the file sizes; GGUF files open), ``gguf choice`` and ``pickle`` (warnings),
-``config`` (fields present and sane), ``vllm`` (:mod:`vmm.core.compat`), ``template``.
+``config`` (fields present and sane), ``vllm`` (:mod:`vmm.core.serving.compat`), ``template``.
 
 Exit code when something fails (docs/exit-codes.md): 5 when any integrity, format, config
 or template check fails (the files must be repaired first), else 6 when only vLLM
@@ -18,8 +18,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vmm.core import config as config_mod
-from vmm.core import formats, hashing, store, templates
+from vmm.core.model import config as config_mod
+from vmm.core.model import formats, templates
+from vmm.core import hashing
+from vmm.core.store import local, manifests
 from vmm.core.errors import IncompatibleError, IntegrityError, NotFoundError, UsageError, VmmError
 
 CHECK_KEYS = ("ok", "checks")
@@ -82,7 +84,7 @@ class FileVerdict:
     hashed: bool = False
 
 
-def _verify_one(model_dir: Path, entry: store.ManifestFile, fast: bool, actual_rel: str) -> FileVerdict:
+def _verify_one(model_dir: Path, entry: manifests.ManifestFile, fast: bool, actual_rel: str) -> FileVerdict:
     path = model_dir / actual_rel
     try:
         size = path.stat().st_size
@@ -107,7 +109,7 @@ def _verify_one(model_dir: Path, entry: store.ManifestFile, fast: bool, actual_r
     return FileVerdict(entry.path, ok, None if ok else f"{kind} mismatch", hashed=True)
 
 
-def verify_files(model_dir: Path, manifest: store.Manifest, fast: bool = False,
+def verify_files(model_dir: Path, manifest: manifests.Manifest, fast: bool = False,
                  workers: int | None = None) -> list[FileVerdict]:
     """Every manifest file against its recorded size and hash, in parallel across files."""
     record = templates.read_record(model_dir) or {}
@@ -128,7 +130,7 @@ def verify_files(model_dir: Path, manifest: store.Manifest, fast: bool = False,
 
 # --------------------------------------------------------------------------- the checks
 
-def _integrity(model: store.LocalModel, fast: bool, fmt: str) -> Check:
+def _integrity(model: local.LocalModel, fast: bool, fmt: str) -> Check:
     manifest = model.manifest
     if manifest is None:
         return Check("integrity", "warn",
@@ -200,7 +202,7 @@ def _weights(model_dir: Path, fmt: str, quant: str | None, fast: bool) -> list[C
         counted.append(f"{len(safetensors)} safetensors header(s) parse and match the file sizes")
     gguf_files = formats.find_gguf_files(model_dir) if "gguf" in formats.formats_present(model_dir) else []
     if gguf_files:
-        from vmm.core import gguf_meta
+        from vmm.core.model import gguf_meta
 
         chosen = gguf_files
         if quant:
@@ -252,7 +254,7 @@ def _raw_config(model_dir: Path) -> dict:
 def _config(model_dir: Path, fmt: str, quant: str | None) -> tuple[Check, config_mod.ModelConfig | None]:
     try:
         if not (model_dir / "config.json").is_file() and fmt in ("gguf", "mixed"):
-            from vmm.core import gguf_meta
+            from vmm.core.model import gguf_meta
 
             try:
                 cfg = gguf_meta.config_from_gguf(formats.select_gguf(model_dir, quant).path)
@@ -301,7 +303,7 @@ def _config(model_dir: Path, fmt: str, quant: str | None) -> tuple[Check, config
 
 def _vllm(cfg: config_mod.ModelConfig | None, name: str, fmt: str, vllm_version: str | None,
           cache_dir: Path | None) -> tuple[Check, str | None]:
-    from vmm.core import compat
+    from vmm.core.serving import compat
 
     if cfg is None:
         return Check("vllm", "warn", "cannot judge vLLM compatibility without a readable config"), None
@@ -321,7 +323,7 @@ def _vllm(cfg: config_mod.ModelConfig | None, name: str, fmt: str, vllm_version:
                  failure), report.vllm_version
 
 
-def _template(model: store.LocalModel, quant: str | None) -> Check:
+def _template(model: local.LocalModel, quant: str | None) -> Check:
     try:
         result = templates.show_template(model.path, model.name, quant)
     except IntegrityError as exc:
@@ -337,7 +339,7 @@ def _template(model: store.LocalModel, quant: str | None) -> Check:
     return Check("template", "pass", detail)
 
 
-def check_model(model: store.LocalModel, quant: str | None = None, fast: bool = False,
+def check_model(model: local.LocalModel, quant: str | None = None, fast: bool = False,
                 vllm_version: str | None = None, cache_dir: Path | None = None) -> CheckReport:
     """Run every check; never raises for a failed check (the report says), only for bad usage."""
     path = model.path

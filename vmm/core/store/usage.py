@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from vmm.core import store
+from vmm.core.store import local
 
 SORTS = ("name", "size", "used")
 
@@ -23,7 +23,7 @@ def totals(root: Path, models: list, inodes: dict[tuple[int, int], int]) -> Root
     apparent = sum(m.size_bytes for m in models)
     total = sum(inodes.values())
     try:
-        free = store.free_bytes(Path(root))
+        free = local.free_bytes(Path(root))
     except OSError:
         free = None
     return RootTotals(len(models), total, apparent, max(0, apparent - total), free)

@@ -36,7 +36,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from vmm.core.config import ModelConfig, from_config_dict
+from vmm.core.model.config import ModelConfig, from_config_dict
 from vmm.core.errors import IncompatibleError, UsageError
 
 INSTALLED_PROBE_TIMEOUT_S = 120
@@ -66,7 +66,7 @@ def vllm_python() -> str | None:
     behind the ``vllm`` executable on PATH (vLLM usually lives in a venv of its own)."""
     if vllm_importable():
         return sys.executable
-    from vmm.core import vllm_env
+    from vmm.core.serving import vllm_env
 
     found = vllm_env.find_vllm()
     return found.python if found is not None and found.version else None
@@ -77,7 +77,7 @@ def installed_vllm_version() -> str | None:
     wheel's distribution name), else ``vllm.__version__`` (imports vLLM, in a subprocess);
     without vllm in vmm's environment, the version of the ``vllm`` on PATH."""
     if not vllm_importable():
-        from vmm.core import vllm_env
+        from vmm.core.serving import vllm_env
 
         found = vllm_env.find_vllm()
         return found.version if found is not None else None
@@ -197,9 +197,9 @@ def installed_registry(version: str, cache_dir: Path | None) -> Registry:
         doc = json.loads(line.removeprefix("VMM-REGISTRY:"))
         if cache is not None:
             try:
-                from vmm.core import store
+                from vmm.core import fsutil
 
-                store.atomic_write_json(cache, doc)
+                fsutil.atomic_write_json(cache, doc)
             except OSError:
                 pass
     return Registry(version=version, source=f"installed vllm {version}",

@@ -340,7 +340,7 @@ def find_gguf_files(model_dir: Path, read_metadata: bool = True) -> list[GgufFil
         first = parts[0]
         quant = gguf_quant_of(first.name)
         if quant is None and read_metadata:
-            from vmm.core import gguf_meta
+            from vmm.core.model import gguf_meta
 
             try:
                 quant = gguf_meta.quant_from_file_type(
@@ -519,7 +519,7 @@ def weight_summary(model_dir: Path, quant: str | None = None) -> WeightSummary:
         size = sum((model_dir / n).stat().st_size for n in top if _is_pytorch_weight(n))
         return WeightSummary(None, size, {}, "file sizes")
     if "gguf" in kinds:
-        from vmm.core import gguf_meta
+        from vmm.core.model import gguf_meta
 
         chosen = select_gguf(model_dir, quant)
         params, nbytes, dtypes = 0, 0, {}

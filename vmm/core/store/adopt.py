@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from vmm.core import hashing, names, settings, store
-from vmm.core.dedup import link_or_copy
+from vmm.core import hashing, names, settings
+from vmm.core.store import local, locking, manifests
+from vmm.core.store.dedup import link_or_copy
 from vmm.core.errors import IntegrityError, NotFoundError, UsageError
 
 REPO_PREFIX = "models--"
@@ -134,7 +135,7 @@ def _cache_source(entry: Path, revision: str | None, snapshot: Path | None = Non
 
 
 def _looks_like_model_dir(path: Path) -> bool:
-    from vmm.core import formats
+    from vmm.core.model import formats
 
     if (path / "config.json").is_file() or (path / "params.json").is_file():
         return True
@@ -181,7 +182,7 @@ def _resolve_source(source: str, cache_dir: Path | None = None) -> _Source:
     return _cache_source(entry, ref.revision)
 
 
-def _verify(rel: str, real: Path, blob_name: str | None) -> store.ManifestFile:
+def _verify(rel: str, real: Path, blob_name: str | None) -> manifests.ManifestFile:
     try:
         sha256, sha1, size = hashing.file_hashes(real)
     except OSError as exc:
@@ -198,14 +199,13 @@ def _verify(rel: str, real: Path, blob_name: str | None) -> store.ManifestFile:
     # pointer's, not the content's. A cache blob's name says which kind it is; a plain
     # directory does not say which files were LFS, so it gets the content sha256 only.
     if blob_name is not None and hashing.looks_like_sha1(blob_name):
-        return store.ManifestFile(path=rel, size=size, sha256=None, git_sha1=sha1)
-    return store.ManifestFile(path=rel, size=size, sha256=sha256, git_sha1=None)
+        return manifests.ManifestFile(path=rel, size=size, sha256=None, git_sha1=sha1)
+    return manifests.ManifestFile(path=rel, size=size, sha256=sha256, git_sha1=None)
 
 
 def import_model(root: Path, source: str, name: str | None = None, move: bool = False,
                  force: bool = False, cache_dir: Path | None = None) -> ImportResult:
     """Adopt ``source`` into ``<root>/org--name`` with a manifest; see the module doc."""
-    from vmm.core import info
 
     root = Path(root).absolute()
     if name is not None:
@@ -227,8 +227,8 @@ def import_model(root: Path, source: str, name: str | None = None, move: bool = 
     for rel, _p, _b in src.files:
         names.safe_repo_path(target, rel)
     in_place = src.kind == "directory" and src.root.resolve() == target.resolve() if target.exists() else False
-    store.ensure_root(root)
-    with store.model_lock(root, dir_name, "import"):
+    local.ensure_root(root)
+    with locking.model_lock(root, dir_name, "import"):
         if target.exists() and not in_place and not force:
             raise UsageError("a model of that name is already in the root", f"{repo_id} ({target})",
                              "pass --force to replace it, or --name to import under another name")
@@ -268,13 +268,13 @@ def import_model(root: Path, source: str, name: str | None = None, move: bool = 
                 shutil.rmtree(staging, ignore_errors=True)
                 raise
         now = time.time()
-        manifest = store.Manifest(repo_id=repo_id, revision=src.revision, commit=src.commit, files=files,
+        manifest = manifests.Manifest(repo_id=repo_id, revision=src.revision, commit=src.commit, files=files,
                                   pulled_at=now, extra={"imported_from": str(src.root), "imported_at": now,
                                                         "import_kind": src.kind})
-        old = store.read_manifest(target) if in_place else None
+        old = manifests.read_manifest(target) if in_place else None
         if old is not None:
             manifest.last_used, manifest.use_counts, manifest.pinned = old.last_used, old.use_counts, old.pinned
-        store.write_manifest(staging, manifest)
+        manifests.write_manifest(staging, manifest)
         if staging != target:
             if target.exists():
                 trash = root / f".{dir_name}.rm-import-{os.getpid()}"

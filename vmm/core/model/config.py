@@ -184,11 +184,11 @@ def read_model_config(model_path: Path) -> ModelConfig:
             except IntegrityError:
                 tok = None
         return from_config_dict(load_json_file(config_file), tok)
-    from vmm.core import formats
+    from vmm.core.model import formats
 
     gguf = formats.find_gguf_files(model_path)
     if gguf:
-        from vmm.core import gguf_meta
+        from vmm.core.model import gguf_meta
 
         return gguf_meta.config_from_gguf(gguf[0].path)
     raise NotFoundError("no config.json or GGUF file", str(model_path),

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vmm.core.config import ModelConfig
+from vmm.core.model.config import ModelConfig
 from vmm.core.errors import IntegrityError
 
 GGUF_MAGIC = b"GGUF"

@@ -22,8 +22,10 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vmm.core import config as config_mod
-from vmm.core import formats, gpu, planner, runtime, store, vllm_env
+from vmm.core.model import config as config_mod
+from vmm.core.model import formats
+from vmm.core.serving import gpu, planner, runtime, vllm_env
+from vmm.core.store import locking, manifests, paths
 from vmm.core.errors import BusyError, IncompatibleError, UsageError, VmmError
 
 # Methods vLLM applies at load time to an unquantized checkpoint (vLLM 0.33 docs: "online"
@@ -207,7 +209,7 @@ def build(req: ServeRequest, install: vllm_env.VllmInstall | None = None) -> Ser
 
 def _gguf_base_model(path: Path) -> str | None:
     try:
-        from vmm.core import gguf_meta
+        from vmm.core.model import gguf_meta
 
         meta = gguf_meta.read_gguf(path).metadata
     except (VmmError, OSError, AttributeError):
@@ -239,14 +241,14 @@ class VllmExited(VmmError):
 
 
 def _take_lock(root: Path, dir_name: str) -> int:
-    path = store.lock_path(root, dir_name)
+    path = paths.lock_path(root, dir_name)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        holder = store.read_lock_info(root, dir_name) or {}
+        holder = locking.read_lock_info(root, dir_name) or {}
         raise BusyError("model is locked by another vmm process",
                         f"{dir_name}: pid {holder.get('pid', '?')} ({holder.get('purpose', '?')})",
                         "wait for the pull or rm to finish") from None
@@ -350,7 +352,7 @@ def run(cmd: ServeCommand, req: ServeRequest, root: Path, detach: bool = False, 
             elif log_path:
                 tail.extend(runtime.tail_lines(log_path, 40))
             raise VllmExited(child.returncode, list(tail))
-        store.touch_usage(req.model_dir, "serve")
+        manifests.touch_usage(req.model_dir, "serve")
         if on_ready:
             on_ready(base)
         if detach:

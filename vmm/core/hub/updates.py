@@ -17,7 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from vmm.core import hashing, settings, store
+from vmm.core import hashing, settings
+from vmm.core.store import local
 from vmm.core.errors import UsageError
 
 TIMEOUT_S = 15.0
@@ -63,7 +64,7 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _one(model: store.LocalModel, endpoint: str, token: str | None) -> UpdateInfo:
+def _one(model: local.LocalModel, endpoint: str, token: str | None) -> UpdateInfo:
     m = model.manifest
     assert m is not None
     tracked = m.revision or m.commit or "main"
@@ -77,16 +78,16 @@ def _one(model: store.LocalModel, endpoint: str, token: str | None) -> UpdateInf
     return row
 
 
-def check_updates(root: Path, models: list[store.LocalModel] | None = None,
+def check_updates(root: Path, models: list[local.LocalModel] | None = None,
                   max_workers: int = 8) -> list[UpdateInfo]:
     if settings.offline():
         raise UsageError("checking for updates needs the Hub", "HF_HUB_OFFLINE=1",
                          "unset HF_HUB_OFFLINE to ask the Hub")
     if models is None:
         models = []
-        for d in store.model_dirs(Path(root)):
+        for d in local.model_dirs(Path(root)):
             try:
-                models.append(store.load_model(d))
+                models.append(local.load_model(d))
             except Exception:   # noqa: BLE001 - a corrupt manifest is ls's warning, not ours
                 continue
     managed = [m for m in models if m.manifest is not None]

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from vmm.core import config as config_mod
+from vmm.core.model import config as config_mod
 from vmm.core import units
-from vmm.core.config import ModelConfig
+from vmm.core.model.config import ModelConfig
 from vmm.core.errors import IncompatibleError, UsageError
 
 GIB = 1 << 30

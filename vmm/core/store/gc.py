@@ -4,7 +4,7 @@
   removes models unused for longer than ``unused_for_s``, then the least recently used
   ones until the root's model bytes fit under ``keep_under_bytes``. Never a pinned model,
   never a locked one (a pull, serve or rm holds it). Deletion is ``vmm rm``'s own
-  (``info.delete_model_from_volume``: exclusive lock, rename, rmtree without following links).
+  (``catalog.delete_model_from_volume``: exclusive lock, rename, rmtree without following links).
 - Last use: the manifest's ``last_used``, else ``pulled_at``, else the directory's mtime.
 - Bytes are counted by inode: a file hardlinked into another model (``vmm dedup``) or into
   an HF cache frees nothing until its last name goes, and the report says so.
@@ -19,9 +19,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vmm.core import names, store
+from vmm.core import names
+from vmm.core import fsutil
+from vmm.core.store import local, locking, manifests, paths
 from vmm.core.units import parse_duration, parse_size  # noqa: F401 (gc.parse_* API)
-from vmm.core.errors import BusyError, NotFoundError, UsageError, VmmError
+from vmm.core.errors import BusyError, VmmError
 
 DEFAULT_PARTIALS_OLDER_THAN_S = 24 * 3600
 TRASH_MARK = ".rm-"
@@ -36,29 +38,29 @@ class PinResult:
     pinned: bool
 
 
-def is_pinned(root: Path, model: store.LocalModel) -> bool:
+def is_pinned(root: Path, model: local.LocalModel) -> bool:
     if model.manifest is not None and model.manifest.pinned:
         return True
-    return store.pin_path(Path(root), model.path.name).exists()
+    return paths.pin_path(Path(root), model.path.name).exists()
 
 
 def _set_pin(root: Path, name: str, pinned: bool) -> PinResult:
     root = Path(root).absolute()
-    model = store.locate_model(name, root)
-    pin_file = store.pin_path(root, model.path.name)
-    store.ensure_root(root)
+    model = local.locate_model(name, root)
+    pin_file = paths.pin_path(root, model.path.name)
+    local.ensure_root(root)
     if pinned:
-        store.atomic_write_bytes(pin_file, f"{model.name}\n".encode())
+        fsutil.atomic_write_bytes(pin_file, f"{model.name}\n".encode())
     else:
         try:
             pin_file.unlink()
         except FileNotFoundError:
             pass
     if model.manifest is not None and model.manifest.pinned != pinned:
-        manifest = store.read_manifest(model.path)
+        manifest = manifests.read_manifest(model.path)
         if manifest is not None:
             manifest.pinned = pinned
-            store.write_manifest(model.path, manifest)
+            manifests.write_manifest(model.path, manifest)
     return PinResult(model.name, str(model.path), pinned)
 
 
@@ -114,7 +116,7 @@ class GcReport:
 
 @dataclass
 class _Candidate:
-    model: store.LocalModel
+    model: local.LocalModel
     inodes: dict[tuple[int, int], int]   # inode -> names of it inside this model
     size_bytes: int
     last_used: float | None
@@ -130,7 +132,7 @@ def _inventory(model_dir: Path) -> tuple[dict[tuple[int, int], int], int, dict[t
     info: dict[tuple[int, int], tuple[int, int]] = {}
     total = 0
     for dirpath, _dirnames, filenames in os.walk(model_dir):
-        meta = Path(dirpath).relative_to(model_dir).parts[:1] == (store.META_DIR,)
+        meta = Path(dirpath).relative_to(model_dir).parts[:1] == (paths.META_DIR,)
         for fname in filenames:
             try:
                 st = os.lstat(os.path.join(dirpath, fname))
@@ -144,7 +146,7 @@ def _inventory(model_dir: Path) -> tuple[dict[tuple[int, int], int], int, dict[t
     return inodes, total, info
 
 
-def _last_used(model: store.LocalModel) -> tuple[float | None, str]:
+def _last_used(model: local.LocalModel) -> tuple[float | None, str]:
     m = model.manifest
     if m is not None and m.last_used:
         return m.last_used, "last_used"
@@ -159,7 +161,7 @@ def _last_used(model: store.LocalModel) -> tuple[float | None, str]:
 def gc(root: Path, keep_under_bytes: int | None = None, unused_for_s: float | None = None,
        partials_older_than_s: float | None = DEFAULT_PARTIALS_OLDER_THAN_S, dry_run: bool = False,
        now: float | None = None) -> GcReport:
-    from vmm.core import info
+    from vmm.core.store import catalog
 
     root = Path(root).absolute()
     now = time.time() if now is None else now
@@ -169,18 +171,18 @@ def gc(root: Path, keep_under_bytes: int | None = None, unused_for_s: float | No
     inode_info: dict[tuple[int, int], tuple[int, int]] = {}
     in_root: dict[tuple[int, int], int] = {}      # inode -> names inside the root
     locked: set[str] = set()
-    for model_dir in store.model_dirs(root):
+    for model_dir in local.model_dirs(root):
         if TRASH_MARK in model_dir.name:
             continue
         try:
-            model = store.load_model(model_dir)
+            model = local.load_model(model_dir)
         except VmmError:
-            model = store.LocalModel(model_dir.name, model_dir, None)
+            model = local.LocalModel(model_dir.name, model_dir, None)
         inodes, size, inf = _inventory(model_dir)
         inode_info.update(inf)
         for key, n in inodes.items():
             in_root[key] = in_root.get(key, 0) + n
-        if store.is_locked(root, model_dir.name):
+        if locking.is_locked(root, model_dir.name):
             locked.add(model_dir.name)
         last, source = _last_used(model)
         candidates.append(_Candidate(model, inodes, size, last, source))
@@ -207,7 +209,7 @@ def gc(root: Path, keep_under_bytes: int | None = None, unused_for_s: float | No
         if not dry_run:
             try:
                 target = names.dir_name_to_repo_id(c.model.path.name) or c.model.path.name
-                info.delete_model_from_volume(root, target)
+                catalog.delete_model_from_volume(root, target)
             except BusyError:
                 report.skipped.append(GcSkipped(c.model.name, "locked by another vmm process (pull, serve or rm)"))
                 return
@@ -262,7 +264,7 @@ def _partials(root: Path, candidates: list[_Candidate], locked: set[str], older_
     A model whose lock is held (a pull in progress) keeps its partials whatever their age.
     """
     for c in candidates:
-        pdir = store.partial_dir(c.model.path)
+        pdir = paths.partial_dir(c.model.path)
         if not pdir.is_dir() or pdir.is_symlink():
             continue
         if c.model.path.name in locked:

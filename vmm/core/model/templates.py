@@ -35,14 +35,15 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from vmm.core import store
+from vmm.core import fsutil
+from vmm.core.store import local, locking, manifests, paths
 from vmm.core.errors import IntegrityError, UsageError, VmmError
 
 CHAT_TEMPLATE_FILE = "chat_template.jinja"          # transformers utils/hub.py CHAT_TEMPLATE_FILE
 CHAT_TEMPLATE_DIR = "additional_chat_templates"     # transformers utils/hub.py CHAT_TEMPLATE_DIR
 TOKENIZER_CONFIG = "tokenizer_config.json"
-ORIGINAL_KEPT = f"{store.META_DIR}/{CHAT_TEMPLATE_FILE}.orig"   # an original replaced by --set
-RECORD_FILE = f"{store.META_DIR}/chat_template.json"           # the record for dirs without manifest
+ORIGINAL_KEPT = f"{paths.META_DIR}/{CHAT_TEMPLATE_FILE}.orig"   # an original replaced by --set
+RECORD_FILE = f"{paths.META_DIR}/chat_template.json"           # the record for dirs without manifest
 MANIFEST_KEY = "chat_template"                                  # Manifest.extra key of the record
 
 SOURCES = ("chat_template.jinja", "tokenizer_config.json", "gguf", "family")
@@ -293,7 +294,7 @@ def _token_text(value: Any) -> str | None:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    from vmm.core import config as config_mod
+    from vmm.core.model import config as config_mod
 
     return config_mod.load_json_file(path)
 
@@ -336,7 +337,7 @@ def read_tokenizer_config(model_path: Path) -> TokenizerInfo | None:
 def read_record(model_path: Path) -> dict[str, Any] | None:
     """What vmm wrote as chat_template.jinja (manifest extra, else .vmm/chat_template.json)."""
     try:
-        manifest = store.read_manifest(model_path)
+        manifest = manifests.read_manifest(model_path)
     except IntegrityError:
         manifest = None
     if manifest is not None:
@@ -353,7 +354,7 @@ def _write_template_file(target: Path, text: str) -> None:
     """Atomic write, readable by the user vLLM runs as (mkstemp creates files 0600)."""
     import os
 
-    store.atomic_write_bytes(target, text.encode("utf-8"))
+    fsutil.atomic_write_bytes(target, text.encode("utf-8"))
     os.chmod(target, 0o644)
 
 
@@ -373,12 +374,12 @@ def vmm_wrote(record: dict[str, Any] | None, current_text: str | None) -> bool:
 
 def _write_record(model_path: Path, record: dict[str, Any]) -> str:
     """Store the record in the manifest when the model has one; returns where it went."""
-    manifest = store.read_manifest(model_path)
+    manifest = manifests.read_manifest(model_path)
     if manifest is not None:
         manifest.extra[MANIFEST_KEY] = record
-        store.write_manifest(model_path, manifest)
-        return store.META_DIR + "/" + store.MANIFEST_NAME
-    store.atomic_write_json(model_path / RECORD_FILE, record)
+        manifests.write_manifest(model_path, manifest)
+        return paths.META_DIR + "/" + paths.MANIFEST_NAME
+    fsutil.atomic_write_json(model_path / RECORD_FILE, record)
     return RECORD_FILE
 
 
@@ -398,8 +399,8 @@ class ResolvedTemplate:
 
 def _model_identity(model_path: Path, model_name: str | None, quant: str | None):
     """(model_type, architectures, gguf file or None) without failing on a broken config."""
-    from vmm.core import config as config_mod
-    from vmm.core import formats
+    from vmm.core.model import config as config_mod
+    from vmm.core.model import formats
 
     gguf_path = None
     notes: list[str] = []
@@ -418,7 +419,7 @@ def _model_identity(model_path: Path, model_name: str | None, quant: str | None)
         if (model_path / "config.json").is_file():
             cfg = config_mod.read_model_config(model_path)
         elif gguf_path is not None:
-            from vmm.core import gguf_meta
+            from vmm.core.model import gguf_meta
 
             cfg = gguf_meta.config_from_gguf(gguf_path)
         else:
@@ -440,7 +441,7 @@ def resolve_template(model_path: Path, model_name: str | None = None,
     tokens: dict[str, str | None] = dict(tok.tokens) if tok else {}
     gguf_template = None
     if gguf_path is not None:
-        from vmm.core import gguf_meta
+        from vmm.core.model import gguf_meta
 
         gguf_template, bos, eos = gguf_meta.gguf_chat_metadata(gguf_path)
         # A tokenizer_config.json next to the GGUF wins for tokens, as for the template.
@@ -665,13 +666,13 @@ def set_template(model_path: Path, value: str, model_name: str | None = None) ->
     return SetupResult("written", "chat_template.jinja", family or resolved.family, CHAT_TEMPLATE_FILE, where)
 
 
-def template_command(model: store.LocalModel, root: Path, quant: str | None = None,
+def template_command(model: local.LocalModel, root: Path, quant: str | None = None,
                      system: str | None = None, set_value: str | None = None) -> TemplateResult:
     """``vmm template``: optionally ``--set`` (under the model's lock), then show."""
     action = None
     if set_value is not None:
         if model.path.parent == Path(root).absolute():
-            with store.model_lock(Path(root), model.path.name, "template --set"):
+            with locking.model_lock(Path(root), model.path.name, "template --set"):
                 done = set_template(model.path, set_value, model.name)
         else:
             done = set_template(model.path, set_value, model.name)

@@ -2,7 +2,7 @@
 
 How it works (docs/pull.md has the operator's view):
 
-- Metadata (commit sha, file sizes, sha256 / git blob ids) comes from :mod:`vmm.core.hub`.
+- Metadata (commit sha, file sizes, sha256 / git blob ids) comes from :mod:`vmm.core.hub.client`.
 - Each file to fetch gets a preallocated ``<model>/.vmm/partial/<path>.part`` and a chunk
   map ``.part.json`` rewritten (temp + rename) whenever a chunk lands, so a run killed with
   SIGKILL resumes without fetching finished chunks again.
@@ -34,7 +34,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, urljoin, urlsplit
 
-from vmm.core import formats, names, settings, store
+from vmm.core.model import formats
+from vmm.core import names, settings
+from vmm.core.store import local, locking, manifests, paths
 from vmm.core.errors import (
     DiskSpaceError,
     IntegrityError,
@@ -44,7 +46,7 @@ from vmm.core.errors import (
     UsageError,
     VmmError,
 )
-from vmm.core.hub import LOGIN_HINT, RemoteFile, RepoSnapshot, fetch_snapshot
+from vmm.core.hub.client import LOGIN_HINT, RemoteFile, RepoSnapshot, fetch_snapshot
 
 # Defaults measured with bench/pull.py (docs/benchmarks.md, "## pull").
 DEFAULT_WORKERS = 8
@@ -158,7 +160,7 @@ def _matches_dup(path: str) -> bool:
 
 # --------------------------------------------------------------------------- hashing
 
-def expected_digest(f: RemoteFile | store.ManifestFile) -> tuple[str, str]:
+def expected_digest(f: RemoteFile | manifests.ManifestFile) -> tuple[str, str]:
     """(algorithm, hex digest) that proves a file: sha256 for LFS files, else git blob sha1."""
     if f.sha256:
         return "sha256", f.sha256
@@ -404,7 +406,7 @@ class _Engine:
                  bytes_total: int, bytes_present: int, files_total: int, files_done: int) -> None:
         self.snapshot = snapshot
         self.model_dir = model_dir
-        self.partial_dir = model_dir / store.META_DIR / PARTIAL_DIR
+        self.partial_dir = model_dir / paths.META_DIR / PARTIAL_DIR
         self.endpoint = endpoint.rstrip("/")
         self.endpoint_host = _host_key(self.endpoint)
         self.token = token
@@ -740,7 +742,7 @@ def _hash_guard(job: _FileJob) -> threading.Lock:
 
 # --------------------------------------------------------------------------- the pull
 
-def _local_ok(path: Path, rf: RemoteFile, recorded: dict[str, store.ManifestFile], trusted: bool) -> bool:
+def _local_ok(path: Path, rf: RemoteFile, recorded: dict[str, manifests.ManifestFile], trusted: bool) -> bool:
     """Is the file at ``path`` already the one the Hub lists? Trust the manifest's record of a
     verified hash when it matches the Hub's; otherwise hash what is on disk."""
     try:
@@ -779,15 +781,15 @@ def download_model_to_path(model_name: str, model_path: Path | None = None, *, r
         raise UsageError("--workers must be between 1 and 64", str(workers), "pick e.g. 8")
     if chunk_size < 64 * 1024:
         raise UsageError("--chunk-size must be at least 64KiB", str(chunk_size), "pick e.g. 16MiB")
-    store.ensure_root(root)
+    local.ensure_root(root)
 
     def on_wait(who: str) -> None:
         if progress is not None:
             progress(ProgressUpdate(0, 0, 0, 0, 0, message=f"waiting for the lock held by {who}"))
 
-    from vmm.core import templates
+    from vmm.core.model import templates
 
-    with store.model_lock(root, model_dir.name, "pull", wait=wait, on_wait=on_wait):
+    with locking.model_lock(root, model_dir.name, "pull", wait=wait, on_wait=on_wait):
         operator_text = templates.operator_template(model_dir) if model_dir.is_dir() else None
         result = _pull_locked(ref, model_dir, want_revision, include, exclude, all_files, offline,
                               workers, chunk_size, progress, endpoint, token)
@@ -800,14 +802,14 @@ def download_model_to_path(model_name: str, model_path: Path | None = None, *, r
         else:
             result.chat_template = setup.source if setup.action == "kept" else f"family {setup.family}"
             result.chat_template_written = setup.action == "written"
-        store.touch_usage(model_dir, "pull")
+        manifests.touch_usage(model_dir, "pull")
         return result
 
 
 def _pull_locked(ref: names.ModelRef, model_dir: Path, want_revision: str | None, include, exclude,
                  all_files: bool, offline: bool, workers: int, chunk_size: int,
                  progress: ProgressCallback | None, endpoint: str | None, token: str | None) -> PullResult:
-    old = store.read_manifest(model_dir) if model_dir.exists() else None
+    old = manifests.read_manifest(model_dir) if model_dir.exists() else None
     if offline:
         return _offline_result(ref, model_dir, old, want_revision)
     endpoint = (endpoint or settings.hub_endpoint()).rstrip("/")
@@ -843,7 +845,7 @@ def _pull_locked(ref: names.ModelRef, model_dir: Path, want_revision: str | None
             engine_jobs.append(job)
             have_partial += _partial_bytes(job)
         needed = sum(rf.size for rf in fetch) - have_partial
-        free = store.free_bytes(model_dir)
+        free = local.free_bytes(model_dir)
         if needed + DISK_MARGIN_BYTES > free:
             raise DiskSpaceError(
                 f"not enough disk space: {needed} bytes needed (+{DISK_MARGIN_BYTES} margin), {free} free",
@@ -866,9 +868,9 @@ def _pull_locked(ref: names.ModelRef, model_dir: Path, want_revision: str | None
                     names.safe_repo_path(model_dir, f.path).unlink()
                 except (OSError, IntegrityError):
                     pass
-    manifest = store.Manifest(
+    manifest = manifests.Manifest(
         repo_id=ref.repo_id, revision=want_revision or "main", commit=snapshot.commit, quant=quant,
-        files=[store.ManifestFile(rf.path, rf.size, rf.sha256, rf.git_sha1) for rf in selected],
+        files=[manifests.ManifestFile(rf.path, rf.size, rf.sha256, rf.git_sha1) for rf in selected],
         pulled_at=time.time())
     previous = None
     if old is not None:
@@ -878,7 +880,7 @@ def _pull_locked(ref: names.ModelRef, model_dir: Path, want_revision: str | None
         if old.commit and old.commit != snapshot.commit:
             manifest.previous_revisions.append(old.commit)
             previous = old.commit
-    store.write_manifest(model_dir, manifest)
+    manifests.write_manifest(model_dir, manifest)
     _cleanup_partial(model_dir)
     if progress is not None:
         progress(ProgressUpdate(bytes_total, bytes_total, downloaded, len(selected), len(selected),
@@ -897,7 +899,7 @@ def _reuse_local_copies(repo_id: str, commit: str, fetch: list[RemoteFile], targ
     place, so only bytes that are what the Hub lists are reused. {path: "link"|"copy"}."""
     if not fetch:
         return {}
-    from vmm.core import adopt, dedup
+    from vmm.core.store import adopt, dedup
 
     done: dict[str, str] = {}
     try:
@@ -932,7 +934,7 @@ def _partial_bytes(job: _FileJob) -> int:
 
 
 def _cleanup_partial(model_dir: Path) -> None:
-    partial = model_dir / store.META_DIR / PARTIAL_DIR
+    partial = model_dir / paths.META_DIR / PARTIAL_DIR
     if not partial.is_dir():
         return
     for dirpath, _dirs, files in os.walk(partial, topdown=False):
@@ -948,7 +950,7 @@ def _cleanup_partial(model_dir: Path) -> None:
             pass
 
 
-def _offline_result(ref: names.ModelRef, model_dir: Path, old: store.Manifest | None,
+def _offline_result(ref: names.ModelRef, model_dir: Path, old: manifests.Manifest | None,
                     want_revision: str | None) -> PullResult:
     hint = "run without --offline / HF_HUB_OFFLINE to download it"
     if old is None:

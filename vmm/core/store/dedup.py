@@ -26,7 +26,8 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vmm.core import hashing, store
+from vmm.core import hashing
+from vmm.core.store import local, locking, manifests
 from vmm.core.errors import BusyError
 
 TRASH_MARK = ".rm-"
@@ -73,7 +74,7 @@ class _Entry:
 def _model_files(model_dir: Path) -> list[tuple[str, Path]]:
     """(relative path, path) of every regular file, vmm metadata and hidden top dirs excluded."""
     out: list[tuple[str, Path]] = []
-    for rel, entry in store.walk_model_entries(model_dir):
+    for rel, entry in local.walk_model_entries(model_dir):
         try:
             if entry.is_file(follow_symlinks=False):
                 out.append((rel, Path(entry.path)))
@@ -134,7 +135,7 @@ def link_or_copy(src: Path | str, dst: Path | str) -> str:
 
 
 def _managed_dirs(root: Path) -> list[Path]:
-    return [d for d in store.model_dirs(root) if TRASH_MARK not in d.name]
+    return [d for d in local.model_dirs(root) if TRASH_MARK not in d.name]
 
 
 def dedup(root: Path, dry_run: bool = False, min_size_bytes: int = MIN_SIZE_BYTES) -> DedupReport:
@@ -145,17 +146,17 @@ def dedup(root: Path, dry_run: bool = False, min_size_bytes: int = MIN_SIZE_BYTE
         for model_dir in _managed_dirs(root):
             name = model_dir.name
             if dry_run:
-                if store.is_locked(root, name):
+                if locking.is_locked(root, name):
                     report.skipped.append(Skipped(name, "locked by another vmm process (pull, serve or rm)"))
                     continue
             else:
                 try:
-                    locks.enter_context(store.model_lock(root, name, "dedup"))
+                    locks.enter_context(locking.model_lock(root, name, "dedup"))
                 except BusyError:
                     report.skipped.append(Skipped(name, "locked by another vmm process (pull, serve or rm)"))
                     continue
             try:
-                manifest = store.read_manifest(model_dir)
+                manifest = manifests.read_manifest(model_dir)
             except Exception:   # noqa: BLE001 - a corrupt manifest: hash the files instead
                 manifest = None
             known = {f.path: f for f in (manifest.files if manifest else [])}
@@ -269,7 +270,7 @@ def find_verified_blob(root: Path, sha256: str, size: int) -> Path | None:
     root = Path(root).absolute()
     for model_dir in _managed_dirs(root):
         try:
-            manifest = store.read_manifest(model_dir)
+            manifest = manifests.read_manifest(model_dir)
         except Exception:   # noqa: BLE001
             continue
         if manifest is None:

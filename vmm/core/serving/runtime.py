@@ -22,7 +22,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from vmm.core import settings, store
+from vmm.core import settings
+from vmm.core import fsutil
 from vmm.core.errors import NotFoundError, UsageError
 
 
@@ -101,7 +102,7 @@ def record_for(model: str, model_dir: Path, pid: int, host: str, port: int, comm
 
 def register(root: Path, record: RuntimeRecord) -> Path:
     path = run_dir(root) / f"{record.id}.json"
-    store.atomic_write_json(path, asdict(record))
+    fsutil.atomic_write_json(path, asdict(record))
     return path
 
 

@@ -19,8 +19,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from vmm.core import config as config_mod
-from vmm.core import formats, names, store
+from vmm.core.model import config as config_mod
+from vmm.core.model import formats
+from vmm.core import names
+from vmm.core.store import local, locking, paths
 from vmm.core.errors import IntegrityError, NotFoundError, UsageError
 
 LS_KEYS = ("name", "path", "format", "size_bytes", "files", "sharded", "shard_count",
@@ -74,7 +76,7 @@ def _walk_files(model_dir: Path, include_hidden: bool = False,
     """
     rels: list[str] = []
     total = 0
-    for rel, entry in store.walk_model_entries(model_dir, include_hidden):
+    for rel, entry in local.walk_model_entries(model_dir, include_hidden):
         try:
             st = entry.stat(follow_symlinks=False)
         except OSError:
@@ -90,10 +92,10 @@ def _walk_files(model_dir: Path, include_hidden: bool = False,
 def summarize(model_dir: Path, inodes: dict[tuple[int, int], int] | None = None) -> ModelSummary:
     problem = None
     try:
-        model = store.load_model(model_dir)
+        model = local.load_model(model_dir)
     except IntegrityError as exc:
         problem = exc.line().removeprefix("error: ")
-        model = store.LocalModel(names.dir_name_to_repo_id(model_dir.name) or model_dir.name, model_dir, None)
+        model = local.LocalModel(names.dir_name_to_repo_id(model_dir.name) or model_dir.name, model_dir, None)
     rels, size = _walk_files(model_dir, inodes=inodes)
     fmt = formats.format_from_names(rels)
     top = [r for r in rels if "/" not in r]
@@ -108,7 +110,7 @@ def summarize(model_dir: Path, inodes: dict[tuple[int, int], int] | None = None)
         problem=problem,
         uses=sum(manifest.use_counts.values()) if manifest else 0,
         use_counts=dict(manifest.use_counts) if manifest else {},
-        pinned=bool(manifest and manifest.pinned) or store.pin_path(model_dir.parent, model_dir.name).exists(),
+        pinned=bool(manifest and manifest.pinned) or paths.pin_path(model_dir.parent, model_dir.name).exists(),
     )
 
 
@@ -117,7 +119,7 @@ def list_models(root: Path, inodes: dict[tuple[int, int], int] | None = None) ->
 
     ``inodes``, when given, collects (device, inode) -> size of every file (root totals).
     """
-    return [summarize(d, inodes) for d in store.model_dirs(Path(root)) if _TRASH_MARK not in d.name]
+    return [summarize(d, inodes) for d in local.model_dirs(Path(root)) if _TRASH_MARK not in d.name]
 
 
 # --------------------------------------------------------------------------- inspect
@@ -147,7 +149,7 @@ class ModelInfo:
         return {k: getattr(self, k) for k in INSPECT_KEYS}
 
 
-def resolve_model(name_or_path: str, root: Path) -> tuple[store.LocalModel, str | None]:
+def resolve_model(name_or_path: str, root: Path) -> tuple[local.LocalModel, str | None]:
     """A model by Hub id, directory name or directory path, and the ``:QUANT`` it names."""
     quant = None
     looks_like_path = name_or_path.startswith((".", "/", "~"))
@@ -157,13 +159,13 @@ def resolve_model(name_or_path: str, root: Path) -> tuple[store.LocalModel, str 
                                 "name a model directory, or a model of `vmm ls`")
     else:
         quant = names.parse_model_name(name_or_path).quant
-    model = store.locate_model(name_or_path, root, allow_path=True)
+    model = local.locate_model(name_or_path, root, allow_path=True)
     if quant is None and model.manifest is not None:
         quant = model.manifest.quant
     return model, quant
 
 
-def inspect_model(model: store.LocalModel, quant: str | None = None) -> ModelInfo:
+def inspect_model(model: local.LocalModel, quant: str | None = None) -> ModelInfo:
     path = model.path
     fmt = formats.detect_format(path)
     problems: list[str] = []
@@ -175,7 +177,7 @@ def inspect_model(model: store.LocalModel, quant: str | None = None) -> ModelInf
         quant = chosen.quant
         gguf_file = chosen.path.relative_to(path).as_posix()
         if not (path / "config.json").is_file():
-            from vmm.core import gguf_meta
+            from vmm.core.model import gguf_meta
 
             cfg = gguf_meta.config_from_gguf(chosen.path)
     if cfg is None:
@@ -212,7 +214,7 @@ class ModelFile:
     sha256: str | None = None
 
 
-def list_model_files(model: store.LocalModel) -> list[ModelFile]:
+def list_model_files(model: local.LocalModel) -> list[ModelFile]:
     """Every file of the model (vmm metadata excluded) with its size and the manifest's."""
     expected = {f.path: f for f in (model.manifest.files if model.manifest else [])}
     result = []
@@ -264,8 +266,8 @@ def delete_model_from_volume(root: Path, name: str) -> RmResult:
     if not path.is_dir():
         raise NotFoundError("model not in the models root", f"{ref.repo_id} (looked in {path})",
                             f"see `vmm ls --root {root}`")
-    model = store.load_model(path) if (path / store.META_DIR).is_dir() else store.LocalModel(ref.repo_id, path, None)
-    with store.model_lock(root, ref.dir_name, "rm"):
+    model = local.load_model(path) if (path / paths.META_DIR).is_dir() else local.LocalModel(ref.repo_id, path, None)
+    with locking.model_lock(root, ref.dir_name, "rm"):
         if not path.is_dir():   # deleted by another process while we waited for nothing
             raise NotFoundError("model not in the models root", ref.repo_id, "")
         rels, size = _walk_files(path, include_hidden=True)
@@ -282,7 +284,7 @@ def delete_model_from_volume(root: Path, name: str) -> RmResult:
     return RmResult(name=model.name, path=str(path), bytes_freed=size, files=len(rels))
 
 
-def model_size(model: store.LocalModel) -> tuple[int, int]:
+def model_size(model: local.LocalModel) -> tuple[int, int]:
     """(bytes, files) of a model dir, for the rm prompt."""
     rels, size = _walk_files(model.path)
     return size, len(rels)

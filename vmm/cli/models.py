@@ -1,0 +1,307 @@
+"""Commands that look at models in the root: ls, inspect, shards, rm, template, check."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from vmm.cli.app import JsonOpt, NameArg, RootOpt, app, root_of
+from vmm.core import settings
+
+
+@app.command("ls")
+def ls_cmd(root: RootOpt = None, json_out: JsonOpt = False,
+           sort: Annotated[str, typer.Option("--sort", help="Order: name, size (largest first) or used (most recent first).",
+                                             metavar="name|size|used")] = "name",
+           updates: Annotated[bool, typer.Option("--updates", help="Ask the Hub (one call per managed model, in parallel) "
+                                                 "whether a newer commit exists for its tracked revision.")] = False) -> None:
+    """List the models in the root: format, size, shards, revision, last use, uses, managed.
+
+    Reads manifests and directory entries only, never weights. An empty or missing root
+    lists nothing (exit 0). Hand-made directories are listed with managed = no. The last
+    line totals the root (hardlinked files counted once) and the filesystem's free bytes.
+    """
+    from vmm import render
+    from vmm.core.store import catalog, usage
+    from vmm.core.errors import UsageError
+
+    if sort not in usage.SORTS:
+        raise UsageError("unknown sort order", repr(sort), f"use one of: {', '.join(usage.SORTS)}")
+    models_root = root_of(root)
+    inodes: dict = {}
+    listing = catalog.Listing(root=str(models_root), models=catalog.list_models(models_root, inodes))
+    listing.models = usage.sort_models(listing.models, sort)
+    totals = usage.totals(models_root, listing.models, inodes)
+    for model in listing.models:
+        if model.problem:
+            render.note(f"warning: {model.name}: {model.problem}")
+    checked: dict = {}
+    if updates:
+        from vmm.core.hub import updates as updates_mod
+        from vmm.core.store import local
+
+        rows = updates_mod.check_updates(models_root, [local.load_model(Path(m.path)) for m in listing.models
+                                                       if m.managed and not m.problem])
+        checked = {row.name: row for row in rows}
+        for row in rows:
+            if row.error:
+                render.note(f"warning: {row.name}: update check failed: {row.error}")
+    if json_out:
+        doc = {"root": listing.root, "models": listing.models, "totals": totals}
+        if updates:
+            doc["models"] = [{**render._plain(m), "update": checked.get(m.name)} for m in listing.models]
+        render.emit_json(doc)
+        return
+    if not listing.models:
+        render.note(f"no models in {listing.root}")
+        return
+    columns = ["NAME", "FORMAT", "SIZE", "SHARDS", "REVISION", "LAST USED", "USES", "MANAGED"]
+    if updates:
+        columns.append("UPDATE")
+    render.table(None, columns, [
+        [m.name, m.format, render.human_bytes(m.size_bytes),
+         m.shard_count if m.sharded else "-", (m.revision or "-")[:12], _ago(m.last_used), m.uses,
+         ("yes" if m.managed else "no") + (", pinned" if m.pinned else "")] + ([_update_cell(checked.get(m.name))] if updates else [])
+        for m in listing.models
+    ])
+    shared = f" ({render.human_bytes(totals.shared_bytes)} shared by hardlinks)" if totals.shared_bytes else ""
+    free = render.human_bytes(totals.free_bytes) if totals.free_bytes is not None else "unknown"
+    sys.stdout.write(f"total {render.human_bytes(totals.total_bytes)} in {totals.models} models{shared}; "
+                     f"{free} free on the filesystem\n")
+
+
+def _update_cell(row) -> str:
+    if row is None:
+        return "-"
+    if row.error:
+        return "error"
+    if row.update_available:
+        return f"yes ({(row.local_commit or '?')[:7]} -> {row.remote_commit[:7]})"
+    return "no"
+
+
+def _ago(iso: str | None) -> str:
+    from datetime import datetime, timezone
+
+    from vmm import render
+
+    if iso is None:
+        return "never"
+    then = datetime.strptime(iso, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+    return render.human_age((datetime.now(timezone.utc) - then).total_seconds())
+
+
+@app.command("inspect")
+def inspect_cmd(name: Annotated[str, typer.Argument(
+        help="Model: Hub id (org/name[:QUANT]), directory name (org--name) or a directory path.",
+        metavar="NAME", show_default=False)],
+        root: RootOpt = None, json_out: JsonOpt = False) -> None:
+    """Show a model's format, config, parameters, weight bytes and KV-cache bytes per token.
+
+    Parameters and bytes come from the weights' own headers (safetensors header, GGUF tensor
+    infos, index total_size); a GGUF directory with several quantizations needs NAME:QUANT.
+    """
+    from vmm import render
+    from vmm.core.store import catalog, manifests
+
+    model, quant = catalog.resolve_model(name, root_of(root))
+    result = catalog.inspect_model(model, quant)
+    manifests.touch_usage(model.path, "inspect")     # usage tracking (gc's LRU order, ls --sort used)
+    for problem in result.problems:
+        render.note(f"warning: {problem}")
+    if json_out:
+        render.emit_json(result)
+        return
+    cfg = result.config
+    rope = cfg["rope_scaling"]
+    render.key_values([
+        ("name", result.name), ("path", result.path),
+        ("format", result.format + (f" ({result.quant}: {result.gguf_file})" if result.gguf_file else "")),
+        ("managed", "yes" if result.managed else "no"), ("revision", result.revision),
+        ("architecture", ", ".join(cfg["architectures"]) or None), ("model type", cfg["model_type"]),
+        ("parameters", f"{render.human_count(result.parameters)} ({result.parameters:,})" if result.parameters else None),
+        ("weight bytes", f"{render.human_bytes(result.weight_bytes)} ({result.weight_bytes:,}; {result.weight_source})"
+         if result.weight_bytes is not None else None),
+        ("dtype", cfg["torch_dtype"]), ("context", cfg["max_position_embeddings"]),
+        ("model_max_length", cfg["model_max_length"]), ("vocab", cfg["vocab_size"]),
+        ("hidden size", cfg["hidden_size"]), ("layers", cfg["num_hidden_layers"]),
+        ("heads / kv heads", f"{cfg['num_attention_heads']} / {cfg['num_key_value_heads']}"
+         if cfg["num_attention_heads"] else None),
+        ("head dim", cfg["head_dim"] or (f"{cfg['hidden_size'] // cfg['num_attention_heads']} (hidden / heads)"
+                                          if cfg["hidden_size"] and cfg["num_attention_heads"] else None)),
+        ("rope scaling", ", ".join(f"{k}={v}" for k, v in rope.items()) if rope else None),
+        ("sliding window", cfg["sliding_window"]),
+        ("quantization", (cfg["quantization"] or {}).get("quant_method") if cfg["quantization"] else None),
+        ("kv cache / token", f"{render.human_bytes(result.kv_cache_bytes_per_token)} ({result.kv_cache_bytes_per_token:,} B)"
+         if result.kv_cache_bytes_per_token else None),
+        ("shards", result.shard_count or None),
+    ])
+
+
+@app.command("shards")
+def shards_cmd(name: NameArg, root: RootOpt = None, json_out: JsonOpt = False) -> None:
+    """Show a model's weight shards against its index: missing and unindexed files.
+
+    Looks at pytorch_model.bin.index.json, model.safetensors.index.json, then the
+    pytorch_model-*.bin and model-*.safetensors patterns, then GGUF split parts.
+    Exits 5 when shards the index names are missing (the report is still printed).
+    """
+    from vmm import render
+    from vmm.core.model import formats
+    from vmm.core.store import catalog
+    from vmm.core.errors import IntegrityError
+
+    model, quant = catalog.resolve_model(name, root_of(root))
+    report = formats.shard_report(model.path, quant)
+    if json_out:
+        render.emit_json(report)
+    else:
+        render.key_values([
+            ("sharded", "yes" if report.sharded else "no"), ("shard count", report.shard_count),
+            ("index", report.index or "none"),
+        ])
+        if report.shard_files:
+            missing = set(report.missing)
+            render.table(None, ["SHARD", "STATUS"], [
+                [f, "MISSING" if f in missing else "ok"] for f in report.shard_files])
+        for f in report.unindexed:
+            render.note(f"warning: {f} is not named by {report.index}")
+    if report.missing:
+        raise IntegrityError(f"{len(report.missing)} shard(s) named by the index are missing",
+                             f"{model.name}: {', '.join(report.missing)}",
+                             f"run `vmm pull {model.name}` to fetch them" if model.managed
+                             else "restore them, or delete the index if the model is not sharded")
+
+
+@app.command("rm")
+def rm_cmd(name: NameArg, root: RootOpt = None,
+           yes: Annotated[bool, typer.Option("--yes", "-y", help="Delete without asking (required when stdin is not a terminal).")] = False,
+           json_out: JsonOpt = False) -> None:
+    """Delete a model from the root and print the bytes freed.
+
+    Asks first on a terminal; with stdin not a terminal it refuses (exit 2) unless --yes.
+    Refuses with exit 8 while another vmm process (pull, serve) holds the model's lock.
+    """
+    from vmm import render
+    from vmm.core.store import catalog, local, locking
+    from vmm.core.errors import UsageError
+
+    models_root = root_of(root)
+    ref = catalog.rm_target(name)
+    model = local.locate_model(ref.repo_id, models_root)
+    if locking.is_locked(models_root, ref.dir_name):
+        # Fail before asking; delete_model_from_volume checks again under the lock.
+        from vmm.core.errors import BusyError
+
+        raise BusyError("model is locked by another vmm process", model.name,
+                        "wait for the pull or serve using it to finish, or stop it")
+    if not yes:
+        if not sys.stdin.isatty():
+            raise UsageError("refusing to delete without confirmation", model.name,
+                             "stdin is not a terminal: pass --yes")
+        size, count = catalog.model_size(model)
+        if not typer.confirm(f"Delete {model.name} ({render.human_bytes(size)}, {count} files) from {models_root}?",
+                             default=False, err=True):
+            raise UsageError("deletion not confirmed", model.name, "nothing was deleted")
+    result = catalog.delete_model_from_volume(models_root, ref.repo_id)
+    if json_out:
+        render.emit_json(result)
+    else:
+        sys.stdout.write(f"deleted {result.name}: {render.human_bytes(result.bytes_freed)} freed "
+                         f"({result.bytes_freed} bytes, {result.files} files)\n")
+
+
+@app.command("template")
+def template_cmd(
+        name: Annotated[str, typer.Argument(
+            help="Model: Hub id (org/name[:QUANT]), directory name (org--name) or a directory path.",
+            metavar="NAME", show_default=False)],
+        system: Annotated[Optional[str], typer.Option(
+            "--system", metavar="TEXT",
+            help="System message of the sample conversation (e.g. a role-play character card).")] = None,
+        set_value: Annotated[Optional[str], typer.Option(
+            "--set", metavar="FAMILY|FILE",
+            help="Write chat_template.jinja for vLLM: a family (chatml, mistral, dialogpt, generic) "
+                 "or a .jinja file. An original chat_template.jinja is kept in .vmm/.")] = None,
+        root: RootOpt = None, json_out: JsonOpt = False) -> None:
+    """Show the chat template vLLM will use, where it comes from, and a rendered sample.
+
+    Looks at chat_template.jinja, then tokenizer_config.json, then GGUF metadata, then the
+    family default (chatml for Qwen/Yi, mistral, dialogpt, generic). The sample is a system
+    message (character card), user, assistant, user and the generation prompt; a template
+    that refuses a system role gets it folded into the first user turn. A template with a
+    syntax error or that raises on the plain conversation exits 5.
+    """
+    from vmm import render
+    from vmm.core.store import catalog
+    from vmm.core.model import templates
+
+    models_root = root_of(root)
+    model, quant = catalog.resolve_model(name, models_root)
+    result = templates.template_command(model, models_root, quant, system, set_value)
+    for note in result.notes:
+        render.note(f"note: {note}")
+    if result.action:
+        render.note(result.action)
+    if result.system_folded:
+        render.note(f"note: system message folded into the first user turn: {result.fold_reason}")
+    if json_out:
+        render.emit_json(result)
+        return
+    render.key_values([
+        ("name", result.name),
+        ("source", result.source + (f" ({result.source_path})" if result.source_path
+                                    and result.source_path != result.source else "")
+         + (" (written by vmm)" if result.written_by_vmm else "")),
+        ("family", result.family),
+        ("bos / eos", f"{result.bos_token or '-'} / {result.eos_token or '-'}"),
+        ("system", "folded into the first user turn" if result.system_folded else "kept as a system turn"),
+        ("other templates", ", ".join(result.named_templates) or None),
+    ])
+    sys.stdout.write("\n--- rendered sample (system, user, assistant, user, generation prompt) ---\n")
+    sys.stdout.write(result.rendered + ("" if result.rendered.endswith("\n") else "\n"))
+    sys.stdout.write("--- end ---\n")
+
+
+
+@app.command("check")
+def check_cmd(
+        name: Annotated[str, typer.Argument(
+            help="Model: Hub id (org/name[:QUANT]), directory name (org--name) or a directory path.",
+            metavar="NAME", show_default=False)],
+        fast: Annotated[bool, typer.Option("--fast", help="Integrity by file sizes only (no hashing).")] = False,
+        vllm_version: Annotated[Optional[str], typer.Option(
+            "--vllm-version", metavar="V",
+            help="Judge against this vLLM version (default: the installed vLLM, else the newest "
+                 "bundled registry snapshot).")] = None,
+        root: RootOpt = None, json_out: JsonOpt = False) -> None:
+    """Check that vLLM can load the model intact: a pass / warn / fail checklist.
+
+    Integrity (every file against the manifest's sha256 / git sha1, in parallel; --fast:
+    sizes only), shards against the index, safetensors headers and GGUF files, pickled
+    .bin weights, config sanity, vLLM compatibility (architecture, quantization, GGUF,
+    remote code) and the chat template. Exit 0 when nothing fails; when something fails,
+    5 if any integrity, format, config or template check failed, else 6 (only vLLM
+    compatibility failed). The checklist is printed first, then one error line.
+    """
+    from vmm import render
+    from vmm.core import check
+    from vmm.core.store import catalog
+
+    models_root = root_of(root)
+    model, quant = catalog.resolve_model(name, models_root)
+    report = check.check_model(model, quant, fast, vllm_version,
+                               cache_dir=settings.state_dir(models_root) / "cache")
+    if json_out:
+        render.emit_json(report.contract() | {"name": report.name, "path": report.path,
+                                               "vllm_version": report.vllm_version,
+                                               "exit_code": report.exit_code})
+    else:
+        render.table(None, ["CHECK", "STATUS", "DETAIL"],
+                     [[c.name, c.status.upper() if c.status != "pass" else "pass", c.detail] for c in report.checks])
+    error = report.error()
+    if error is not None:
+        raise error

@@ -1,0 +1,75 @@
+"""The pull command: Hub -> verified folder under the models root."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from vmm.cli.app import JsonOpt, NameArg, RootOpt, app, root_of
+
+
+@app.command()
+def pull(
+    name: NameArg,
+    revision: Annotated[Optional[str], typer.Option("--revision", help="Branch, tag or commit sha (same as NAME@REV).",
+                                                    metavar="REV", show_default=False)] = None,
+    include: Annotated[Optional[list[str]], typer.Option("--include", help="Only files matching this glob (repeatable).",
+                                                         metavar="GLOB", show_default=False)] = None,
+    exclude: Annotated[Optional[list[str]], typer.Option("--exclude", help="Skip files matching this glob (repeatable).",
+                                                         metavar="GLOB", show_default=False)] = None,
+    all_files: Annotated[bool, typer.Option("--all-files", help="Also fetch duplicate weight formats "
+                                            "(pytorch_model*.bin, consolidated*, original/) and every GGUF.")] = False,
+    offline: Annotated[bool, typer.Option("--offline", help="No network: succeed only if the model is complete "
+                                          "(also HF_HUB_OFFLINE=1).")] = False,
+    no_wait: Annotated[bool, typer.Option("--no-wait", help="Exit 8 instead of waiting when another vmm holds the model.")] = False,
+    workers: Annotated[int, typer.Option("--workers", help="Parallel connections.", metavar="N")] = 8,
+    chunk_size: Annotated[str, typer.Option("--chunk-size", help="Bytes per Range request (e.g. 16MiB).",
+                                            metavar="SIZE")] = "16MiB",
+    root: RootOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Download a model from the Hub into the models root: parallel, resumable, verified."""
+    import signal
+
+    from vmm import render
+    from vmm.core.hub import pull
+    from vmm.core.units import parse_size
+    from vmm.render.progress import PullProgress
+
+    size = parse_size(chunk_size, "--chunk-size")
+
+    def _term(_signum, _frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, _term)
+    except ValueError:  # not the main thread (embedding)
+        previous = None
+    try:
+        with PullProgress(name) as progress:
+            result = pull.download_model_to_path(
+                name, root=root_of(root), include=include, exclude=exclude, revision=revision,
+                all_files=all_files, offline=True if offline else None, wait=not no_wait,
+                workers=workers, chunk_size=size, progress=progress)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    if json_out:
+        render.emit_json({"name": result.name, "path": result.path, "revision": result.revision,
+                          "files": result.files, "bytes_downloaded": result.bytes_downloaded,
+                          "bytes_total": result.bytes_total, "verified": result.verified,
+                          "kept_files": result.kept_files, "quant": result.quant,
+                          "previous_revision": result.previous_revision,
+                          "reused_files": result.reused_files,
+                          "chat_template": result.chat_template,
+                          "chat_template_written": result.chat_template_written})
+        return
+    what = "up to date" if not result.bytes_downloaded and not result.fetched_files else "pulled"
+    render.key_values([("model", result.name), ("status", what), ("path", result.path),
+                       ("revision", result.revision), ("files", result.files),
+                       ("size", render.human_bytes(result.bytes_total)),
+                       ("downloaded", render.human_bytes(result.bytes_downloaded)),
+                       ("verified", "yes" if result.verified else "no"),
+                       ("chat template", (result.chat_template or "-")
+                        + (" (written by vmm: the repo has none)" if result.chat_template_written else ""))])

@@ -1,0 +1,166 @@
+"""Commands that run vLLM: serve, ps, stop, logs."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+from vmm.cli.app import JsonOpt, NameArg, RootOpt, app, root_of
+
+
+@app.command("serve", context_settings={"allow_extra_args": True})
+def serve_cmd(
+    ctx: typer.Context,
+    name: NameArg,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the command and the plan; start nothing.")] = False,
+    json_out: JsonOpt = False,
+    gpus: Annotated[Optional[int], typer.Option("--gpus", help="Plan for N GPUs per node instead of the local ones (with --gpu-memory).")] = None,
+    gpu_memory: Annotated[Optional[str], typer.Option("--gpu-memory", help="Memory per GPU to plan for, e.g. 24GiB or 80GB (with --gpus); on CPU: host memory for vLLM.", metavar="SIZE")] = None,
+    nodes: Annotated[int, typer.Option("--nodes", min=1, help="Nodes: tensor parallel within a node, pipeline parallel across (Ray).")] = 1,
+    device: Annotated[str, typer.Option("--device", help="auto (GPU if found, CPU for a CPU build of vLLM), cuda or cpu.")] = "auto",
+    max_model_len: Annotated[Optional[int], typer.Option("--max-model-len", min=16, help="Context length to serve (default: the model's, capped by memory).")] = None,
+    min_context: Annotated[Optional[int], typer.Option("--min-context", min=1, help="Fail (exit 6) rather than serve a shorter context than this.")] = None,
+    gpu_memory_utilization: Annotated[Optional[float], typer.Option("--gpu-memory-utilization", min=0.05, max=1.0, help="Fraction of each GPU's total memory vLLM may use (default: vLLM's, 0.92 since 0.20).")] = None,
+    kv_cache_dtype: Annotated[Optional[str], typer.Option("--kv-cache-dtype", help="KV cache dtype, e.g. fp8 (halves the KV bytes per token).")] = None,
+    tensor_parallel_size: Annotated[Optional[int], typer.Option("--tensor-parallel-size", "-tp", min=1, help="Force a tensor-parallel size (checked for validity).")] = None,
+    host: Annotated[str, typer.Option("--host", help="Address vLLM listens on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port vLLM listens on.")] = 8000,
+    tokenizer: Annotated[Optional[str], typer.Option("--tokenizer", help="Tokenizer repo or path (GGUF: the base model's).")] = None,
+    quantization: Annotated[Optional[str], typer.Option("--quantization", help="Must agree with the checkpoint's own quantization_config.")] = None,
+    trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Let vLLM run the model's custom code.")] = False,
+    enforce_eager: Annotated[bool, typer.Option("--enforce-eager", help="No CUDA graphs (less memory, slower decode).")] = False,
+    detach: Annotated[bool, typer.Option("--detach", help="Return once vLLM is ready; logs go to `vmm logs NAME`.")] = False,
+    emit: Annotated[Optional[str], typer.Option("--emit", help="Print a `docker run` or a systemd unit for the same plan instead of starting.", metavar="docker|systemd")] = None,
+    ready_timeout: Annotated[float, typer.Option("--ready-timeout", min=1.0, help="Seconds to wait for vLLM to answer a first request.")] = 900.0,
+    root: RootOpt = None,
+) -> None:
+    """Serve a model with vLLM, with parameters computed for the GPUs at hand.
+
+    Arguments after `--` go to `vllm serve` unchanged and override the computed ones.
+    Exit 6 when the model does not fit or vLLM cannot serve it; 127 without vllm; once vLLM
+    has started, vLLM's own exit code.
+    """
+    from vmm import render
+    from vmm.core.store import catalog
+    from vmm.core.serving import launcher, planner, runtime, vllm_env
+
+    if device not in ("auto", "cuda", "cpu"):
+        from vmm.core.errors import UsageError
+
+        raise UsageError("unknown --device", device, "use auto, cuda or cpu")
+    if emit not in (None, "docker", "systemd"):
+        from vmm.core.errors import UsageError
+
+        raise UsageError("unknown --emit", emit, "use docker or systemd")
+    base = root_of(root)
+    model, quant = catalog.resolve_model(name, base)
+    install = vllm_env.find_vllm()
+    req = launcher.ServeRequest(
+        name=model.name, model_dir=model.path, served_name=model.name, host=host, port=port, device=device,
+        gpus=gpus, gpu_memory=gpu_memory, nodes=nodes, quant=quant, tokenizer=tokenizer,
+        quantization=quantization, trust_remote_code=trust_remote_code,
+        options=planner.PlanOptions(max_model_len, min_context, gpu_memory_utilization, tensor_parallel_size,
+                                    kv_cache_dtype, enforce_eager),
+        passthrough=list(ctx.args))
+    cmd = launcher.build(req, install)
+    if emit == "docker":
+        sys.stdout.write(runtime.emit_docker(cmd.argv, base, model.path, install.version if install else None,
+                                             env=cmd.env))
+        return
+    if emit == "systemd":
+        sys.stdout.write(runtime.emit_systemd(cmd.argv, model.name, base, install.executable if install else None,
+                                              env=cmd.env))
+        return
+    if dry_run:
+        if json_out:
+            render.emit_json(cmd.document())
+        else:
+            render.serve_plan(cmd)
+        return
+    code = launcher.run(cmd, req, base, detach=detach, ready_timeout_s=ready_timeout,
+                        on_wait=render.note, on_ready=lambda url: (sys.stdout.write(url + "\n"), sys.stdout.flush()))
+    if code:
+        raise typer.Exit(code)
+
+
+@app.command("ps")
+def ps_cmd(
+    root: RootOpt = None,
+    interval: Annotated[float, typer.Option("--interval", min=0.0, max=60.0,
+                                            help="Seconds between the two /metrics samples that give tokens/s (0: no rates).")] = 1.0,
+    json_out: JsonOpt = False,
+) -> None:
+    """List the vLLM servers vmm started on this host, with live figures from /metrics."""
+    from vmm import render
+    from vmm.core.serving import runtime
+
+    statuses = runtime.ps(root_of(root), interval_s=interval)
+    if json_out:
+        render.emit_json({"servers": statuses})
+        return
+    render.servers_table(statuses)
+
+
+@app.command("stop")
+def stop_cmd(
+    target: Annotated[Optional[str], typer.Argument(help="Model name or port of a server vmm started.",
+                                                    metavar="NAME|PORT", show_default=False)] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Stop every server vmm started on this host.")] = False,
+    timeout: Annotated[float, typer.Option("--timeout", min=0.0,
+                                           help="Seconds to wait after SIGTERM before SIGKILL.")] = 30.0,
+    root: RootOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Stop servers gracefully (SIGTERM, then SIGKILL after --timeout)."""
+    from vmm import render
+    from vmm.core.serving import runtime
+
+    results = runtime.stop(root_of(root), target, all_, timeout)
+    if json_out:
+        render.emit_json({"stopped": results})
+    else:
+        for r in results:
+            state = "stopped" if r.stopped else "still running"
+            render.note(f"{r.model} (pid {r.pid}, port {r.port}): {state} after {r.signal}, {r.waited_s:.1f}s")
+    if any(not r.stopped for r in results):
+        from vmm.core.errors import BusyError
+
+        raise BusyError("server did not stop", ", ".join(r.id for r in results if not r.stopped),
+                        "check permissions; `kill -9` the pid shown by `vmm ps`")
+
+
+@app.command("logs")
+def logs_cmd(
+    target: Annotated[str, typer.Argument(help="Model name or port of a detached server.",
+                                          metavar="NAME|PORT", show_default=False)],
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines until Ctrl-C.")] = False,
+    lines: Annotated[int, typer.Option("--lines", "-n", min=0, help="How many last lines to print first.")] = 100,
+    root: RootOpt = None,
+) -> None:
+    """Print the log of a server started with `vmm serve --detach`."""
+    import time
+
+    from vmm.core.serving import runtime
+
+    path = runtime.log_path_for(root_of(root), target)
+    try:
+        for line in runtime.tail_lines(path, lines):
+            sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+        if not follow:
+            return
+        with open(path, "rb") as handle:
+            handle.seek(0, 2)
+            while True:
+                chunk = handle.readline()
+                if chunk:
+                    sys.stdout.write(chunk.decode("utf-8", "replace"))
+                    sys.stdout.flush()
+                else:
+                    time.sleep(0.2)
+    except FileNotFoundError:
+        from vmm.core.errors import NotFoundError
+
+        raise NotFoundError("log file is gone", str(path), "the server's state dir was cleaned") from None

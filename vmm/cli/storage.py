@@ -1,0 +1,173 @@
+"""Commands that manage the root's storage: dedup, gc, pin, unpin, import."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+from vmm.cli.app import JsonOpt, NameArg, RootOpt, app, root_of
+
+
+def _confirm_or_refuse(yes: bool, dry_run: bool, what: str, question: str) -> None:
+    """rm's rule: a terminal asks, anything else needs --yes (or --dry-run)."""
+    from vmm.core.errors import UsageError
+
+    if yes or dry_run:
+        return
+    if not sys.stdin.isatty():
+        raise UsageError(f"refusing to {what} without confirmation", "stdin is not a terminal",
+                         "pass --yes, or --dry-run to see what would happen")
+    if not typer.confirm(question, default=False, err=True):
+        raise UsageError(f"{what} not confirmed", "", "nothing was changed")
+
+
+@app.command("dedup")
+def dedup_cmd(root: RootOpt = None, json_out: JsonOpt = False,
+              dry_run: Annotated[bool, typer.Option("--dry-run", help="Report what would be linked; change nothing.")] = False) -> None:
+    """Store identical files once: hardlink copies across the models of the root.
+
+    Content is matched by sha256 (from manifests; hand-made directories are hashed when
+    another file has the same size) and the kept copy is re-hashed first. Each file is
+    replaced atomically; locked models (pulling, serving) and files on another filesystem
+    are skipped and listed. Deleting one model later never damages another.
+    """
+    from vmm import render
+    from vmm.core.store import dedup
+
+    report = dedup.dedup(root_of(root), dry_run=dry_run)
+    for skip in report.skipped:
+        render.note(f"skipped {skip.name}: {skip.reason}")
+    if json_out:
+        render.emit_json(report)
+        return
+    if report.groups:
+        render.table(None, ["SHA256", "SIZE", "COPIES", "LINKED", "SAVED", "FILES"], [
+            [g.sha256[:12], render.human_bytes(g.size_bytes), len(g.files), g.linked,
+             render.human_bytes(g.bytes_saved), ", ".join(g.files)] for g in report.groups])
+    verb = "would save" if dry_run else "saved"
+    sys.stdout.write(f"{verb} {render.human_bytes(report.bytes_saved)} ({report.bytes_saved} bytes) by "
+                     f"linking {report.linked} files\n")
+
+
+@app.command("gc")
+def gc_cmd(root: RootOpt = None, json_out: JsonOpt = False,
+           keep_under: Annotated[Optional[str], typer.Option("--keep-under", metavar="SIZE",
+               help="Remove least recently used models until the root's model bytes fit (e.g. 500GB, 1.5TiB).",
+               show_default=False)] = None,
+           unused_for: Annotated[Optional[str], typer.Option("--unused-for", metavar="DURATION",
+               help="Remove models not used for this long (e.g. 30d, 12h, 2w).", show_default=False)] = None,
+           partials_older_than: Annotated[str, typer.Option("--partials-older-than", metavar="DURATION",
+               help="Remove partial downloads untouched for this long.")] = "24h",
+           dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be removed; remove nothing.")] = False,
+           yes: Annotated[bool, typer.Option("--yes", "-y", help="Remove without asking (required when stdin is not a terminal).")] = False) -> None:
+    """Remove least recently used models and stale partial downloads.
+
+    Last use is the manifest's last-used time (pull, serve, inspect), else the pull time,
+    else the directory's mtime. Pinned (`vmm pin`) and locked (pulling, serving) models are
+    never removed. Files hardlinked into other models (`vmm dedup`) free nothing until their
+    last name goes; the report counts only bytes really freed. Without --yes on a terminal
+    it asks; without a terminal it refuses (exit 2) unless --yes or --dry-run.
+    """
+    from vmm.core.store import gc
+
+    keep = gc.parse_size(keep_under) if keep_under is not None else None
+    unused = gc.parse_duration(unused_for) if unused_for is not None else None
+    partials = gc.parse_duration(partials_older_than)
+    models_root = root_of(root)
+    if not dry_run and not yes:
+        if not sys.stdin.isatty():
+            _confirm_or_refuse(yes, dry_run, "remove models", "")
+        plan = gc.gc(models_root, keep, unused, partials, dry_run=True)
+        if not plan.removed and not plan.partials:
+            _print_gc(plan, json_out)
+            return
+        _confirm_or_refuse(yes, dry_run, "remove models",
+                           f"Remove {len(plan.removed)} model(s) and {len(plan.partials)} partial file(s) "
+                           f"from {models_root}: {', '.join(m.name for m in plan.removed) or '-'}?")
+    report = gc.gc(models_root, keep, unused, partials, dry_run=dry_run)
+    _print_gc(report, json_out)
+
+
+def _print_gc(report, json_out: bool) -> None:
+    from vmm import render
+
+    for skip in report.skipped:
+        render.note(f"kept {skip.name}: {skip.reason}")
+    if not report.fits:
+        render.note(f"warning: the root still holds {render.human_bytes(report.root_bytes_after)}, over "
+                    f"--keep-under {render.human_bytes(report.keep_under_bytes)}: the rest is pinned or locked")
+    if json_out:
+        render.emit_json(report)
+        return
+    verb = "would remove" if report.dry_run else "removed"
+    for m in report.removed:
+        shared = "" if m.bytes_freed >= m.size_bytes else f", {render.human_bytes(m.bytes_freed)} freed (rest shared)"
+        sys.stdout.write(f"{verb} {m.name} ({render.human_bytes(m.size_bytes)}{shared}; {m.reason}; "
+                         f"last used {render.human_age(_age(m.last_used))} by {m.last_used_source})\n")
+    for p in report.partials:
+        sys.stdout.write(f"{verb} partial {p.path} ({render.human_bytes(p.size_bytes)}, "
+                         f"{render.human_age(p.age_s)})\n")
+    sys.stdout.write(f"{'would free' if report.dry_run else 'freed'} {render.human_bytes(report.bytes_freed)} "
+                     f"({report.bytes_freed} bytes); root {render.human_bytes(report.root_bytes_before)} -> "
+                     f"{render.human_bytes(report.root_bytes_after)}\n")
+
+
+def _age(epoch: float | None) -> float | None:
+    import time
+
+    return None if epoch is None else time.time() - epoch
+
+
+@app.command("pin")
+def pin_cmd(name: NameArg, root: RootOpt = None, json_out: JsonOpt = False) -> None:
+    """Keep a model out of `vmm gc`, whatever its age or size (hand-made directories too)."""
+    from vmm import render
+    from vmm.core.store import gc
+
+    result = gc.pin(root_of(root), name)
+    render.emit_json(result) if json_out else sys.stdout.write(f"pinned {result.name}\n")
+
+
+@app.command("unpin")
+def unpin_cmd(name: NameArg, root: RootOpt = None, json_out: JsonOpt = False) -> None:
+    """Let `vmm gc` remove a model again."""
+    from vmm import render
+    from vmm.core.store import gc
+
+    result = gc.unpin(root_of(root), name)
+    render.emit_json(result) if json_out else sys.stdout.write(f"unpinned {result.name}\n")
+
+
+@app.command("import")
+def import_cmd(source: Annotated[str, typer.Argument(
+                   help="A model directory, an HF cache entry (models--org--name or its snapshots/<sha>), "
+                        "or org/name[@REVISION] looked up in HF_HUB_CACHE.", metavar="PATH_OR_CACHE_ENTRY",
+                   show_default=False)],
+               root: RootOpt = None, json_out: JsonOpt = False,
+               name: Annotated[Optional[str], typer.Option("--name", metavar="ORG/NAME",
+                   help="Name in the root (default: from the cache entry or the directory name).",
+                   show_default=False)] = None,
+               move: Annotated[bool, typer.Option("--move", help="Remove the source once adopted (a directory on "
+                                                  "the same filesystem is renamed; a cache entry is deleted "
+                                                  "whole, every revision).")] = False,
+               force: Annotated[bool, typer.Option("--force", help="Replace a model of the same name.")] = False) -> None:
+    """Adopt an existing model directory or Hugging Face cache entry into the root.
+
+    Every file is hashed (cache blobs must match their sha256 / git sha1 names) and
+    hardlinked into <root>/org--name (copied across filesystems), with a manifest, so the
+    model is managed like a pulled one. Nothing is downloaded. A name already in the root
+    exits 2 unless --force.
+    """
+    from vmm import render
+    from vmm.core.store import adopt
+
+    result = adopt.import_model(root_of(root), source, name=name, move=move, force=force)
+    if json_out:
+        render.emit_json(result)
+        return
+    how = f"{result.linked} linked, {result.copied} copied" if (result.linked or result.copied) else \
+        ("moved" if result.moved else "adopted in place")
+    sys.stdout.write(f"imported {result.name} from {result.source} ({result.kind}): {result.files} files, "
+                     f"{render.human_bytes(result.bytes_total)}, {how}, verified\n")

@@ -1,0 +1,1 @@
+"""The Hugging Face Hub: one client, file selection, the transfer engine, pull, update checks."""

@@ -1,0 +1,131 @@
+"""Models on disk: locate one, list the root, walk a model's files, sizes and free space."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from vmm.core import names
+from vmm.core.errors import DiskSpaceError, NotFoundError, UsageError
+from vmm.core.store.manifests import Manifest, read_manifest
+from vmm.core.store.paths import META_DIR
+
+
+@dataclass
+class LocalModel:
+    name: str                  # Hub id when known, else the directory name
+    path: Path
+    manifest: Manifest | None
+
+    @property
+    def managed(self) -> bool:
+        return self.manifest is not None
+
+
+def model_dirs(root: Path) -> Iterator[Path]:
+    """Every model directory in the root (hidden entries and plain files skipped)."""
+    try:
+        entries = sorted(os.scandir(root), key=lambda e: e.name)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise UsageError("cannot read models root", str(root), exc.strerror or str(exc)) from exc
+    for entry in entries:
+        if entry.name.startswith(".") or not entry.is_dir(follow_symlinks=False):
+            continue
+        yield Path(entry.path)
+
+
+def load_model(path: Path) -> LocalModel:
+    manifest = read_manifest(path)
+    if manifest is not None:
+        name = manifest.repo_id
+    else:
+        name = names.dir_name_to_repo_id(path.name) or path.name
+    return LocalModel(name=name, path=path, manifest=manifest)
+
+
+def locate_model(name_or_path: str, root: Path, allow_path: bool = False) -> LocalModel:
+    """Find a model by Hub id, directory name, or (``allow_path``) a directory path."""
+    if allow_path and ("/" in name_or_path or name_or_path.startswith(".")):
+        candidate = Path(name_or_path).expanduser()
+        if candidate.is_dir() and (name_or_path.startswith((".", "/", "~"))
+                                    or not (root / name_or_path.replace("/", "--")).is_dir()):
+            return load_model(candidate.absolute())
+    ref = names.parse_model_name(name_or_path)
+    path = root / ref.dir_name
+    if not path.is_dir():
+        raise NotFoundError(
+            "model not in the models root", f"{ref.repo_id} (looked in {path})",
+            f"run `vmm pull {ref.repo_id}` or `vmm ls --root {root}`",
+        )
+    return load_model(path)
+
+
+def ensure_root(root: Path) -> Path:
+    """Create the models root for a write; exit 2 (or 7) with the reason when impossible."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / META_DIR
+        probe.mkdir(exist_ok=True)
+        if not os.access(probe, os.W_OK):
+            raise PermissionError(errno.EACCES, "Permission denied")
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise DiskSpaceError("no space left to create the models root", str(root),
+                                 "free space or choose another --root") from exc
+        raise UsageError(
+            "models root cannot be created or written", str(root),
+            f"{exc.strerror or exc}; pass --root or set VMM_ROOT to a writable directory",
+        ) from exc
+    return root
+
+
+def dir_size_bytes(path: Path) -> tuple[int, int]:
+    """(bytes on disk by apparent size, file count) of a model dir, excluding vmm metadata."""
+    total, count = 0, 0
+    for dirpath, dirnames, filenames in os.walk(path):
+        if Path(dirpath) == path and META_DIR in dirnames:
+            dirnames.remove(META_DIR)
+        for name in filenames:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+            except OSError:
+                continue
+            count += 1
+    return total, count
+
+
+def free_bytes(path: Path) -> int:
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    return shutil.disk_usage(probe).free
+
+
+def walk_model_entries(model_dir: Path, include_hidden: bool = False) -> Iterator[tuple[str, os.DirEntry]]:
+    """(relative path, entry) of every non-directory entry under a model dir, never
+    following symlinks. Hidden top-level dirs (.vmm ours, .cache of `hf --local-dir`, .git)
+    are skipped unless ``include_hidden``. Shared by listing, sizes and dedup."""
+    stack = [(model_dir, "")]
+    while stack:
+        directory, prefix = stack.pop()
+        try:
+            entries = list(os.scandir(directory))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                is_dir = entry.is_dir(follow_symlinks=False)
+            except OSError:
+                continue
+            if is_dir:
+                if not prefix and entry.name.startswith(".") and not include_hidden:
+                    continue
+                stack.append((Path(entry.path), f"{prefix}{entry.name}/"))
+            else:
+                yield prefix + entry.name, entry

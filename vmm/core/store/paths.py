@@ -1,0 +1,46 @@
+"""Where things live in a models root: the one copy of every path rule.
+
+Layout::
+
+    <root>/org--name/                       one model (Hub files as the Hub names them)
+    <root>/org--name/.vmm/manifest.json     what vmm knows about it (managed models only)
+    <root>/org--name/.vmm/partial/          a pull's resumable data (gc removes stale ones)
+    <root>/.vmm/locks/org--name.lock        one lock file per model
+    <root>/.vmm/pins/org--name              models gc never removes (hand-made ones too)
+    <root>/.rm-org--name.*                  a model being deleted (renamed first, then removed)
+    <root>/.vmm/...                         other vmm state (runtime records, logs)
+
+Directories put in the root by hand have no manifest and are still first-class models.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+META_DIR = ".vmm"
+MANIFEST_NAME = "manifest.json"
+PARTIAL_DIR = "partial"
+PINS_DIR = "pins"
+LOCKS_DIR = "locks"
+TRASH_MARK = ".rm-"     # prefix of a model directory renamed away for deletion
+
+
+def manifest_path(model_dir: Path) -> Path:
+    return model_dir / META_DIR / MANIFEST_NAME
+
+
+def partial_dir(model_dir: Path) -> Path:
+    return model_dir / META_DIR / PARTIAL_DIR
+
+
+def lock_path(root: Path, dir_name: str) -> Path:
+    return root / META_DIR / LOCKS_DIR / f"{dir_name}.lock"
+
+
+def pin_path(root: Path, dir_name: str) -> Path:
+    return root / META_DIR / PINS_DIR / dir_name
+
+
+def is_trash(name: str) -> bool:
+    """A directory entry left by an interrupted delete: never a model, never counted."""
+    return name.startswith(TRASH_MARK)
