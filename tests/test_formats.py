@@ -9,7 +9,7 @@ import pytest
 
 import builders as b
 from vmm.core.model import formats, gguf_meta
-from vmm.core.model.config import kv_cache_bytes_per_token, read_model_config
+from vmm.core.model.config import config_from_gguf, kv_cache_bytes_per_token, read_model_config
 from vmm.core.errors import IntegrityError, NotFoundError, UsageError
 
 
@@ -245,7 +245,7 @@ def test_gguf_metadata_maps_to_the_hf_config(tmp_path):
         "head_count_kv": 4, "rope.scaling.type": "yarn", "rope.scaling.factor": 4.0,
         "rope.scaling.original_context_length": 32768, "sliding_window": 4096},
         chat_template="{{ bos_token }}{% for m in messages %}{{ m.content }}{% endfor %}")
-    cfg = gguf_meta.config_from_gguf(path)
+    cfg = config_from_gguf(path)
     assert (cfg.architectures, cfg.model_type) == (["Qwen2ForCausalLM"], "qwen2")
     assert (cfg.max_position_embeddings, cfg.hidden_size, cfg.num_hidden_layers) == (32768, 3584, 28)
     assert (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.vocab_size) == (28, 4, 100)
@@ -272,7 +272,7 @@ def test_garbage_gguf_is_an_integrity_error_naming_the_file(tmp_path, content):
     p = tmp_path / "model-Q4_K_M.gguf"
     p.write_bytes(content)
     with pytest.raises(IntegrityError) as info:
-        gguf_meta.config_from_gguf(p)
+        config_from_gguf(p)
     assert str(p) in info.value.which
 
 

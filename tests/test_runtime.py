@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import assert_error_line, run_vmm
-from vmm.core.serving import runtime
+from vmm.core.serving import deploy, metrics, runtime
 
 # A stand-in for a vLLM server's /metrics: counters grow by 50 tokens per second.
 METRICS_SERVER = r'''
@@ -179,11 +179,11 @@ def test_logs_unknown_is_not_found(root):
 
 def test_prometheus_parser_sums_label_sets_and_skips_garbage():
     text = 'a{x="1"} 2\na{x="2"} 3.5\n# comment\nb 1e3\nbad line here\nc{} NaNx\n'
-    assert runtime.parse_prometheus(text) == {"a": 5.5, "b": 1000.0}
+    assert metrics.parse_prometheus(text) == {"a": 5.5, "b": 1000.0}
 
 
 def test_v0_kv_cache_metric_name_is_understood():
-    picked = runtime.pick_metrics(runtime.parse_prometheus("vllm:gpu_cache_usage_perc 0.5\n"))
+    picked = metrics.pick_metrics(metrics.parse_prometheus("vllm:gpu_cache_usage_perc 0.5\n"))
     assert picked["kv_cache_usage"] == 0.5
 
 
@@ -193,7 +193,7 @@ ARGV = ["vllm", "serve", "/models/org--m", "--served-model-name", "org/m", "--ho
 
 def test_emit_docker_runs_the_same_plan_in_the_official_image(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
-    text = runtime.emit_docker(ARGV, Path("/models"), Path("/models/org--m"), vllm_version="0.33.0")
+    text = deploy.emit_docker(ARGV, Path("/models"), Path("/models/org--m"), vllm_version="0.33.0")
     words = shlex.split(text.replace("\\\n", " "))
     assert words[:3] == ["docker", "run", "-d"]
     assert words[words.index("-v") + 1] == "/models:/models:ro"
@@ -213,7 +213,7 @@ def _systemd_words(value: str) -> list[str]:
 
 
 def test_emit_systemd_unit_restarts_and_stops_gracefully():
-    text = runtime.emit_systemd(ARGV + ["--x", "50%"], "org/m", Path("/models"), vllm_path="/opt/v/bin/vllm")
+    text = deploy.emit_systemd(ARGV + ["--x", "50%"], "org/m", Path("/models"), vllm_path="/opt/v/bin/vllm")
     lines = text.splitlines()
     assert lines[0] == "[Unit]" and "[Service]" in lines and "[Install]" in lines
     fields = dict(line.split("=", 1) for line in lines if "=" in line and not line.startswith("Environment"))

@@ -44,7 +44,7 @@ def serve_cmd(
     """
     from vmm import render
     from vmm.core.store import catalog
-    from vmm.core.serving import launcher, planner, runtime, vllm_env
+    from vmm.core.serving import deploy, launcher, planner, vllm_env
 
     if device not in ("auto", "cuda", "cpu"):
         from vmm.core.errors import UsageError
@@ -66,11 +66,11 @@ def serve_cmd(
         passthrough=list(ctx.args))
     cmd = launcher.build(req, install)
     if emit == "docker":
-        sys.stdout.write(runtime.emit_docker(cmd.argv, base, model.path, install.version if install else None,
+        sys.stdout.write(deploy.emit_docker(cmd.argv, base, model.path, install.version if install else None,
                                              env=cmd.env))
         return
     if emit == "systemd":
-        sys.stdout.write(runtime.emit_systemd(cmd.argv, model.name, base, install.executable if install else None,
+        sys.stdout.write(deploy.emit_systemd(cmd.argv, model.name, base, install.executable if install else None,
                                               env=cmd.env))
         return
     if dry_run:

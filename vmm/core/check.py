@@ -254,12 +254,12 @@ def _raw_config(model_dir: Path) -> dict:
 def _config(model_dir: Path, fmt: str, quant: str | None) -> tuple[Check, config_mod.ModelConfig | None]:
     try:
         if not (model_dir / "config.json").is_file() and fmt in ("gguf", "mixed"):
-            from vmm.core.model import gguf_meta
+            pass
 
             try:
-                cfg = gguf_meta.config_from_gguf(formats.select_gguf(model_dir, quant).path)
+                cfg = config_mod.config_from_gguf(formats.select_gguf(model_dir, quant).path)
             except UsageError:
-                cfg = gguf_meta.config_from_gguf(formats.find_gguf_files(model_dir)[0].path)
+                cfg = config_mod.config_from_gguf(formats.find_gguf_files(model_dir)[0].path)
         else:
             cfg = config_mod.read_model_config(model_dir)
     except NotFoundError as exc:

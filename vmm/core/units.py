@@ -1,4 +1,5 @@
-"""Sizes and durations as operators write them, parsed in one place (exit 2 when malformed)."""
+"""Sizes and durations as operators write them: parsed in one place (exit 2 when malformed),
+and sizes written back for people (messages in core, tables in render)."""
 
 from __future__ import annotations
 
@@ -29,3 +30,16 @@ def parse_duration(text: str) -> float:
         raise UsageError("malformed duration", repr(text), "use a number with a unit: 45s, 90m, 12h, 30d, 2w")
     value, unit = match.groups()
     return float(value) * {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[unit.lower()]
+
+
+def human_bytes(n: int | float | None) -> str:
+    """1536 -> '1.5 KiB'. Sizes are bytes everywhere else; only messages and tables humanise."""
+    if n is None:
+        return "-"
+    n = float(n)
+    units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"]
+    i = 0
+    while abs(n) >= 1024 and i < len(units) - 1:
+        n /= 1024
+        i += 1
+    return f"{int(n)} B" if i == 0 else f"{n:.1f} {units[i]}"

@@ -10,6 +10,8 @@ import dataclasses
 import json
 import math
 import sys
+
+from vmm.core.units import human_bytes  # noqa: F401 (render.human_bytes: one copy, in units)
 from typing import Any
 
 SCHEMA_VERSION = 1
@@ -79,19 +81,6 @@ def note(message: str) -> None:
 def error_line(line: str) -> None:
     sys.stderr.write(line.rstrip("\n") + "\n")
     sys.stderr.flush()
-
-
-def human_bytes(n: int | float | None) -> str:
-    """1536 -> '1.5 KiB'. Sizes are bytes everywhere else; only rendering humanises."""
-    if n is None:
-        return "-"
-    n = float(n)
-    units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"]
-    i = 0
-    while abs(n) >= 1024 and i < len(units) - 1:
-        n /= 1024
-        i += 1
-    return f"{int(n)} B" if i == 0 else f"{n:.1f} {units[i]}"
 
 
 def human_count(n: int | None) -> str:

@@ -419,9 +419,9 @@ def _model_identity(model_path: Path, model_name: str | None, quant: str | None)
         if (model_path / "config.json").is_file():
             cfg = config_mod.read_model_config(model_path)
         elif gguf_path is not None:
-            from vmm.core.model import gguf_meta
+            pass
 
-            cfg = gguf_meta.config_from_gguf(gguf_path)
+            cfg = config_mod.config_from_gguf(gguf_path)
         else:
             cfg = None
         if cfg is not None:

@@ -239,7 +239,7 @@ def _fit(cfg, weight_bytes, hw, tp, pp, util, dbytes, opts):
 
 
 def _no_fit(cfg, weight_bytes, hw, pp, util, dbytes, opts, candidates) -> IncompatibleError:
-    from vmm.render import human_bytes
+    from vmm.core.units import human_bytes
 
     per_gpu = weight_bytes / (max(candidates) * pp)
     hint = "use a quantized variant (AWQ/GPTQ/FP8 or a GGUF quant)"
@@ -261,7 +261,7 @@ def _plan_cpu(cfg, weight_bytes, hw, opts, dtype, full_len) -> Plan:
     if head not in CPU_HEAD_SIZES:
         raise IncompatibleError("vLLM's CPU backend cannot run this head size", f"head_dim {head}",
                                 f"CPU attention supports {', '.join(map(str, CPU_HEAD_SIZES))}; serve it on a GPU")
-    from vmm.render import human_bytes
+    from vmm.core.units import human_bytes
 
     kv_per_token = _kv_per_token(cfg, 1, 1, opts.kv_cache_dtype)
     room = int(hw.gpu_memory_bytes - weight_bytes - RUNTIME_OVERHEAD_BYTES)

@@ -1,4 +1,4 @@
-"""What is being served: runtime records, live metrics, stopping, and deployment output.
+"""What is being served: runtime records, liveness, ps, stop and logs.
 
 A record is written for every vLLM server vmm starts (``vmm serve``, attached or
 ``--detach``) under ``<state>/run/<dir>-<port>.json`` (state = ``$VMM_STATE_DIR`` or
@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import shlex
 import signal
 import socket
 import time
@@ -25,6 +23,7 @@ from pathlib import Path
 from vmm.core import settings
 from vmm.core import fsutil
 from vmm.core.errors import NotFoundError, UsageError
+from vmm.core.serving.metrics import scrape
 
 
 @dataclass
@@ -129,50 +128,6 @@ def list_records(root: Path) -> list[RuntimeRecord]:
             # A torn or foreign file: not ours to interpret; leave it for the operator.
             continue
     return records
-
-
-# ------------------------------------------------------------------ metrics
-
-# vLLM's Prometheus names (vllm/v1/metrics/loggers.py, 0.10-0.33). The KV-cache gauge was
-# vllm:gpu_cache_usage_perc in the V0 engine and is vllm:kv_cache_usage_perc in V1.
-METRIC_KEYS = {
-    "running": ("vllm:num_requests_running",),
-    "waiting": ("vllm:num_requests_waiting",),
-    "kv_cache_usage": ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"),
-    "prompt_tokens_total": ("vllm:prompt_tokens_total",),
-    "generation_tokens_total": ("vllm:generation_tokens_total",),
-}
-_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
-
-
-def parse_prometheus(text: str) -> dict[str, float]:
-    """Sum every sample of each metric name over its label sets (engines, models)."""
-    totals: dict[str, float] = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        match = _SAMPLE.match(line)
-        if not match:
-            continue
-        try:
-            value = float(match.group(3))
-        except ValueError:
-            continue
-        totals[match.group(1)] = totals.get(match.group(1), 0.0) + value
-    return totals
-
-
-def pick_metrics(samples: dict[str, float]) -> dict[str, float | None]:
-    out: dict[str, float | None] = {}
-    for key, names in METRIC_KEYS.items():
-        out[key] = next((samples[n] for n in names if n in samples), None)
-    return out
-
-
-def scrape(url: str, timeout_s: float = 2.0) -> dict[str, float | None]:
-    with urllib.request.urlopen(f"{url}/metrics", timeout=timeout_s) as response:
-        text = response.read(8 << 20).decode("utf-8", "replace")
-    return pick_metrics(parse_prometheus(text))
 
 
 @dataclass
@@ -370,132 +325,3 @@ def tail_lines(path: Path, lines: int) -> list[str]:
             data = handle.read(step) + data
     text = data.decode("utf-8", "replace").splitlines()
     return text[-lines:] if lines > 0 else []
-
-
-# ------------------------------------------------------------------ deployment output
-
-DOCKER_IMAGE = "vllm/vllm-openai"
-
-
-def _split_serve_argv(argv: list[str]) -> tuple[str, list[str]]:
-    """``[vllm, serve, MODEL, flags...]`` -> (MODEL, flags)."""
-    if len(argv) < 3 or Path(argv[0]).name != "vllm" or argv[1] != "serve":
-        raise UsageError("not a `vllm serve` command", shlex.join(argv[:3]), "this is a bug in vmm")
-    return argv[2], list(argv[3:])
-
-
-def _set_flag(flags: list[str], name: str, value: str) -> list[str]:
-    out, i, done = [], 0, False
-    while i < len(flags):
-        if flags[i] == name and i + 1 < len(flags):
-            out += [name, value]
-            i, done = i + 2, True
-            continue
-        if flags[i].startswith(name + "="):
-            out.append(f"{name}={value}")
-            i, done = i + 1, True
-            continue
-        out.append(flags[i])
-        i += 1
-    return out if done else out + [name, value]
-
-
-def _flag_value(flags: list[str], name: str) -> str | None:
-    for i, flag in enumerate(flags):
-        if flag == name and i + 1 < len(flags):
-            return flags[i + 1]
-        if flag.startswith(name + "="):
-            return flag.split("=", 1)[1]
-    return None
-
-
-def emit_docker(argv: list[str], root: Path, model_dir: Path, vllm_version: str | None = None,
-                name: str | None = None, env: dict[str, str] | None = None) -> str:
-    """A ``docker run`` for the official vLLM OpenAI image running the same plan.
-
-    The models root is mounted read-only at the same path, so every path in the plan stays
-    valid inside the container. The image's entrypoint is the OpenAI API server (``python3
-    -m vllm.entrypoints.openai.api_server`` in older images, ``vllm serve`` in newer), and
-    both take ``--model PATH``, so the model goes there rather than as a positional.
-    """
-    model, flags = _split_serve_argv(argv)
-    port = _flag_value(flags, "--port") or "8000"
-    flags = _set_flag(flags, "--host", "0.0.0.0")
-    tag = f"v{vllm_version}" if vllm_version else "latest"
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    gpus = "all" if not visible else f'"device={visible}"'
-    lines = [
-        "docker run -d",
-        f"--name {shlex.quote(name or 'vmm-' + model_dir.name.lower())}",
-        "--restart unless-stopped",
-        f"--gpus {shlex.quote(gpus)}",
-        "--ipc=host",
-        f"-p {port}:{port}",
-        f"-v {shlex.quote(f'{root}:{root}:ro')}",
-        "-e VLLM_NO_USAGE_STATS=1",
-        "-e HF_HUB_OFFLINE=1",
-    ]
-    for key, value in sorted((env or {}).items()):
-        lines.append(f"-e {shlex.quote(f'{key}={value}')}")
-    lines.append(f"{DOCKER_IMAGE}:{tag}")
-    lines.append(f"--model {shlex.quote(model)}")
-    pairs: list[str] = []
-    i = 0
-    while i < len(flags):
-        if flags[i].startswith("--") and "=" not in flags[i] and i + 1 < len(flags) \
-                and not flags[i + 1].startswith("--"):
-            pairs.append(f"{flags[i]} {shlex.quote(flags[i + 1])}")
-            i += 2
-        else:
-            pairs.append(shlex.quote(flags[i]))
-            i += 1
-    lines += pairs
-    return " \\\n  ".join(lines) + "\n"
-
-
-def _systemd_quote(arg: str) -> str:
-    """Quote one ExecStart word (systemd.syntax: '%' is a specifier, '$' expands variables)."""
-    arg = arg.replace("%", "%%").replace("$", "$$")
-    if arg and not any(c in arg for c in ' \t"\'\\;'):
-        return arg
-    return '"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def emit_systemd(argv: list[str], model: str, root: Path, vllm_path: str | None = None,
-                 env: dict[str, str] | None = None, user: str | None = None) -> str:
-    """A systemd unit running the same plan, restarted on failure, stopped with SIGTERM."""
-    command = list(argv)
-    command[0] = vllm_path or command[0]
-    environment = {"VLLM_NO_USAGE_STATS": "1", "HF_HUB_OFFLINE": "1", **(env or {})}
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        environment.setdefault("CUDA_VISIBLE_DEVICES", visible)
-    lines = [
-        "[Unit]",
-        f"Description=vLLM serving {model} (generated by vmm)",
-        "After=network-online.target",
-        "Wants=network-online.target",
-        f"RequiresMountsFor={root}",
-        "",
-        "[Service]",
-        "Type=simple",
-    ]
-    if user:
-        lines.append(f"User={user}")
-    for key, value in sorted(environment.items()):
-        lines.append(f"Environment={_systemd_quote(f'{key}={value}')}")
-    lines += [
-        "ExecStart=" + " ".join(_systemd_quote(a) for a in command),
-        "Restart=on-failure",
-        "RestartSec=10",
-        # vLLM shuts down gracefully on SIGTERM; model loading can take minutes.
-        "KillSignal=SIGTERM",
-        "KillMode=control-group",
-        "TimeoutStartSec=900",
-        "TimeoutStopSec=60",
-        f"ReadOnlyPaths={root}",
-        "",
-        "[Install]",
-        "WantedBy=multi-user.target",
-    ]
-    return "\n".join(lines) + "\n"

@@ -177,9 +177,9 @@ def inspect_model(model: local.LocalModel, quant: str | None = None) -> ModelInf
         quant = chosen.quant
         gguf_file = chosen.path.relative_to(path).as_posix()
         if not (path / "config.json").is_file():
-            from vmm.core.model import gguf_meta
+            pass
 
-            cfg = gguf_meta.config_from_gguf(chosen.path)
+            cfg = config_mod.config_from_gguf(chosen.path)
     if cfg is None:
         try:
             cfg = config_mod.read_model_config(path)

@@ -1,0 +1,73 @@
+"""The layering contract (scripts/check_layers.py) holds, and bites on a wrong import."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _checker():
+    spec = importlib.util.spec_from_file_location("check_layers", REPO / "scripts" / "check_layers.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["check_layers"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture()
+def tree(tmp_path):
+    """A copy of the vmm package to break on purpose."""
+    shutil.copytree(REPO / "vmm", tmp_path / "vmm", ignore=shutil.ignore_patterns("__pycache__", "data"))
+    return tmp_path / "vmm"
+
+
+def _append(path: Path, line: str) -> None:
+    path.write_text(path.read_text() + "\n\ndef _wrong():\n    " + line + "\n")
+
+
+def test_the_package_keeps_its_layers():
+    assert _checker().violations(REPO / "vmm") == []
+
+
+def test_core_importing_render_fails(tree):
+    _append(tree / "core" / "serving" / "planner.py", "from vmm.render import human_bytes")
+    problems = _checker().violations(tree)
+    assert any("vmm.core.serving.planner (core) imports vmm.render" in p for p in problems), problems
+
+
+def test_core_importing_typer_fails(tree):
+    _append(tree / "core" / "store" / "gc.py", "import typer")
+    assert any("imports typer" in p for p in _checker().violations(tree))
+
+
+def test_lower_layer_importing_higher_fails(tree):
+    _append(tree / "core" / "model" / "formats.py", "from vmm.core.hub import pull")
+    problems = _checker().violations(tree)
+    assert any("vmm.core.model.formats (model) imports vmm.core.hub.pull (hub)" in p for p in problems), problems
+
+
+def test_a_cycle_hidden_by_a_lazy_import_fails(tree):
+    _append(tree / "core" / "model" / "gguf_meta.py", "from vmm.core.model import config")
+    problems = _checker().violations(tree)
+    assert any(p.startswith("import cycle:") and "vmm.core.model.gguf_meta" in p for p in problems), problems
+
+
+def test_a_module_outside_every_layer_is_named(tree):
+    (tree / "core" / "stray.py").write_text("X = 1\n")
+    with pytest.raises(ValueError, match="vmm.core.stray is in no layer"):
+        _checker().violations(tree)
+
+
+def test_command_line_exits_1_on_a_violation(tree):
+    import subprocess
+
+    _append(tree / "core" / "errors.py", "from vmm.cli import app")
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / "check_layers.py"), str(tree)],
+                          capture_output=True, text=True)
+    assert done.returncode == 1 and "vmm.core.errors (core) imports vmm.cli" in done.stdout
