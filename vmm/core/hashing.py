@@ -2,7 +2,10 @@
 
 Streamed with one large reusable buffer: hashlib releases the GIL on big updates, so
 several files can hash in parallel threads; ``hashlib.sha256`` runs ~1.8 GB/s per core on
-this box (SHA-NI), see FIELD-NOTES.md.
+this box (SHA-NI), see docs/benchmarks.md.
+
+Which hash proves a Hub file: ``expected_digest`` (sha256 for LFS files, whose git blob id is
+the pointer's; the git blob sha1 for the others); ``hash_file``/``new_hasher`` compute it.
 """
 
 from __future__ import annotations
@@ -55,6 +58,35 @@ def file_hashes(path: Path | str) -> tuple[str, str, int]:
     if n != size:
         raise OSError(f"{path} changed size while hashing")
     return sha256.hexdigest(), sha1.hexdigest(), size
+
+
+def expected_digest(f) -> tuple[str, str]:
+    """(algorithm, hex digest) that proves a file listed with ``sha256``/``git_sha1``
+    attributes: "sha256" for LFS files, else "git-sha1"; ("size", "") when neither is known."""
+    if f.sha256:
+        return "sha256", f.sha256.lower()
+    if f.git_sha1:
+        return "git-sha1", f.git_sha1.lower()
+    return "size", ""
+
+
+def new_hasher(algorithm: str, size: int):
+    """A fresh hashlib object for ``algorithm`` over a ``size``-byte file (None for "size")."""
+    if algorithm == "sha256":
+        return hashlib.sha256()
+    if algorithm == "git-sha1":
+        return hashlib.sha1(b"blob %d\0" % size)
+    return None
+
+
+def hash_file(path: Path | str, algorithm: str, size: int) -> str:
+    """Hex digest of ``path`` under ``algorithm`` ("" for "size"); OSError if it changed size."""
+    hasher = new_hasher(algorithm, size)
+    if hasher is None:
+        return ""
+    if _stream(path, [hasher]) != size:
+        raise OSError(f"{path} is not {size} bytes")
+    return hasher.hexdigest()
 
 
 def looks_like_sha256(name: str) -> bool:

@@ -15,7 +15,7 @@ import pytest
 from conftest import REPO, assert_error_line, run_vmm
 from hubserver import HubServer
 
-from vmm.core.hub import pull
+from vmm.core.hub import partial, pull, transfer
 from vmm.core.store import local, locking, manifests
 
 PULL_KEYS = {"schema_version", "name", "path", "revision", "files", "bytes_downloaded", "bytes_total", "verified"}
@@ -46,7 +46,7 @@ BASE_FILES = {
 def hub(monkeypatch):
     with HubServer() as server:
         monkeypatch.setenv("HF_ENDPOINT", server.url)
-        monkeypatch.setattr(pull, "BACKOFF_BASE_S", 0.01)
+        monkeypatch.setattr(transfer, "BACKOFF_BASE_S", 0.01)
         yield server
 
 
@@ -172,7 +172,7 @@ def test_5xx_storm_is_survived(hub, root):
 
 
 def test_endless_5xx_exits_4(hub, root, monkeypatch):
-    monkeypatch.setattr(pull, "CHUNK_ATTEMPTS", 3)
+    monkeypatch.setattr(transfer, "CHUNK_ATTEMPTS", 3)
     hub.add_repo("org/tiny", BASE_FILES)
     hub.faults.add("status", status=500, path="config.json", times=None)
     run = run_vmm("pull", "org/tiny")
@@ -208,15 +208,20 @@ def test_too_little_disk_exits_7_before_writing(hub, root, monkeypatch):
 def test_enospc_mid_transfer_exits_7_keeping_partial_data(hub, root, monkeypatch):
     hub.add_repo("org/tiny", {"model.safetensors": _rand(2_000_000, 9)})
     real = os.pwrite
-    calls = {"n": 0}
+    written = {"bytes": 0}
 
     def failing(fd, data, offset):
-        calls["n"] += 1   # call 1 is the lock file's holder record
-        if calls["n"] > 3:
+        # The disk fills up once the first two 256 KiB chunks are written (small writes are
+        # the lock file's holder record).
+        if len(data) < 4096:
+            return real(fd, data, offset)
+        if written["bytes"] >= 512 * 1024:
             raise OSError(28, "No space left on device")
-        return real(fd, data, offset)
+        n = real(fd, data[:512 * 1024 - written["bytes"]], offset)
+        written["bytes"] += n
+        return n
 
-    monkeypatch.setattr(pull.os, "pwrite", failing)
+    monkeypatch.setattr(partial.os, "pwrite", failing)
     run = run_vmm("pull", "org/tiny", "--chunk-size", "256KiB", "--workers", "1")
     assert_error_line(run, 7, "no space left")
     state = json.loads((root / "org--tiny/.vmm/partial/model.safetensors.part.json").read_text())

@@ -1,0 +1,270 @@
+"""The transfer engine: fetch the missing chunks of several files in parallel, hash each
+file while it arrives, verify it and move it into place.
+
+A small state machine. Every file is a :class:`FileJob` (partial.py). A work queue holds
+(job, chunk) items in file order. Worker threads (one keep-alive connection per host each)
+take an item, fetch what of the chunk is not on disk yet (retrying with backoff) and mark it
+done. Each file has one hasher thread, started with its first chunk, that hashes the chunks
+in order as they complete, then verifies the digest: a match moves the file into place and
+counts it finished; a mismatch restarts the file and queues its chunks again (bounded by
+``FILE_ATTEMPTS``). The run ends when every file is finished, or at the first error or
+interrupt; every thread is joined before ``run`` returns or raises.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+from vmm.core.errors import IntegrityError, Interrupted, RemoteError
+from vmm.core.hub.client import RepoSnapshot
+from vmm.core.hub.connection import Connections, RangeRequest, Retry, fetch_range, host_key
+from vmm.core.hub.partial import FileJob
+
+# Defaults measured with bench/pull.py (docs/benchmarks.md, "## pull").
+DEFAULT_WORKERS = 8
+DEFAULT_CHUNK_SIZE = 16 * 1024 * 1024
+CHUNK_ATTEMPTS = 8              # per chunk, for retryable failures
+FILE_ATTEMPTS = 3               # whole-file refetches after a hash mismatch
+BACKOFF_BASE_S = 0.2
+BACKOFF_CAP_S = 10.0
+SOCKET_TIMEOUT_S = 30.0
+WRITE_BLOCK = 4 * 1024 * 1024   # bytes received before they are written (per worker buffer)
+REPORT_INTERVAL_S = 0.1
+
+
+@dataclass
+class ProgressUpdate:
+    bytes_done: int               # bytes of the selected files present and fetched so far
+    bytes_total: int
+    bytes_downloaded: int         # bytes transferred by this run
+    files_done: int
+    files_total: int
+    current: str | None = None
+    message: str | None = None    # a one-off note (waiting for a lock, retrying, repairing)
+    finished: bool = False
+
+
+ProgressCallback = Callable[[ProgressUpdate], None]
+
+
+class Counters:
+    """What the progress display shows; updated from every thread under one lock."""
+
+    def __init__(self, progress: ProgressCallback | None, bytes_total: int, bytes_done: int,
+                 files_total: int, files_done: int) -> None:
+        self.progress = progress
+        self.lock = threading.Lock()
+        self.bytes_total, self.bytes_done, self.bytes_downloaded = bytes_total, bytes_done, 0
+        self.files_total, self.files_done = files_total, files_done
+        self.current: str | None = None
+        self.last_report = 0.0
+
+    def add(self, done: int = 0, downloaded: int = 0, files: int = 0, current: str | None = None) -> None:
+        with self.lock:
+            self.bytes_done += done
+            self.bytes_downloaded += downloaded
+            self.files_done += files
+            if current is not None:
+                self.current = current
+
+    def report(self, force: bool = False, message: str | None = None) -> None:
+        if self.progress is None:
+            return
+        now = time.monotonic()
+        with self.lock:
+            if not force and message is None and now - self.last_report < REPORT_INTERVAL_S:
+                return
+            self.last_report = now
+            update = ProgressUpdate(self.bytes_done, self.bytes_total, self.bytes_downloaded,
+                                    self.files_done, self.files_total, self.current, message)
+        self.progress(update)
+
+
+class Engine:
+    def __init__(self, snapshot: RepoSnapshot, endpoint: str, token: str | None, workers: int,
+                 chunk_size: int, counters: Counters) -> None:
+        self.snapshot = snapshot
+        self.endpoint = endpoint.rstrip("/")
+        self.auth = (host_key(self.endpoint), token)
+        self.workers = max(1, workers)
+        self.chunk_size = chunk_size
+        self.counters = counters
+        self.stop = threading.Event()
+        self.cond = threading.Condition()     # guards queue, unfinished, error, threads, conns
+        self.queue: deque[tuple[FileJob, int]] = deque()
+        self.unfinished = 0
+        self.error: BaseException | None = None
+        self.hashers: dict[str, threading.Thread] = {}
+        self.conns: list[Connections] = []
+
+    # ---- the run
+    def run(self, jobs: list[FileJob]) -> None:
+        """Fetch, verify and place every job; raise the first error (or Interrupted)."""
+        with self.cond:
+            self.unfinished = len(jobs)
+            for job in jobs:
+                self.queue.extend((job, i) for i in job.missing_chunks())
+                if not job.missing_chunks():        # all on disk already (resume): verify it
+                    self._start_hasher(job)
+        workers = [threading.Thread(target=self._worker, daemon=True, name=f"vmm-fetch-{n}")
+                   for n in range(self.workers)]
+        try:
+            for thread in workers:
+                thread.start()
+            self._wait()
+        except KeyboardInterrupt:
+            raise Interrupted("interrupted", self.snapshot.repo_id,
+                              "run the same command again to resume; data on disk is kept") from None
+        finally:
+            self._shutdown(workers)
+        if self.error is not None:
+            raise self.error
+        self.counters.report(force=True)
+
+    def _wait(self) -> None:
+        while True:
+            with self.cond:
+                if self.unfinished == 0 or self.error is not None:
+                    return
+                self.cond.wait(0.2)
+            self.counters.report()
+
+    def _shutdown(self, workers: list[threading.Thread]) -> None:
+        self.stop.set()
+        with self.cond:
+            self.cond.notify_all()
+            conns = list(self.conns)
+        for c in conns:
+            c.abort()                       # a worker blocked in recv returns now
+        for thread in workers:
+            thread.join(SOCKET_TIMEOUT_S)
+        with self.cond:
+            hashers = list(self.hashers.values())
+        for thread in hashers:
+            thread.join(SOCKET_TIMEOUT_S)
+
+    def _fail(self, exc: BaseException) -> None:
+        with self.cond:
+            if self.error is None:
+                self.error = exc
+            self.stop.set()
+            self.cond.notify_all()
+
+    # ---- workers
+    def _next(self) -> tuple[FileJob, int] | None:
+        """The next chunk to fetch; None once every file is finished or the run stops."""
+        with self.cond:
+            while not self.queue and self.unfinished > 0 and not self.stop.is_set():
+                self.cond.wait()
+            if self.stop.is_set() or not self.queue:
+                return None
+            job, index = self.queue.popleft()
+            self._start_hasher(job)
+            return job, index
+
+    def _worker(self) -> None:
+        conns = Connections(SOCKET_TIMEOUT_S)
+        with self.cond:
+            self.conns.append(conns)
+        buf = bytearray(min(self.chunk_size, WRITE_BLOCK))
+        try:
+            while (item := self._next()) is not None:
+                job, index = item
+                self.counters.add(current=job.rf.path)
+                self._fetch_chunk(conns, job, index, buf)
+                job.chunk_done(index)
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+            self._fail(exc)
+        finally:
+            conns.close()
+
+    def url_for(self, job: FileJob) -> str:
+        return (f"{self.endpoint}/{quote(self.snapshot.repo_id, safe='/')}/resolve/"
+                f"{quote(self.snapshot.commit, safe='')}/{quote(job.rf.path, safe='/')}")
+
+    def _fetch_chunk(self, conns: Connections, job: FileJob, index: int, buf: bytearray) -> None:
+        """Fetch what of chunk ``index`` is not on disk, retrying with backoff."""
+        label = f"{self.snapshot.repo_id}/{job.rf.path}"
+
+        def sink(view: memoryview) -> None:
+            self.counters.add(downloaded=len(view))
+            job.append(index, view)
+            self.counters.add(done=len(view))
+
+        for attempt in range(CHUNK_ATTEMPTS):
+            start, end = job.remaining(index)
+            if start >= end:
+                return
+            req = RangeRequest(job.redirect or self.url_for(job), start, end, label,
+                               whole_file=start == 0 and end == job.rf.size)
+            req.redirect = job.redirect
+            try:
+                fetch_range(conns, req, self.auth, buf, sink, self.stop)
+                job.redirect = req.redirect
+                return
+            except Retry as retry:
+                job.redirect = req.redirect
+                if self.stop.is_set():
+                    raise Interrupted("stopped", job.rf.path, "run the same command again") from None
+                if attempt == CHUNK_ATTEMPTS - 1:
+                    raise RemoteError(f"download failed after {CHUNK_ATTEMPTS} attempts ({retry.why})",
+                                      label, "check the network and run the same command again to resume"
+                                      ) from None
+                delay = retry.delay
+                if delay is None:
+                    delay = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** attempt) * (0.5 + random.random())
+                self.counters.report(message=f"retrying {job.rf.path} in {delay:.1f}s ({retry.why})")
+                self.stop.wait(delay)
+
+    # ---- hashers
+    def _start_hasher(self, job: FileJob) -> None:
+        """Called under ``cond``: one hasher thread per file, started once."""
+        if job.rf.path not in self.hashers and not self.stop.is_set():
+            thread = threading.Thread(target=self._hash_and_place, args=(job,), daemon=True,
+                                      name=f"vmm-hash-{len(self.hashers)}")
+            self.hashers[job.rf.path] = thread
+            thread.start()
+
+    def _hash_and_place(self, job: FileJob) -> None:
+        try:
+            while job.hash_all(self.stop):
+                if self._verify(job):
+                    job.place()
+                    self.counters.add(files=1)
+                    self.counters.report(force=True)
+                    with self.cond:
+                        self.unfinished -= 1
+                        self.cond.notify_all()
+                    return
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+            self._fail(exc)
+
+    def _verify(self, job: FileJob) -> bool:
+        """True when the digest matches; else restart the file and queue it again."""
+        digest = job.digest()
+        if job.algorithm == "size" or digest == job.expected:
+            return True
+        job.attempts += 1
+        if job.attempts >= FILE_ATTEMPTS:
+            raise IntegrityError(
+                f"hash mismatch after {FILE_ATTEMPTS} downloads ({job.algorithm} {digest[:12]}, "
+                f"expected {job.expected[:12]})", job.rf.path,
+                "the server keeps sending different bytes; try later or another HF_ENDPOINT")
+        self.counters.report(message=f"hash mismatch in {job.rf.path}: fetching it again")
+        self.counters.add(done=-job.rf.size)
+        job.restart()
+        with self.cond:
+            self.queue.extend((job, i) for i in range(job.nchunks))
+            self.cond.notify_all()
+        return False
+
+
+def make_jobs(files, targets: dict[str, Path], partial_dir: Path, chunk_size: int) -> list[FileJob]:
+    return [FileJob(rf, targets[rf.path], partial_dir, chunk_size) for rf in files]
