@@ -382,7 +382,7 @@ def test_malformed_metadata_is_a_clean_error(hub, root):
 
 def test_unreachable_endpoint_exits_4(root, monkeypatch):
     monkeypatch.setattr("vmm.core.hub.client.METADATA_ATTEMPTS", 1)
-    assert_error_line(run_vmm("pull", "org/tiny"), 4, "could not be reached")
+    assert_error_line(run_vmm("pull", "org/tiny"), 4, "cannot reach the Hub")
 
 
 def test_bad_chunk_size_and_workers_exit_2(hub, root):

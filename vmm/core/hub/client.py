@@ -1,8 +1,17 @@
-"""What vmm asks the Hub, through huggingface_hub (2.4.0 read).
+"""The one Hub client: what vmm asks the Hub's API, and what it makes of the answers.
 
-Endpoint and token are passed explicitly to ``HfApi``: huggingface_hub freezes
-``HF_ENDPOINT``/``HF_TOKEN`` into its constants at import time. Every failure becomes a
-:class:`VmmError` with the contract's exit code.
+``fetch_snapshot`` (pull) and ``remote_commit`` (``ls --updates``) make the call
+``HfApi.model_info`` makes (huggingface_hub 2.4.0, ``hf_api.py``):
+``GET {endpoint}/api/models/{repo}/revision/{rev}`` (``?blobs=true`` for per-file sizes and
+hashes), through huggingface_hub's HTTP session and its ``hf_raise_for_status``, so the Hub's
+error codes (gated, repo or revision not found) map as they do for ``hf``. The answer is
+validated here, field by field: a malformed answer (not JSON, wrong shapes, missing keys,
+wrong types) is a :class:`MalformedAnswer` (exit 4). Any other exception raised while vmm
+reads the answer is a bug in vmm and is not caught (exit 1).
+
+Endpoint and token are passed explicitly: huggingface_hub freezes ``HF_ENDPOINT``/``HF_TOKEN``
+into its constants at import time. Every failure becomes a :class:`VmmError` with the
+contract's exit code.
 """
 
 from __future__ import annotations
@@ -10,12 +19,15 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
 
-from vmm.core import settings
-from vmm.core.errors import NotFoundError, RemoteError, VmmError
+from vmm.core import hashing, settings
+from vmm.core.errors import NotFoundError, RemoteError, UsageError, VmmError
 
 LOGIN_HINT = "run `hf auth login` or set HF_TOKEN to a token with access to this repo"
 METADATA_ATTEMPTS = 4
+TIMEOUT_S = 30.0
 
 
 @dataclass
@@ -38,6 +50,73 @@ class RepoSnapshot:
     files: list[RemoteFile]
 
 
+class MalformedAnswer(RemoteError):
+    """The endpoint answered 200 with a document that is not what the Hub sends."""
+
+    def __init__(self, why: str, endpoint: str, repo_id: str) -> None:
+        super().__init__(f"the Hub sent a malformed answer ({why})", f"{endpoint} ({repo_id})",
+                         "check HF_ENDPOINT points at a Hugging Face-compatible server")
+        self.why = why
+
+
+class _Shape(Exception):
+    """Raised by the validators below; becomes MalformedAnswer with the endpoint named."""
+
+
+# --------------------------------------------------------------------------- the answer
+
+def _field(doc: dict, key: str, kind: type | tuple[type, ...], where: str, optional: bool = False) -> Any:
+    value = doc.get(key)
+    if value is None and optional:
+        return None
+    if value is None:
+        raise _Shape(f"{where} has no {key!r}")
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise _Shape(f"{where}: {key!r} is {type(value).__name__}")
+    return value
+
+
+def _commit_of(doc: Any) -> str:
+    if not isinstance(doc, dict):
+        raise _Shape(f"the model info is {type(doc).__name__}, not an object")
+    sha = _field(doc, "sha", str, "the model info")
+    if not hashing.looks_like_sha1(sha):
+        raise _Shape(f"'sha' {sha[:50]!r} is not a commit sha")
+    return sha
+
+
+def _file_of(entry: Any, index: int) -> RemoteFile:
+    """One entry of ``siblings`` (``?blobs=true``): rfilename, size, blobId, lfs.sha256."""
+    where = f"siblings[{index}]"
+    if not isinstance(entry, dict):
+        raise _Shape(f"{where} is {type(entry).__name__}, not an object")
+    path = _field(entry, "rfilename", str, where)
+    size = _field(entry, "size", int, where)
+    if size < 0:
+        raise _Shape(f"{where}: negative size")
+    blob = _field(entry, "blobId", str, where, optional=True)
+    lfs = _field(entry, "lfs", dict, where, optional=True)
+    sha256 = None
+    if lfs is not None:
+        sha256 = _field(lfs, "sha256", str, f"{where}.lfs").lower()
+        if not hashing.looks_like_sha256(sha256):
+            raise _Shape(f"{where}.lfs: 'sha256' is not a sha256")
+    if blob is not None and not hashing.looks_like_sha1(blob.lower()):
+        raise _Shape(f"{where}: 'blobId' is not a sha1")
+    return RemoteFile(path, size, sha256, blob.lower() if blob else None)
+
+
+def parse_snapshot(doc: Any, repo_id: str, revision: str) -> RepoSnapshot:
+    """A ``?blobs=true`` model info document -> RepoSnapshot; raises _Shape when malformed."""
+    commit = _commit_of(doc)
+    siblings = doc.get("siblings")
+    if not isinstance(siblings, list):
+        raise _Shape(f"'siblings' is {type(siblings).__name__}, not a list")
+    return RepoSnapshot(repo_id, revision, commit, [_file_of(e, i) for i, e in enumerate(siblings)])
+
+
+# --------------------------------------------------------------------------- the call
+
 def _map_error(exc: BaseException, repo_id: str, revision: str) -> VmmError | None:
     """A huggingface_hub / httpx exception -> VmmError; None when it is worth retrying."""
     from huggingface_hub import errors as hf_errors
@@ -51,8 +130,8 @@ def _map_error(exc: BaseException, repo_id: str, revision: str) -> VmmError | No
     if isinstance(exc, hf_errors.RepositoryNotFoundError):
         status = getattr(getattr(exc, "response", None), "status_code", 404)
         if status in (401, 403):
-            return RemoteError("access to the repo was refused", repo_id, LOGIN_HINT)
-        return NotFoundError("repo not found on the Hub", repo_id,
+            return RemoteError(f"access to the repo was refused (HTTP {status})", repo_id, LOGIN_HINT)
+        return NotFoundError(f"repo not found on the Hub (HTTP {status})", repo_id,
                              "check the name; private repos need `hf auth login` or HF_TOKEN")
     if isinstance(exc, hf_errors.EntryNotFoundError):
         return NotFoundError("file not found on the Hub", repo_id, "check the file name")
@@ -61,53 +140,73 @@ def _map_error(exc: BaseException, repo_id: str, revision: str) -> VmmError | No
         if status in (401, 403):
             return RemoteError(f"the Hub refused the credentials (HTTP {status})", repo_id, LOGIN_HINT)
         if status == 404:
-            return NotFoundError("not found on the Hub", repo_id, "check the name and revision")
+            return NotFoundError("not found on the Hub (HTTP 404)", repo_id, "check the name and revision")
         if status is not None and (status >= 500 or status == 429):
             return None
         return RemoteError(f"the Hub answered HTTP {status}", repo_id, "retry later")
-    if isinstance(exc, (ValueError, KeyError, TypeError, AttributeError)):
-        # Malformed JSON or an unexpected document from the endpoint.
-        return RemoteError("the Hub sent a malformed answer", f"{settings.hub_endpoint()} ({repo_id})",
-                           "check HF_ENDPOINT points at a Hugging Face-compatible server")
-    module = type(exc).__module__ or ""
-    if isinstance(exc, OSError) or module.startswith(("httpx", "httpcore", "h11", "ssl")):
-        return None
-    return None
+    if isinstance(exc, hf_errors.HFValidationError):
+        return UsageError("not a valid repo name or revision for the Hub", f"{repo_id}@{revision}",
+                          "check the name")
+    return None     # network errors (httpx, OSError, ssl) and anything else the call raised: retry
+
+
+def _get_json(url: str, params: dict, token: str | None, repo_id: str, revision: str) -> Any:
+    """One GET through huggingface_hub's session; the decoded JSON. Raises VmmError or a
+    retryable exception; a body that is not JSON is MalformedAnswer."""
+    from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
+
+    try:
+        response = get_session().get(url, headers=build_hf_headers(token=token or False),
+                                     params=params, timeout=TIMEOUT_S)
+        hf_raise_for_status(response)
+        body = response.content
+    except Exception as exc:  # noqa: BLE001 - the library's and the network's failures, mapped
+        mapped = _map_error(exc, repo_id, revision)
+        if mapped is not None:
+            raise mapped from exc
+        raise _Transient(exc) from exc
+    import json
+
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise _Shape("not JSON") from exc
+
+
+class _Transient(Exception):
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(" ".join(str(cause).split())[:160] or type(cause).__name__)
+
+
+def _ask(repo_id: str, revision: str, blobs: bool, endpoint: str | None, token: str | None,
+         attempts: int, parse):
+    endpoint = (endpoint or settings.hub_endpoint()).rstrip("/")
+    token = token if token is not None else settings.hub_token()
+    url = f"{endpoint}/api/models/{repo_id}/revision/{quote(revision, safe='')}"
+    last: _Transient | None = None
+    for attempt in range(attempts):
+        try:
+            doc = _get_json(url, {"blobs": True} if blobs else {}, token, repo_id, revision)
+            return parse(doc)
+        except _Shape as exc:
+            raise MalformedAnswer(str(exc), endpoint, repo_id) from None
+        except _Transient as exc:
+            last = exc
+            if attempt < attempts - 1:
+                time.sleep(min(4.0, 0.25 * 2 ** attempt) * (0.5 + random.random()))
+    raise RemoteError("cannot reach the Hub", f"{endpoint} ({repo_id}): {last}",
+                      "check the network or HF_ENDPOINT, then run the same command again")
 
 
 def fetch_snapshot(repo_id: str, revision: str | None = None, endpoint: str | None = None,
                    token: str | None = None) -> RepoSnapshot:
-    """Resolve ``revision`` to a commit and list its files (sizes, sha256, git blob ids).
-
-    One ``GET /api/models/{repo}/revision/{rev}?blobs=true`` (``model_info`` with
-    ``files_metadata``) gives both the commit sha and the per-file metadata.
-    """
-    from huggingface_hub import HfApi
-
+    """Resolve ``revision`` to a commit and list its files (sizes, sha256, git blob ids)."""
     revision = revision or "main"
-    endpoint = endpoint or settings.hub_endpoint()
-    api = HfApi(endpoint=endpoint, token=token if token is not None else settings.hub_token())
-    last: BaseException | None = None
-    for attempt in range(METADATA_ATTEMPTS):
-        try:
-            info = api.model_info(repo_id, revision=revision, files_metadata=True)
-            commit = info.sha
-            if not isinstance(commit, str) or not commit:
-                raise ValueError("no sha in model info")
-            files = []
-            for sib in info.siblings or []:
-                lfs = getattr(sib, "lfs", None)
-                sha256 = getattr(lfs, "sha256", None) if lfs is not None else None
-                if sib.size is None:
-                    raise ValueError(f"no size for {sib.rfilename}")
-                files.append(RemoteFile(sib.rfilename, int(sib.size), sha256, sib.blob_id))
-            return RepoSnapshot(repo_id, revision, commit, files)
-        except Exception as exc:  # noqa: BLE001 - mapped below
-            mapped = _map_error(exc, repo_id, revision)
-            if mapped is not None:
-                raise mapped from exc
-            last = exc
-            time.sleep(min(4.0, 0.25 * 2 ** attempt) * (0.5 + random.random()))
-    detail = " ".join(str(last).split())[:160] if last else "unknown"
-    raise RemoteError("the Hub could not be reached after retries", f"{endpoint} ({repo_id}): {detail}",
-                      "check the network or HF_ENDPOINT, then run the same command again")
+    return _ask(repo_id, revision, True, endpoint, token, METADATA_ATTEMPTS,
+                lambda doc: parse_snapshot(doc, repo_id, revision))
+
+
+def remote_commit(repo_id: str, revision: str, endpoint: str | None = None, token: str | None = None,
+                  attempts: int = 1) -> str:
+    """The commit sha ``revision`` points to on the Hub (no file listing)."""
+    return _ask(repo_id, revision, False, endpoint, token, attempts, _commit_of)
