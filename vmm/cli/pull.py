@@ -22,6 +22,8 @@ def pull(
                                             "(pytorch_model*.bin, consolidated*, original/) and every GGUF.")] = False,
     offline: Annotated[bool, typer.Option("--offline", help="No network: succeed only if the model is complete "
                                           "(also HF_HUB_OFFLINE=1).")] = False,
+    verify: Annotated[bool, typer.Option("--verify", help="Re-hash every file already on disk (else only files "
+                                         "whose size, times, inode or device changed since verified).")] = False,
     no_wait: Annotated[bool, typer.Option("--no-wait", help="Exit 8 instead of waiting when another vmm holds the model.")] = False,
     workers: Annotated[int, typer.Option("--workers", help="Parallel connections.", metavar="N")] = 8,
     chunk_size: Annotated[str, typer.Option("--chunk-size", help="Bytes per Range request (e.g. 16MiB).",
@@ -51,7 +53,7 @@ def pull(
             result = pull.download_model_to_path(
                 name, root=root_of(root), include=include, exclude=exclude, revision=revision,
                 all_files=all_files, offline=True if offline else None, wait=not no_wait,
-                workers=workers, chunk_size=size, progress=progress)
+                workers=workers, chunk_size=size, progress=progress, verify=verify)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
@@ -63,13 +65,19 @@ def pull(
                           "previous_revision": result.previous_revision,
                           "reused_files": result.reused_files,
                           "chat_template": result.chat_template,
-                          "chat_template_written": result.chat_template_written})
+                          "chat_template_written": result.chat_template_written,
+                          "repaired": result.repaired, "hashed_files": result.hashed_files})
         return
     what = "up to date" if not result.bytes_downloaded and not result.fetched_files else "pulled"
-    render.key_values([("model", result.name), ("status", what), ("path", result.path),
-                       ("revision", result.revision), ("files", result.files),
-                       ("size", render.human_bytes(result.bytes_total)),
-                       ("downloaded", render.human_bytes(result.bytes_downloaded)),
-                       ("verified", "yes" if result.verified else "no"),
-                       ("chat template", (result.chat_template or "-")
-                        + (" (written by vmm: the repo has none)" if result.chat_template_written else ""))])
+    if result.repaired:
+        what = "repaired"
+    rows = [("model", result.name), ("status", what), ("path", result.path),
+            ("revision", result.revision), ("files", result.files),
+            ("size", render.human_bytes(result.bytes_total)),
+            ("downloaded", render.human_bytes(result.bytes_downloaded)),
+            ("verified", "yes" if result.verified else "no"),
+            ("chat template", (result.chat_template or "-")
+             + (" (written by vmm: the repo has none)" if result.chat_template_written else ""))]
+    if result.repaired:
+        rows.insert(2, ("repaired", ", ".join(result.repaired)))
+    render.key_values(rows)

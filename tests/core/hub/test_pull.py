@@ -469,9 +469,12 @@ def test_repairing_pull_keeps_the_operators_template_and_the_hub_original(hub, r
     model = root / "org--tiny"
     chosen = (model / "chat_template.jinja").read_bytes()
     assert b"<|im_start|>" in chosen
-    (model / "config.json").write_bytes(b"{}")          # damage a file: the next pull repairs it
+    damaged = bytearray(BASE_FILES["config.json"])
+    damaged[-3] ^= 0x01                                  # one byte, same size: the next pull repairs it
+    (model / "config.json").write_bytes(bytes(damaged))
     run = run_vmm("pull", "org/tiny", "--json")
     assert run.exit_code == 0, run.stderr
+    assert run.json()["repaired"] == ["config.json"]
     assert (model / "config.json").read_bytes() == BASE_FILES["config.json"]
     assert (model / "chat_template.jinja").read_bytes() == chosen
     assert (model / ".vmm" / "chat_template.jinja.orig").read_bytes() == files["chat_template.jinja"]

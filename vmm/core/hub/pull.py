@@ -16,6 +16,7 @@ from pathlib import Path
 
 from vmm.core import hashing, names, settings
 from vmm.core.errors import DiskSpaceError, IntegrityError, NotFoundError, RemoteError, UsageError, VmmError
+from vmm.core.hub import ondisk
 from vmm.core.hub.client import RemoteFile, fetch_snapshot
 from vmm.core.hub.selection import select_files
 from vmm.core.hub.transfer import (  # noqa: F401 - ProgressUpdate/ProgressCallback are part of the API
@@ -49,25 +50,34 @@ class PullResult:
     reused_files: list[str] = field(default_factory=list)   # linked from the HF cache or the root
     chat_template: str | None = None     # where vLLM's template comes from after the pull
     chat_template_written: bool = False  # vmm wrote its family template (the repo has none)
+    repaired: list[str] = field(default_factory=list)   # damaged on disk (after a verified pull): fetched again
+    hashed_files: int = 0                # files whose hash was checked in this run
 
 
 # --------------------------------------------------------------------------- the pull
 
-def _local_ok(path: Path, rf: RemoteFile, recorded: dict[str, manifests.ManifestFile], trusted: bool) -> bool:
-    """Is the file at ``path`` already the one the Hub lists? Trust the manifest's record of a
-    verified hash when it matches the Hub's; otherwise hash what is on disk."""
-    try:
-        if not path.is_file() or path.stat().st_size != rf.size:
-            return False
-    except OSError:
-        return False
-    algorithm, expected = hashing.expected_digest(rf)
-    old = recorded.get(rf.path)
-    if trusted and old is not None and old.size == rf.size and hashing.expected_digest(old) == (algorithm, expected):
-        return True
-    if algorithm == "size":
-        return True
-    return hashing.hash_file(path, algorithm, rf.size) == expected
+@dataclass
+class _Pull:
+    """One pull's inputs, resolved."""
+
+    ref: names.ModelRef
+    model_dir: Path
+    want_revision: str | None
+    include: list[str] | None
+    exclude: list[str] | None
+    all_files: bool
+    offline: bool
+    workers: int
+    chunk_size: int
+    progress: ProgressCallback | None
+    endpoint: str | None
+    token: str | None
+    verify: bool = False               # re-hash every file, whatever its recorded identity
+    operator_template: bool = False    # `vmm template --set` in force: the original is kept aside
+
+    def note(self, message: str) -> None:
+        if self.progress is not None:
+            self.progress(ProgressUpdate(0, 0, 0, 0, 0, message=message))
 
 
 def download_model_to_path(model_name: str, model_path: Path | None = None, *, root: Path | None = None,
@@ -75,9 +85,11 @@ def download_model_to_path(model_name: str, model_path: Path | None = None, *, r
                            revision: str | None = None, all_files: bool = False, offline: bool | None = None,
                            wait: bool = True, workers: int = DEFAULT_WORKERS,
                            chunk_size: int = DEFAULT_CHUNK_SIZE, progress: ProgressCallback | None = None,
-                           endpoint: str | None = None, token: str | None = None) -> PullResult:
+                           endpoint: str | None = None, token: str | None = None,
+                           verify: bool = False) -> PullResult:
     """Pull ``model_name`` (``org/name[@rev][:QUANT]``) into ``model_path`` (default
-    ``<root>/org--name``): resumable, parallel, verified; manifest written last."""
+    ``<root>/org--name``): resumable, parallel, verified; manifest written last. ``verify``
+    re-hashes every file already on disk (else only those whose identity changed)."""
     ref = names.parse_model_name(model_name)
     root = settings.models_root(root)
     if model_path is None:
@@ -93,17 +105,16 @@ def download_model_to_path(model_name: str, model_path: Path | None = None, *, r
     if chunk_size < 64 * 1024:
         raise UsageError("--chunk-size must be at least 64KiB", str(chunk_size), "pick e.g. 16MiB")
     local.ensure_root(root)
-
-    def on_wait(who: str) -> None:
-        if progress is not None:
-            progress(ProgressUpdate(0, 0, 0, 0, 0, message=f"waiting for the lock held by {who}"))
+    job = _Pull(ref, model_dir, want_revision, include, exclude, all_files, offline, workers, chunk_size,
+                progress, endpoint, token, verify)
 
     from vmm.core.model import templates
 
-    with locking.model_lock(root, model_dir.name, "pull", wait=wait, on_wait=on_wait):
+    with locking.model_lock(root, model_dir.name, "pull", wait=wait,
+                            on_wait=lambda who: job.note(f"waiting for the lock held by {who}")):
         operator_text = templates.operator_template(model_dir) if model_dir.is_dir() else None
-        result = _pull_locked(ref, model_dir, want_revision, include, exclude, all_files, offline,
-                              workers, chunk_size, progress, endpoint, token)
+        job.operator_template = operator_text is not None and (model_dir / templates.ORIGINAL_KEPT).is_file()
+        result = _offline_result(job) if offline else _pull_locked(job)
         try:
             setup = templates.after_pull(model_dir, ref.repo_id, operator_text)
         except VmmError as exc:
@@ -117,48 +128,97 @@ def download_model_to_path(model_name: str, model_path: Path | None = None, *, r
         return result
 
 
-def _pull_locked(ref: names.ModelRef, model_dir: Path, want_revision: str | None, include, exclude,
-                 all_files: bool, offline: bool, workers: int, chunk_size: int,
-                 progress: ProgressCallback | None, endpoint: str | None, token: str | None) -> PullResult:
+def _on_disk(job: _Pull, path: str) -> Path:
+    """Where a repo file's bytes are: the Hub's chat template may be kept aside by
+    `vmm template --set` (the operator's template takes its place)."""
+    from vmm.core.model import templates
+
+    if job.operator_template and path == templates.CHAT_TEMPLATE_FILE:
+        return job.model_dir / templates.ORIGINAL_KEPT
+    return names.safe_repo_path(job.model_dir, path)
+
+
+def _check_local(job: _Pull, files: list, recorded: dict[str, manifests.ManifestFile]
+                 ) -> tuple[dict[str, ondisk.Verdict], dict[str, str]]:
+    """Verdicts for the files already on disk, and the damaged ones among those vmm had
+    verified before ({path: problem}); each damaged file gets a note."""
+    verdicts = ondisk.check_all([(_on_disk(job, f.path), f, recorded.get(f.path)) for f in files], job.verify)
+    damaged = {}
+    for f, v in zip(files, verdicts):
+        old = recorded.get(f.path)
+        if not v.ok and old is not None and hashing.expected_digest(old) == hashing.expected_digest(f):
+            damaged[f.path] = v.problem or "damaged"
+            job.note(f"repairing {f.path}: {damaged[f.path]}; fetching it again")
+    return {v.path: v for v in verdicts}, damaged
+
+
+def _pull_locked(job: _Pull) -> PullResult:
+    ref, model_dir = job.ref, job.model_dir
     old = manifests.read_manifest(model_dir) if model_dir.exists() else None
-    if offline:
-        return _offline_result(ref, model_dir, old, want_revision)
-    endpoint = (endpoint or settings.hub_endpoint()).rstrip("/")
-    token = token if token is not None else settings.hub_token()
-    snapshot = fetch_snapshot(ref.repo_id, want_revision or "main", endpoint=endpoint, token=token)
-    selected, quant = select_files(snapshot.files, ref.quant, include, exclude, all_files, ref.repo_id)
+    endpoint = (job.endpoint or settings.hub_endpoint()).rstrip("/")
+    token = job.token if job.token is not None else settings.hub_token()
+    snapshot = fetch_snapshot(ref.repo_id, job.want_revision or "main", endpoint=endpoint, token=token)
+    selected, quant = select_files(snapshot.files, ref.quant, job.include, job.exclude, job.all_files,
+                                   ref.repo_id)
     if not selected:
         raise NotFoundError("no files to pull", f"{ref.repo_id}@{snapshot.commit[:12]}",
                             "check --include/--exclude or the quantization")
     targets = {rf.path: names.safe_repo_path(model_dir, rf.path) for rf in selected}
-
     recorded = {f.path: f for f in (old.files if old else [])}
-    keep, fetch = [], []
-    for rf in selected:
-        (keep if _local_ok(targets[rf.path], rf, recorded, trusted=old is not None) else fetch).append(rf)
-
+    verdicts, repaired = _check_local(job, selected, recorded)
+    keep = [rf for rf in selected if verdicts[rf.path].ok]
+    fetch = [rf for rf in selected if not verdicts[rf.path].ok]
     reused = _reuse_local_copies(ref.repo_id, snapshot.commit, fetch, targets, model_dir)
-    if reused:
-        keep += [rf for rf in fetch if rf.path in reused]
-        fetch = [rf for rf in fetch if rf.path not in reused]
     bytes_total = sum(rf.size for rf in selected)
-    counters = Counters(progress, bytes_total, sum(rf.size for rf in keep), len(selected), len(keep))
-    if fetch:
-        engine = Engine(snapshot, endpoint, token, workers, chunk_size, counters)
-        _fetch(engine, fetch, targets, model_dir)
+    counters = Counters(job.progress, bytes_total, sum(rf.size for rf in keep), len(selected), len(keep))
+    to_fetch = [rf for rf in fetch if rf.path not in reused]
+    if to_fetch:
+        engine = Engine(snapshot, endpoint, token, job.workers, job.chunk_size, counters)
+        _fetch(engine, to_fetch, targets, model_dir)
     if old is not None:
         _remove_dropped(model_dir, old, {rf.path for rf in snapshot.files})
-    manifest, previous = _new_manifest(ref, want_revision, snapshot.commit, quant, selected, old)
+    identities = _final_identities(job, selected, verdicts)
+    manifest, previous = _new_manifest(job, snapshot.commit, quant, selected, old, identities)
     manifests.write_manifest(model_dir, manifest)
     _cleanup_partial(model_dir)
     downloaded = counters.bytes_downloaded
-    if progress is not None:
-        progress(ProgressUpdate(bytes_total, bytes_total, downloaded, len(selected), len(selected),
-                                finished=True))
+    if job.progress is not None:
+        job.progress(ProgressUpdate(bytes_total, bytes_total, downloaded, len(selected), len(selected),
+                                    finished=True))
     return PullResult(name=ref.repo_id, path=str(model_dir), revision=snapshot.commit, files=len(selected),
-                      bytes_downloaded=downloaded, bytes_total=bytes_total, verified=True,
-                      kept_files=len(keep), fetched_files=[rf.path for rf in fetch],
-                      previous_revision=previous, quant=quant, reused_files=sorted(reused))
+                      bytes_downloaded=downloaded, bytes_total=bytes_total,
+                      verified=all(hashing.expected_digest(rf)[0] != "size" for rf in selected),
+                      kept_files=len(keep), fetched_files=[rf.path for rf in to_fetch],
+                      previous_revision=previous, quant=quant, reused_files=sorted(reused),
+                      repaired=sorted(repaired), hashed_files=_hashed(verdicts, fetch))
+
+
+def _hashed(verdicts: dict[str, ondisk.Verdict], fetched: list) -> int:
+    """Files whose hash was checked in this run (fetched, reused or re-hashed on disk)."""
+    return len(fetched) + sum(1 for v in verdicts.values() if v.ok and v.hashed)
+
+
+def _final_identities(job: _Pull, files: list, verdicts: dict[str, ondisk.Verdict]) -> dict[str, tuple | None]:
+    """The identity of every file as verified, read before the model is called complete.
+
+    A file kept at the start must still be the file that was checked then; one that changed
+    during the pull is checked again (exit 5 if it no longer matches). Fetched and reused
+    files were hashed by the engine or the storage helpers just now."""
+    out: dict[str, tuple | None] = {}
+    for f in files:
+        where, v = _on_disk(job, f.path), verdicts[f.path]
+        if not v.ok and where != names.safe_repo_path(job.model_dir, f.path):
+            out[f.path] = None      # fetched to the top level; the template step moves it aside
+            continue
+        now = ondisk.identity_of(where)
+        if v.ok and now != v.identity:
+            again = ondisk.check(where, f, None, rehash=True)
+            if not again.ok:
+                raise IntegrityError(f"a file changed during the pull ({again.problem})", f.path,
+                                     "run the same command again to repair it")
+            now = again.identity
+        out[f.path] = now
+    return out
 
 
 def _fetch(engine: Engine, fetch: list[RemoteFile], targets: dict[str, Path], model_dir: Path) -> None:
@@ -192,14 +252,15 @@ def _remove_dropped(model_dir: Path, old: manifests.Manifest, new_paths: set[str
                 pass
 
 
-def _new_manifest(ref: names.ModelRef, want_revision: str | None, commit: str, quant: str | None,
-                  selected: list[RemoteFile], old: manifests.Manifest | None
+def _new_manifest(job: _Pull, commit: str, quant: str | None, selected: list[RemoteFile],
+                  old: manifests.Manifest | None, identities: dict[str, tuple | None]
                   ) -> tuple[manifests.Manifest, str | None]:
     """The manifest of this pull (usage, pin and extras carried over) and the previous commit."""
-    manifest = manifests.Manifest(
-        repo_id=ref.repo_id, revision=want_revision or "main", commit=commit, quant=quant,
-        files=[manifests.ManifestFile(rf.path, rf.size, rf.sha256, rf.git_sha1) for rf in selected],
-        pulled_at=time.time())
+    now = time.time()
+    files = [ondisk.with_identity(manifests.ManifestFile(rf.path, rf.size, rf.sha256, rf.git_sha1),
+                                  identities.get(rf.path), now) for rf in selected]
+    manifest = manifests.Manifest(repo_id=job.ref.repo_id, revision=job.want_revision or "main", commit=commit,
+                                  quant=quant, files=files, pulled_at=now)
     previous = None
     if old is not None:
         manifest.last_used, manifest.use_counts = old.last_used, dict(old.use_counts)
@@ -260,24 +321,30 @@ def _cleanup_partial(model_dir: Path) -> None:
             pass
 
 
-def _offline_result(ref: names.ModelRef, model_dir: Path, old: manifests.Manifest | None,
-                    want_revision: str | None) -> PullResult:
+def _offline_result(job: _Pull) -> PullResult:
+    """No network: succeed only when every file of the manifest is on disk and verified
+    (files whose identity changed are hashed again; ``verify`` hashes all)."""
+    ref, model_dir = job.ref, job.model_dir
+    old = manifests.read_manifest(model_dir) if model_dir.exists() else None
     hint = "run without --offline / HF_HUB_OFFLINE to download it"
     if old is None:
         raise RemoteError("offline and the model is not in the models root", ref.repo_id, hint)
-    if want_revision and want_revision not in (old.revision, old.commit):
+    if job.want_revision and job.want_revision not in (old.revision, old.commit):
         raise RemoteError("offline and the model holds another revision",
-                          f"{ref.repo_id}@{want_revision} (have {old.revision})", hint)
-    for f in old.files:
-        path = names.safe_repo_path(model_dir, f.path)
-        try:
-            size = path.stat().st_size
-        except OSError:
-            raise RemoteError("offline and the model is incomplete", f"{ref.repo_id}: {f.path} missing",
-                              hint) from None
-        if size != f.size:
-            raise RemoteError("offline and the model is incomplete",
-                              f"{ref.repo_id}: {f.path} has {size} bytes, expected {f.size}", hint)
+                          f"{ref.repo_id}@{job.want_revision} (have {old.revision})", hint)
+    verdicts = ondisk.check_all([(_on_disk(job, f.path), f, f) for f in old.files], job.verify)
+    for v in verdicts:
+        if not v.ok:
+            what = "incomplete" if v.problem == "missing" or (v.problem or "").startswith("size") else "damaged"
+            raise RemoteError(f"offline and the model is {what}", f"{ref.repo_id}: {v.path} {v.problem}",
+                              "run without --offline / HF_HUB_OFFLINE to repair it")
+    if any(v.hashed for v in verdicts):     # record what was verified now
+        now = time.time()
+        old.files = [ondisk.with_identity(f, v.identity, now) if v.hashed else f
+                     for f, v in zip(old.files, verdicts)]
+        manifests.write_manifest(model_dir, old)
     return PullResult(name=ref.repo_id, path=str(model_dir), revision=old.commit or "", files=len(old.files),
-                      bytes_downloaded=0, bytes_total=old.total_bytes, verified=True,
-                      kept_files=len(old.files), quant=old.quant)
+                      bytes_downloaded=0, bytes_total=old.total_bytes,
+                      verified=all(hashing.expected_digest(f)[0] != "size" for f in old.files),
+                      kept_files=len(old.files), quant=old.quant,
+                      hashed_files=sum(1 for v in verdicts if v.hashed))

@@ -26,6 +26,25 @@ class ManifestFile:
     size: int
     sha256: str | None = None      # LFS files: the Hub's lfs.sha256
     git_sha1: str | None = None    # every file: the git blob id
+    # What identified the file on disk (os.stat) when its hash was last checked: while all
+    # of these are unchanged, the file is the one that was verified. None: not recorded.
+    mtime_ns: int | None = None
+    ctime_ns: int | None = None
+    inode: int | None = None
+    device: int | None = None
+    verified_at: float | None = None
+
+    def identity(self) -> tuple | None:
+        """(size, mtime_ns, ctime_ns, inode, device) recorded at verification, or None."""
+        if self.mtime_ns is None or self.ctime_ns is None or self.inode is None or self.device is None:
+            return None
+        return (self.size, self.mtime_ns, self.ctime_ns, self.inode, self.device)
+
+
+def stat_identity(st) -> tuple:
+    """What identifies a file on disk, in :meth:`ManifestFile.identity`'s order. ctime
+    catches an in-place rewrite whose mtime was put back (os.utime cannot set ctime)."""
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
 
 
 @dataclass
@@ -58,8 +77,8 @@ class Manifest:
     def from_json(cls, doc: dict[str, Any]) -> Manifest:
         known = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in doc.items() if k in known}
-        kwargs["files"] = [ManifestFile(**{k: v for k, v in f.items()
-                                           if k in {"path", "size", "sha256", "git_sha1"}})
+        file_fields = {f.name for f in dataclasses.fields(ManifestFile)}
+        kwargs["files"] = [ManifestFile(**{k: v for k, v in f.items() if k in file_fields})
                            for f in doc.get("files", [])]
         if not isinstance(kwargs.get("repo_id"), str):
             raise ValueError("repo_id missing")
