@@ -22,7 +22,7 @@ from vmm.core import hashing
 from vmm.core.errors import DiskSpaceError, UsageError, VmmError
 from vmm.core.hub.client import RemoteFile
 
-MAP_FLUSH_BYTES = 4 * 1024 * 1024
+MAP_FLUSH_BYTES = 2 * 1024 * 1024
 HASH_BLOCK = 8 * 1024 * 1024
 
 

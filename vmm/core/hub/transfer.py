@@ -35,7 +35,7 @@ FILE_ATTEMPTS = 3               # whole-file refetches after a hash mismatch
 BACKOFF_BASE_S = 0.2
 BACKOFF_CAP_S = 10.0
 SOCKET_TIMEOUT_S = 30.0
-WRITE_BLOCK = 4 * 1024 * 1024   # bytes received before they are written (per worker buffer)
+WRITE_BLOCK = 2 * 1024 * 1024   # bytes received before they are written (per worker buffer)
 REPORT_INTERVAL_S = 0.1
 
 

@@ -1,0 +1,139 @@
+"""Benchmark: bytes fetched again after SIGKILLs at random points of a pull.
+
+One local Hub server (tests/hubserver.py, in this process, per-connection rate cap so that
+kills land mid-chunk), one repo of a few shards (generated into bench/out/ like
+bench/pull.py). For each client: start a pull, SIGKILL it once the server has sent a random
+amount (seeded), repeat ``--kills`` times, then let a last run finish uncapped. Reported:
+bytes the server sent in total minus the repo's size, i.e. what the kills cost.
+
+Clients: ``vmm pull`` (this checkout: progress inside each chunk is kept), ``vmm pull
+(before)`` (a checkout given with --before, e.g. one whose resume keeps whole chunks only),
+``hf download`` (huggingface_hub's resume of ``.incomplete`` files).
+
+    .venv/bin/python bench/resume.py [--size-mib 512] [--shards 4] [--kills 4]
+                                     [--rate-mib 20] [--before /path/to/old/checkout] [--record]
+
+``--record`` appends the results to docs/benchmarks.md under "## pull".
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(HERE))
+
+from hubserver import HubServer  # noqa: E402
+from pull import OUT, PY, make_repo  # noqa: E402
+
+MIB = 1 << 20
+
+
+def command(client: str, dest: Path, workers: int, chunk: str) -> list[str]:
+    if client == "hf download":
+        return [str(Path(PY).with_name("hf")), "download", "bench/model", "--local-dir", str(dest)]
+    return [PY, "-m", "vmm", "pull", "bench/model", "--root", str(dest), "--workers", str(workers),
+            "--chunk-size", chunk]
+
+
+def run_client(hub: HubServer, client: str, env: dict, cwd: Path, args, rng: random.Random,
+               total: int) -> dict:
+    dest = OUT / f"resume-{client.replace(' ', '-')}"
+    shutil.rmtree(dest, ignore_errors=True)
+    shutil.rmtree(OUT / "hf-home", ignore_errors=True)
+    cmd = command(client, dest, args.workers, args.chunk_size)
+    hub.reset_counters()
+    hub.faults.rate_bytes_per_s = args.rate_mib * MIB
+    kills = 0
+    for _ in range(args.kills):
+        target = hub.total_served() + rng.randint(total // (3 * args.kills), total // (2 * args.kills))
+        child = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 600
+        while hub.total_served() < target and child.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if child.poll() is None:
+            kills += 1
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    hub.faults.rate_bytes_per_s = None
+    proc = subprocess.run(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{client} failed ({proc.returncode}): {proc.stderr[-500:]}")
+    served = hub.total_served()
+    shutil.rmtree(dest, ignore_errors=True)
+    return {"client": client, "kills": kills, "served": served, "refetched": served - total}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--size-mib", type=int, default=512)
+    parser.add_argument("--shards", type=int, default=4)
+    parser.add_argument("--kills", type=int, default=4)
+    parser.add_argument("--rate-mib", type=float, default=20.0, help="per-connection cap while killing")
+    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--chunk-size", default="16MiB")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--before", type=Path, default=None, help="another vmm checkout to compare")
+    parser.add_argument("--clients", default="vmm pull,vmm pull (before),hf download")
+    parser.add_argument("--record", action="store_true", help="append results to docs/benchmarks.md")
+    args = parser.parse_args()
+    repo = make_repo(args.size_mib, args.shards)
+    total = sum(p.stat().st_size for p in repo.iterdir() if not p.name.startswith("."))
+    rows = []
+    with HubServer() as hub:
+        hub.add_repo("bench/model", repo)
+        env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HUB_DISABLE_TELEMETRY": "1",
+               "HF_HOME": str(OUT / "hf-home"), "NO_COLOR": "1"}
+        env.pop("HF_TOKEN", None)
+        for client in [c.strip() for c in args.clients.split(",") if c.strip()]:
+            client_env, cwd = dict(env), REPO
+            if client == "vmm pull (before)":
+                if args.before is None:
+                    continue
+                # `python -m` looks in the working directory first: run from the other checkout.
+                client_env["PYTHONPATH"], cwd = str(args.before), args.before
+            row = run_client(hub, client, client_env, cwd, args, random.Random(args.seed), total)
+            rows.append(row)
+            print(f"  {client:<20} {row['kills']} kills: {row['refetched'] / MIB:8.1f} MiB fetched again "
+                  f"({row['refetched'] / MIB / max(1, row['kills']):.1f} MiB per kill)", flush=True)
+    if args.record:
+        record(rows, total, args)
+    return 0
+
+
+def record(rows: list[dict], total: int, args) -> None:
+    path = REPO / "docs" / "benchmarks.md"
+    text = path.read_text()
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    machine = f"{platform.node()}, {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+    lines = [f"\n### resume, {stamp}: {total / 2**30:.2f} GiB in {args.shards} shards, {machine}",
+             f"`bench/resume.py --kills {args.kills} --rate-mib {args.rate_mib:g} --workers {args.workers} "
+             f"--chunk-size {args.chunk_size} --seed {args.seed}` (SIGKILL once the server has sent a random "
+             "amount; then one uncapped run to the end)\n",
+             "| client | kills | MiB fetched again | per kill | per kill and connection |",
+             "| --- | --- | --- | --- | --- |"]
+    for r in rows:
+        per_kill = r["refetched"] / MIB / max(1, r["kills"])
+        per_conn = f"{per_kill / args.workers:.1f}" if r["client"].startswith("vmm") else "-"
+        lines.append(f"| {r['client']} | {r['kills']} | {r['refetched'] / MIB:.1f} | {per_kill:.1f} | {per_conn} |")
+    block = "\n".join(lines) + "\n"
+    head, _, tail = text.partition("## pull")
+    body, sep, rest = tail.partition("\n## ")
+    path.write_text(head + "## pull" + body.rstrip("\n") + "\n" + block + (("\n## " + rest) if sep else ""))
+    print(f"recorded in {path}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
