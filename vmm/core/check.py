@@ -63,7 +63,7 @@ class CheckReport:
         if cls is IncompatibleError:
             hint = "see the vllm check above: another vLLM version (--vllm-version to judge it) or another model"
         elif self.managed:
-            hint = f"see the checklist above; `vmm pull {self.name}` re-downloads damaged or missing files"
+            hint = f"see the checklist above; `vmm pull --verify {self.name}` re-downloads damaged or missing files"
         else:
             hint = "see the checklist above; restore or re-download the files named"
         return cls(f"check failed: {first.name}{more}", f"{self.name}: {first.failure or first.detail}", hint)
@@ -145,7 +145,7 @@ def _integrity(model: local.LocalModel, fast: bool, fmt: str) -> Check:
         more = f" and {len(bad) - 8} more" if len(bad) > 8 else ""
         return Check("integrity", "fail",
                      f"{len(bad)} of {len(verdicts)} files do not match the manifest: {shown}{more}; "
-                     f"run `vmm pull {model.name}` to repair", IntegrityError.exit_code)
+                     f"run `vmm pull --verify {model.name}` to repair", IntegrityError.exit_code)
     hashed = sum(v.hashed for v in verdicts)
     total = sum(f.size for f in manifest.files)
     if fast:

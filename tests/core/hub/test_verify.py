@@ -102,7 +102,7 @@ def test_same_size_damage_is_reported_by_check_and_repaired_by_pull(hub, root, p
     check = run_vmm("check", "org/tiny", "--json")
     assert check.exit_code == 5, check.stderr
     assert _integrity(check)["status"] == "fail" and SHARD2 in _integrity(check)["detail"]
-    assert "vmm pull org/tiny" in check.stderr
+    assert "vmm pull --verify org/tiny" in check.stderr
 
     run = run_vmm("pull", "org/tiny", "--json")
     assert run.exit_code == 0, run.stderr
@@ -155,6 +155,8 @@ def test_only_verify_finds_damage_that_left_the_metadata_alone(hub, root, pulled
     _age_records(model, identity_from_disk=True)       # bit rot: nothing on the inode changed
     run = run_vmm("pull", "org/tiny", "--json")
     assert run.exit_code == 0 and run.json()["repaired"] == []     # documented: only --verify sees it
+    check = run_vmm("check", "org/tiny")
+    assert check.exit_code == 5 and "`vmm pull --verify org/tiny`" in check.stderr   # the hint holds
     run = run_vmm("pull", "org/tiny", "--json", "--verify")
     assert run.exit_code == 0, run.stderr
     assert run.json()["repaired"] == [SHARD1]

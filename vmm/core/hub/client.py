@@ -153,11 +153,16 @@ def _map_error(exc: BaseException, repo_id: str, revision: str) -> VmmError | No
 def _get_json(url: str, params: dict, token: str | None, repo_id: str, revision: str) -> Any:
     """One GET through huggingface_hub's session; the decoded JSON. Raises VmmError or a
     retryable exception; a body that is not JSON is MalformedAnswer."""
-    from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
+    from huggingface_hub.utils import get_session, hf_raise_for_status
 
+    # Headers by hand: huggingface_hub's build_hf_headers may first fetch an "agent
+    # harnesses" registry from the endpoint (2.4.0 utils/_detect_agent.py), a call vmm does
+    # not need to make.
+    headers = {"User-Agent": "vmm", "Accept": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
     try:
-        response = get_session().get(url, headers=build_hf_headers(token=token or False),
-                                     params=params, timeout=TIMEOUT_S)
+        response = get_session().get(url, headers=headers, params=params, timeout=TIMEOUT_S)
         hf_raise_for_status(response)
         body = response.content
     except Exception as exc:  # noqa: BLE001 - the library's and the network's failures, mapped
