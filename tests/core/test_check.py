@@ -92,7 +92,7 @@ def test_one_flipped_byte_exits_5_naming_the_file(root):
     path = tiny_model(root, shards=2)
     flip_byte(path / "model-00002-of-00002.safetensors")
     run = run_vmm("check", "acme/tiny-chat", "--json")
-    assert_error_line(run, 5, "integrity", "model-00002-of-00002.safetensors", "vmm pull acme/tiny-chat")
+    assert_error_line(run, 5, "integrity", "model-00002-of-00002.safetensors", "vmm pull --verify acme/tiny-chat")
     doc = run.json()
     assert doc["ok"] is False
     integrity = by_name(doc)["integrity"]
