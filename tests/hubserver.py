@@ -21,6 +21,7 @@ log (``server.requests``) let tests assert what a client did.
 As a script::
 
     python tests/hubserver.py --repo org/name=DIR [--repo org/other=DIR2] --port 0
+        [--fake-hashes] [--rate BYTES_PER_S]
 """
 
 from __future__ import annotations
@@ -277,11 +278,21 @@ class HubServer:
         return f"http://localhost:{self.cdn.server_address[1]}"
 
     def add_repo(self, repo_id: str, source: Path | dict[str, bytes], revision: str = "main",
-                 gated_tokens: set[str] | None = None, lfs: dict[str, bool] | None = None) -> str:
-        """Add (or add a revision to) a repo; return the fake commit sha of that revision."""
+                 gated_tokens: set[str] | None = None, lfs: dict[str, bool] | None = None,
+                 fake_hashes: bool = False) -> str:
+        """Add (or add a revision to) a repo; return the fake commit sha of that revision.
+
+        ``fake_hashes``: advertise made-up hashes instead of reading every byte to hash it,
+        for plan tests and benchmarks on multi-GB sparse repos that are never pulled whole
+        (a pull of such a repo fails verification, as it should).
+        """
         files = load_files(source)
         for path, flag in (lfs or {}).items():
             files[path].lfs = flag
+        if fake_hashes:
+            for entry in files.values():
+                entry._sha256 = hashlib.sha256(f"fake:{entry.path}:{entry.size}".encode()).hexdigest()
+                entry._sha1 = hashlib.sha1(f"fake:{entry.path}:{entry.size}".encode()).hexdigest()
         repo = self.repos.setdefault(repo_id, Repo(repo_id))
         if gated_tokens is not None:
             repo.gated_tokens = set(gated_tokens)
@@ -671,6 +682,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--rate", type=float, default=None,
                         help="cap each connection's body bytes/s (e.g. 104857600)")
+    parser.add_argument("--fake-hashes", action="store_true",
+                        help="advertise made-up hashes (plans of huge sparse repos; pulls then fail verification)")
     args = parser.parse_args(argv)
     hub = HubServer(args.host, args.port)
     for spec in args.repo:
@@ -678,7 +691,7 @@ def main(argv: list[str] | None = None) -> int:
         name, _, rev = name.partition("@")
         if not directory or not Path(directory).is_dir():
             parser.error(f"--repo {spec}: not ORG/NAME=DIR with an existing DIR")
-        hub.add_repo(name, Path(directory), revision=rev or "main")
+        hub.add_repo(name, Path(directory), revision=rev or "main", fake_hashes=args.fake_hashes)
     hub.faults.rate_bytes_per_s = args.rate
     hub.start()
     print(hub.url, flush=True)
