@@ -1,9 +1,11 @@
 """Placement on this host: which GPUs a new server gets, how much of them, which port; and
 the "will it fit?" verdict that ``vmm pull --fit`` gives before any weight is downloaded.
 
-Room on a GPU = min(free memory now, total - memory that live vmm servers planned there).
-The first term sees every process (nvidia-smi / NVML); the second covers a vmm server that is
-still starting and has not allocated yet. vLLM's ``--gpu-memory-utilization`` is a fraction
+Room on a GPU = free memory now (nvidia-smi / NVML: every process) less what live vmm
+servers planned there but do not hold yet (a server still starting). What a vmm server holds
+comes from the driver's per-process list (``--query-compute-apps``), matched to the server's
+session (vmm starts vLLM in its own session, so its engine and workers share the session id);
+where the driver lists no processes (some containers), none is assumed held: cautious. vLLM's ``--gpu-memory-utilization`` is a fraction
 of *total* memory that vLLM checks against *free* memory at start-up
 (``request_memory`` in ``vllm/v1/worker/utils.py``, 0.32: "Free memory on device ... is less
 than desired GPU memory utilization"), so on a shared GPU the fraction is computed from what
@@ -37,15 +39,17 @@ class GpuRoom:
     free_bytes: int
     vmm_bytes: int                                   # planned by live vmm servers
     vmm_servers: list[str] = field(default_factory=list)
+    vmm_held_bytes: int = 0                          # what the driver says those servers hold
+    other_pids: list[int] = field(default_factory=list)
 
     @property
     def room_bytes(self) -> int:
-        return max(0, min(self.free_bytes, self.total_bytes - self.vmm_bytes))
+        return max(0, self.free_bytes - max(0, self.vmm_bytes - self.vmm_held_bytes))
 
     @property
     def other_bytes(self) -> int:
-        """Used by processes vmm did not start (as far as can be told)."""
-        return max(0, self.total_bytes - self.free_bytes - self.vmm_bytes)
+        """Used by processes vmm did not start (and the driver's own reserve)."""
+        return max(0, self.total_bytes - self.free_bytes - self.vmm_held_bytes)
 
     def dedicated(self, util: float) -> bool:
         return not self.vmm_servers and self.free_bytes >= util * self.total_bytes
@@ -63,8 +67,17 @@ class Placement:
 def host_rooms(root: Path | None, gpus: list[gpu_mod.GpuInfo]) -> list[GpuRoom]:
     """Each GPU's memory and the live vmm servers that planned memory on it."""
     rooms = {g.index: GpuRoom(g.index, g.name, g.total_bytes, g.free_bytes, 0) for g in gpus}
-    if root is not None:
-        for record in runtime.live_records(root):
+    records = runtime.live_records(root) if root is not None else []
+    sessions = {r.pid for r in records}
+    for proc in gpu_mod.compute_processes(gpus) or []:
+        if proc.gpu_index not in rooms:
+            continue
+        if runtime.session_of(proc.pid) in sessions or proc.pid in sessions:
+            rooms[proc.gpu_index].vmm_held_bytes += proc.used_bytes
+        else:
+            rooms[proc.gpu_index].other_pids.append(proc.pid)
+    if records:
+        for record in records:
             for index in record.gpu_ids or []:
                 if index in rooms:
                     rooms[index].vmm_bytes += int(record.gpu_bytes or 0)
@@ -73,8 +86,9 @@ def host_rooms(root: Path | None, gpus: list[gpu_mod.GpuInfo]) -> list[GpuRoom]:
     return [rooms[g.index] for g in gpus]
 
 
-def _util_for(rooms: list[GpuRoom], opts: planner.PlanOptions) -> tuple[float | None, bool]:
-    """The fraction for a set of GPUs, and whether it was computed from free memory."""
+def _util_for(rooms: list[GpuRoom], opts: planner.PlanOptions, forced: bool = False) -> tuple[float | None, bool]:
+    """The fraction for a set of GPUs, and whether it was computed from free memory.
+    ``forced``: --gpu-ids with --gpu-memory-utilization, taken as given."""
     default = planner.default_gpu_memory_utilization(opts.vllm_version)
     wanted = opts.gpu_memory_utilization
     if wanted is None and all(r.dedicated(default) for r in rooms):
@@ -82,13 +96,14 @@ def _util_for(rooms: list[GpuRoom], opts: planner.PlanOptions) -> tuple[float | 
     total = min(r.total_bytes for r in rooms)
     fits = min(r.room_bytes for r in rooms) - SHARED_MARGIN_BYTES
     if wanted is not None:
-        return (wanted, False) if wanted * total <= min(r.room_bytes for r in rooms) else (None, True)
+        ok = forced or wanted * total <= min(r.room_bytes for r in rooms)
+        return (wanted, False) if ok else (None, True)
     util = math.floor(fits / total * 100) / 100
     return (min(util, default), True) if util >= 0.05 else (None, True)
 
 
-def _try(cfg, weight_bytes, rooms, opts, cc) -> tuple[planner.Plan, float, bool] | None:
-    util, shared = _util_for(rooms, opts)
+def _try(cfg, weight_bytes, rooms, opts, cc, forced=False) -> tuple[planner.Plan, float, bool] | None:
+    util, shared = _util_for(rooms, opts, forced)
     if util is None:
         return None
     hw = planner.Hardware("cuda", len(rooms), min(r.total_bytes for r in rooms), cc)
@@ -122,7 +137,7 @@ def place(cfg, weight_bytes: int, gpus: list[gpu_mod.GpuInfo], root: Path | None
                       for c in sorted(itertools.combinations(rooms, k), key=lambda c: sum(r.room_bytes for r in c))]
     best = None
     for chosen in candidates:
-        found = _try(cfg, weight_bytes, chosen, opts, cc)
+        found = _try(cfg, weight_bytes, chosen, opts, cc, forced=gpu_ids is not None)
         if found is None:
             continue
         plan_, util, shared = found
@@ -149,8 +164,9 @@ def _no_room(cfg, weight_bytes, gpus, rooms, opts, cc, gpu_ids) -> IncompatibleE
     users = []
     for r in rooms:
         who = "; ".join(r.vmm_servers) or "no vmm server"
+        pids = f" pids {','.join(map(str, r.other_pids[:5]))}" if r.other_pids else ""
         users.append(f"GPU {r.index}: {human_bytes(r.room_bytes)} free of {human_bytes(r.total_bytes)} "
-                     f"(vmm: {who}; other processes: {human_bytes(r.other_bytes)})")
+                     f"(vmm: {who}; other processes{pids}: {human_bytes(r.other_bytes)})")
     return IncompatibleError("no room for the model on this host's GPUs now", " | ".join(users),
                              "stop a server (`vmm stop NAME`), serve with --max-model-len or "
                              "--kv-cache-dtype fp8, or start the other servers with a lower --gpu-memory-utilization")

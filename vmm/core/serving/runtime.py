@@ -72,6 +72,15 @@ def process_start_time(pid: int) -> str | None:
     return rest[19] if len(rest) > 19 else None
 
 
+def session_of(pid: int) -> int | None:
+    """Field 6 of /proc/<pid>/stat (session id): vLLM's workers share vmm's child's session."""
+    try:
+        rest = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()
+        return int(rest[3])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def pid_alive(pid: int, start: str | None = None) -> bool:
     try:
         os.kill(pid, 0)
