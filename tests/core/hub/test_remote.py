@@ -121,3 +121,31 @@ def test_a_repo_without_weights_vmm_can_size_is_exit_3(hub):
     hub.add_repo("org/empty", {"config.json": b'{"model_type": "llama"}', "README.md": b"hi"})
     assert_error_line(run_vmm("serve", "org/empty", "--dry-run", "--gpus", "1", "--gpu-memory", "8GiB"),
                       3, "no weights vmm can size")
+
+
+def _gpus(tmp_path, monkeypatch, total_mib):
+    fakegpu.install(tmp_path / "bin", [(0, "Tesla T4", total_mib, total_mib - 100, "7.5")])
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(gpu, "_from_nvml", lambda: None)
+
+
+def test_pull_fit_refuses_before_any_weight_byte_with_what_would_fit(hub, qwen_dir, root, tmp_path, monkeypatch):
+    hub.add_repo("Qwen/Qwen2-7B-Instruct", qwen_dir, fake_hashes=True)
+    _gpus(tmp_path, monkeypatch, 15360)                     # one 15 GiB GPU: 14.2 GiB of weights + runtime do not fit
+    run = run_vmm("pull", "Qwen/Qwen2-7B-Instruct", "--fit")
+    assert_error_line(run, 6, "will not fit this host's GPUs", "nothing was downloaded", "2 such GPUs would fit")
+    assert not any(root.rglob("*.safetensors")) and not any(root.rglob("*.part"))
+    assert hub.total_served() < 15231233024 / 100
+
+
+def test_pull_warns_when_it_will_not_fit_and_says_nothing_without_a_gpu(hub, root, tmp_path, monkeypatch):
+    d = b.make_safetensors_model(tmp_path / "tiny", sparse=False)
+    hub.add_repo("org/tiny", d)
+    run = run_vmm("pull", "org/tiny")                        # no nvidia-smi on PATH here: no GPU, no warning
+    assert run.exit_code == 0, run.stderr
+    assert "will not fit" not in run.stderr
+    _gpus(tmp_path, monkeypatch, 1024)                       # 1 GiB: less than vLLM's runtime alone
+    run = run_vmm("pull", "org/tiny", "--root", str(tmp_path / "other"))
+    assert run.exit_code == 0, run.stderr
+    assert "warning: org/tiny will not fit this host's GPUs" in run.stderr
+    assert (tmp_path / "other" / "org--tiny" / "model.safetensors").is_file()

@@ -272,3 +272,34 @@ def parse_gpu_ids(text: str | None) -> list[int] | None:
     if not ids or any(i < 0 for i in ids):
         raise UsageError("malformed --gpu-ids", repr(text), "give GPU indices as shown by nvidia-smi, e.g. 0,1")
     return ids
+
+
+def pull_check(name: str, revision: str | None, strict: bool) -> FitVerdict | None:
+    """Before a pull: can this host's GPUs serve the model? Read from the Hub without weights.
+
+    ``strict`` (``pull --fit``): exit 6 with the reason and what would fit, before any weight
+    byte is written; also exit 6 without a GPU. Otherwise a verdict to warn with, or None when
+    there is no GPU or the Hub cannot say (the pull reports its own errors).
+    """
+    from vmm.core.errors import VmmError
+    from vmm.core.hub import remote
+
+    gpus = gpu_mod.discover()
+    if not gpus:
+        if strict:
+            raise IncompatibleError("no GPU found to check the fit against", name,
+                                    "drop --fit on a host without GPUs, or plan with `vmm serve NAME --dry-run --gpus N --gpu-memory SIZE`")
+        return None
+    try:
+        model = remote.read_remote_model(name, revision)
+        result = verdict(model.cfg, model.weights.weight_bytes or 0, gpus, planner.PlanOptions(),
+                         model.gguf_variants, model.quant)
+    except VmmError:
+        if strict:
+            raise
+        return None
+    if strict and not result.fits:
+        what = "; ".join(result.alternatives) if result.alternatives else "a smaller or quantized model"
+        raise IncompatibleError("the model will not fit this host's GPUs", f"{name}: {result.reason}",
+                                f"nothing was downloaded; would fit: {what}")
+    return result
