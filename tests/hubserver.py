@@ -183,6 +183,7 @@ class Faults:
         self.lock = threading.Lock()
         self.items: list[Fault] = []
         self.rate_bytes_per_s: float | None = None   # per connection cap on bodies
+        self.latency_s: float = 0.0                   # added before every answer (a link's round trip)
 
     def add(self, kind: str, **kwargs) -> Fault:
         fault = Fault(kind, **kwargs)
@@ -194,6 +195,7 @@ class Faults:
         with self.lock:
             self.items.clear()
         self.rate_bytes_per_s = None
+        self.latency_s = 0.0
 
     def take(self, kind: str, path: str) -> Fault | None:
         with self.lock:
@@ -404,6 +406,8 @@ def _handler(hub: HubServer, cdn: bool):
 
         def _dispatch(self) -> None:
             self._log()
+            if hub.faults.latency_s:
+                time.sleep(hub.faults.latency_s)
             try:
                 split = urlsplit(self.path)
                 path = split.path
@@ -682,6 +686,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--rate", type=float, default=None,
                         help="cap each connection's body bytes/s (e.g. 104857600)")
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds added before every answer")
     parser.add_argument("--fake-hashes", action="store_true",
                         help="advertise made-up hashes (plans of huge sparse repos; pulls then fail verification)")
     args = parser.parse_args(argv)
@@ -693,6 +698,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--repo {spec}: not ORG/NAME=DIR with an existing DIR")
         hub.add_repo(name, Path(directory), revision=rev or "main", fake_hashes=args.fake_hashes)
     hub.faults.rate_bytes_per_s = args.rate
+    hub.faults.latency_s = args.latency
     hub.start()
     print(hub.url, flush=True)
     try:

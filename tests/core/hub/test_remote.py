@@ -74,7 +74,7 @@ def test_gguf_plan_grows_the_range_until_the_tensor_infos_parse(hub, tmp_path, m
     local = formats.weight_summary(d, "Q8_0")
     assert found.weights.weight_bytes == local.weight_bytes and found.cfg.num_hidden_layers == 2
     ranges = [r.headers["Range"] for r in hub.requests if r.path.endswith("Q8_0.gguf")]
-    assert len(ranges) >= 3 and ranges[0] == "bytes=0-1023"        # 1 KiB, then doubled
+    assert len(ranges) >= 3 and ranges[:2] == ["bytes=0-1023", "bytes=1024-4095"]   # 1 KiB, then x4
     assert [v.quant for v in found.gguf_variants] == ["Q4_K_M", "Q8_0"]
 
 

@@ -8,7 +8,7 @@ What is read, for ``org/name[:QUANT][@REV]`` at the commit the revision resolves
   huggingface_hub 2.4.0 ``HfApi.get_safetensors_metadata`` does (``hf_api.py``: a first
   ``Range: bytes=0-100000``, then ``bytes=8-{length+7}`` only when the header is longer);
   sharded checkpoints: the index, then every shard's header, in parallel;
-- GGUF: the first bytes of the chosen quantization's file(s) by Range, doubled until the
+- GGUF: the first bytes of the chosen quantization's file(s) by Range, 1 MiB then x4 until the
   header, key/values and tensor infos parse (never the tensor data).
 
 The same parsers as for local files do the reading (``formats.parse_safetensors_header``,
@@ -35,7 +35,8 @@ from vmm.core.model import formats, gguf_meta
 # huggingface_hub 2.4.0 get_safetensors_metadata reads 100 kB first ("97% of safetensors
 # files have a metadata size < 100kb"); a second request only for longer headers.
 SAFETENSORS_FIRST_READ = 100_001
-GGUF_FIRST_READ = 1 << 20          # a vocabulary of 150k tokens needs ~3-4 MiB: doubled as needed
+GGUF_FIRST_READ = 1 << 20          # a vocabulary of 150k tokens needs ~3-4 MiB: x4 as needed
+GGUF_GROWTH = 4                    # each retry re-parses from the start: few, larger steps
 GGUF_MAX_READ = 256 << 20
 PARALLEL_REQUESTS = 8
 TIMEOUT_S = 30.0
@@ -188,7 +189,7 @@ def gguf_header(reader: RangeReader, rf: RemoteFile, tensors: bool = True) -> gg
             if want >= min(rf.size, GGUF_MAX_READ):
                 raise IntegrityError("GGUF header too long to plan from", f"{reader.repo_id}/{rf.path}",
                                      f"headers over {GGUF_MAX_READ >> 20} MiB are not read; pull it") from None
-            want = min(rf.size, GGUF_MAX_READ, want * 2)
+            want = min(rf.size, GGUF_MAX_READ, want * GGUF_GROWTH)
 
 
 def _parallel(fn, items):
@@ -267,8 +268,10 @@ def read_remote_model(name: str, revision: str | None = None, endpoint: str | No
             cfg = config_mod.config_from_info(info)
         elif fmt in ("safetensors", "mixed") and any(f.path.endswith(".safetensors") for f in selected):
             fmt = "safetensors"
-            cfg = _remote_config(reader, by_path)
-            weights, weight_files = _weights_safetensors(reader, by_path, selected)
+            with ThreadPoolExecutor(max_workers=1) as pool:      # the configs while the headers come
+                pending = pool.submit(_remote_config, reader, by_path)
+                weights, weight_files = _weights_safetensors(reader, by_path, selected)
+                cfg = pending.result()
         elif fmt == "pytorch":
             cfg = _remote_config(reader, by_path)
             weight_files = [f.path for f in selected if formats._is_pytorch_weight(f.path.rsplit("/", 1)[-1])]
