@@ -49,7 +49,7 @@ def pull(
         verdict = fit_mod.pull_check(name, revision, strict=fit)
         if verdict is not None and not verdict.fits:
             render.note(f"warning: {name} will not fit this host's GPUs ({verdict.reason})"
-                        + (f"; would fit: {'; '.join(verdict.alternatives)}" if verdict.alternatives else ""))
+                        + (f"; what would fit: {', '.join(verdict.alternatives)}" if verdict.alternatives else ""))
 
     def _term(_signum, _frame):
         raise KeyboardInterrupt

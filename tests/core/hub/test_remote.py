@@ -133,7 +133,7 @@ def test_pull_fit_refuses_before_any_weight_byte_with_what_would_fit(hub, qwen_d
     hub.add_repo("Qwen/Qwen2-7B-Instruct", qwen_dir, fake_hashes=True)
     _gpus(tmp_path, monkeypatch, 15360)                     # one 15 GiB GPU: 14.2 GiB of weights + runtime do not fit
     run = run_vmm("pull", "Qwen/Qwen2-7B-Instruct", "--fit")
-    assert_error_line(run, 6, "will not fit this host's GPUs", "nothing was downloaded", "2 such GPUs would fit")
+    assert_error_line(run, 6, "will not fit this host's GPUs", "nothing was downloaded", "2 GPUs like these")
     assert not any(root.rglob("*.safetensors")) and not any(root.rglob("*.part"))
     assert hub.total_served() < 15231233024 / 100
 

@@ -81,8 +81,8 @@ def test_pull_verdict_names_more_gpus_and_smaller_gguf_quants():
     v = fit.verdict(QWEN, 30 * GIB, small, planner.PlanOptions(),
                     [GgufVariant("Q4_K_M", ["m-Q4_K_M.gguf"], 5 * GIB), GgufVariant("F16", ["m-F16.gguf"], 30 * GIB)],
                     quant="F16")
-    assert not v.fits and "does not fit" in v.reason
-    assert any("GPUs would fit" in a for a in v.alternatives) and ":Q4_K_M (5.0 GiB)" in v.alternatives
+    assert not v.fits and "weights 30.0 GiB" in v.reason
+    assert v.alternatives == ["2 GPUs like these (tensor parallel 2)", "the :Q4_K_M quantization (5.0 GiB)"]
     assert fit.verdict(QWEN, QWEN_BYTES, small, planner.PlanOptions()).fits
 
 

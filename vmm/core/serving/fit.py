@@ -209,27 +209,34 @@ class FitVerdict:
 
 def verdict(cfg, weight_bytes: int, gpus: list[gpu_mod.GpuInfo], opts: planner.PlanOptions,
             gguf_variants=(), quant: str | None = None) -> FitVerdict:
-    """Can this host's GPUs (all of them, empty) serve the model? With what would, if not."""
+    """Can this host's GPUs (all of them, empty) serve the model? With what would, if not:
+    more GPUs like these, or a smaller GGUF quantization of the same repo."""
     caps = [g.compute_capability for g in gpus if g.compute_capability]
-    hw = planner.Hardware("cuda", len(gpus), min(g.total_bytes for g in gpus), min(caps) if caps else None)
+    cc = min(caps) if caps else None
+    hw = planner.Hardware("cuda", len(gpus), min(g.total_bytes for g in gpus), cc)
     try:
         plan_ = planner.plan(cfg, weight_bytes, hw, opts)
         return FitVerdict(True, None, plan_, [], len(gpus), hw.gpu_memory_bytes)
     except IncompatibleError as exc:
-        alternatives = []
-        for variant in gguf_variants:
-            if variant.quant == quant or variant.size_bytes >= weight_bytes:
-                continue
-            try:
-                planner.plan(cfg, variant.size_bytes, hw, opts)
-            except IncompatibleError:
-                continue
-            alternatives.append(f":{variant.quant} ({human_bytes(variant.size_bytes)})")
-        reason = f"{exc.what}: {exc.which}" if getattr(exc, "which", "") else exc.what
-        more = exc.hint if "would fit" in (exc.hint or "") else None
-        if more:
-            alternatives.insert(0, more.split(", or ")[0])
-        return FitVerdict(False, reason, None, alternatives, len(gpus), hw.gpu_memory_bytes)
+        reason = exc.which or exc.what
+    alternatives = []
+    for count in range(len(gpus) + 1, 65):
+        if planner.valid_tp(cfg, count) is None and _plans(cfg, weight_bytes, planner.Hardware(
+                "cuda", count, hw.gpu_memory_bytes, cc), opts):
+            alternatives.append(f"{count} GPUs like these (tensor parallel {count})")
+            break
+    for variant in gguf_variants:
+        if variant.quant != quant and variant.size_bytes < weight_bytes and _plans(cfg, variant.size_bytes, hw, opts):
+            alternatives.append(f"the :{variant.quant} quantization ({human_bytes(variant.size_bytes)})")
+    return FitVerdict(False, reason, None, alternatives, len(gpus), hw.gpu_memory_bytes)
+
+
+def _plans(cfg, weight_bytes: int, hw: planner.Hardware, opts: planner.PlanOptions) -> bool:
+    try:
+        planner.plan(cfg, weight_bytes, hw, opts)
+        return True
+    except IncompatibleError:
+        return False
 
 
 # ------------------------------------------------------------------ what to plan
@@ -299,7 +306,7 @@ def pull_check(name: str, revision: str | None, strict: bool) -> FitVerdict | No
             raise
         return None
     if strict and not result.fits:
-        what = "; ".join(result.alternatives) if result.alternatives else "a smaller or quantized model"
+        what = ", ".join(result.alternatives + ["a quantized variant (AWQ/GPTQ/FP8/GGUF)"])
         raise IncompatibleError("the model will not fit this host's GPUs", f"{name}: {result.reason}",
-                                f"nothing was downloaded; would fit: {what}")
+                                f"nothing was downloaded; what would fit: {what}")
     return result
