@@ -176,3 +176,29 @@ def test_a_taken_port_8000_moves_the_server_to_the_next_free_one(host):
         assert port != 8000 and fit.port_free("127.0.0.1", port) is False
     finally:
         holder.close()
+
+
+def test_memory_a_running_vmm_server_holds_is_not_counted_twice(tmp_path, monkeypatch):
+    """GPU 0 shows 30 GiB used by vmm's own server (its session), planned 32 GiB: the room is
+    what is free less the 2 GiB it has yet to take; another process's memory is only free's."""
+    from vmm.core.serving import runtime
+
+    root = tmp_path / "models"
+    rec = runtime.record_for("org/a", root / "org--a", os.getpid(), "127.0.0.1", 8000, ["vllm"], gpu_ids=[0],
+                             gpu_bytes=32 * GIB)
+    runtime.register(root, rec)
+    monkeypatch.setattr(gpu, "compute_processes", lambda gpus: [gpu.GpuProcess(0, os.getpid(), 30 * GIB),
+                                                                 gpu.GpuProcess(0, 1, 5 * GIB)])
+    rooms = fit.host_rooms(root, [h100(0, 81559 - 35 * 1024)])
+    r = rooms[0]
+    assert r.vmm_held_bytes == 30 * GIB and r.other_pids == [1]
+    assert r.room_bytes == r.free_bytes - 2 * GIB
+    assert r.other_bytes == 81559 * MIB - r.free_bytes - 30 * GIB
+    monkeypatch.setattr(gpu, "compute_processes", lambda gpus: None)    # a container: nothing listed
+    assert fit.host_rooms(root, [h100(0, 81559 - 35 * 1024)])[0].room_bytes == r.free_bytes - 32 * GIB
+
+
+def test_malformed_gpu_ids_are_exit_2(root):
+    b.make_model(root, "org/a", cfg=b.QWEN2_7B_INSTRUCT, shards=2)
+    for bad in ("x", "0,,-1", ""):
+        assert_error_line(run_vmm("serve", "org/a", "--dry-run", "--gpu-ids", bad), 2, "--gpu-ids")
