@@ -98,8 +98,7 @@ def host(root, tmp_path):
         b.make_model(root, name, cfg=b.QWEN2_7B_INSTRUCT, shards=2)
     env = {"PATH": f"{bin_dir}{os.pathsep}{FAKE_VLLM}{os.pathsep}{os.environ['PATH']}", "VMM_ROOT": str(root),
            "FAKE_VLLM_RECORD": str(tmp_path / "last.json")}
-    started = []
-    yield env, started
+    yield env
     subprocess.run([sys.executable, "-m", "vmm", "stop", "--all", "--timeout", "5"], env={**os.environ, **env},
                    capture_output=True, timeout=60)
 
@@ -121,7 +120,7 @@ def _ps(env):
 
 
 def test_three_models_on_two_gpus_land_where_they_fit_a_fourth_is_refused_until_one_stops(host):
-    env, _ = host
+    env = host
     a = _serve(env, "org/a", "--gpu-memory-utilization", "0.4")
     assert a["env"]["CUDA_VISIBLE_DEVICES"] == "0"              # the tighter GPU that holds it
     b_ = _serve(env, "org/b")                                    # shares GPU 0: a fraction of what is left
@@ -150,7 +149,7 @@ def test_three_models_on_two_gpus_land_where_they_fit_a_fourth_is_refused_until_
 
 
 def test_dry_run_shows_the_choice_and_gpu_ids_override(host):
-    env, _ = host
+    env = host
     run = _vmm(env, "serve", "org/a", "--device", "cuda", "--dry-run", "--gpu-ids", "1")
     assert run.returncode == 0, run.stderr
     assert "GPUs chosen         1 (CUDA_VISIBLE_DEVICES)" in run.stdout and "chosen" in run.stdout
@@ -163,7 +162,7 @@ def test_dry_run_shows_the_choice_and_gpu_ids_override(host):
 def test_a_taken_port_8000_moves_the_server_to_the_next_free_one(host):
     import socket
 
-    env, _ = host
+    env = host
     holder = socket.socket()
     try:
         holder.bind(("127.0.0.1", 8000))
