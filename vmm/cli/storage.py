@@ -105,7 +105,7 @@ def _print_gc(report, json_out: bool) -> None:
     for m in report.removed:
         shared = "" if m.bytes_freed >= m.size_bytes else f", {render.human_bytes(m.bytes_freed)} freed (rest shared)"
         sys.stdout.write(f"{verb} {m.name} ({render.human_bytes(m.size_bytes)}{shared}; {m.reason}; "
-                         f"last used {render.human_age(_age(m.last_used))} by {m.last_used_source})\n")
+                         f"last used {render.human_age(_age(m.last_used_epoch))} by {m.last_used_source})\n")
     for p in report.partials:
         sys.stdout.write(f"{verb} partial {p.path} ({render.human_bytes(p.size_bytes)}, "
                          f"{render.human_age(p.age_s)})\n")

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from vmm.core import hashing, names, settings
-from vmm.core.store import local, locking, manifests
+from vmm.core.store import local, locking, manifests, paths
 from vmm.core.store.dedup import link_or_copy
 from vmm.core.errors import IntegrityError, NotFoundError, UsageError
 
@@ -277,7 +277,7 @@ def import_model(root: Path, source: str, name: str | None = None, move: bool = 
         manifests.write_manifest(staging, manifest)
         if staging != target:
             if target.exists():
-                trash = root / f".{dir_name}.rm-import-{os.getpid()}"
+                trash = paths.trash_path(root, dir_name, f"import-{os.getpid()}")
                 os.rename(target, trash)
                 shutil.rmtree(trash, ignore_errors=True)
             os.rename(staging, target)

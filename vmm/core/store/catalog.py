@@ -30,7 +30,6 @@ LS_KEYS = ("name", "path", "format", "size_bytes", "files", "sharded", "shard_co
 INSPECT_KEYS = ("name", "path", "format", "config", "parameters", "weight_bytes",
                 "kv_cache_bytes_per_token")
 SHARDS_KEYS = ("sharded", "shard_count", "shard_files", "index", "missing", "unindexed")
-_TRASH_MARK = ".rm-"
 
 
 def iso_time(epoch: float | None) -> str | None:
@@ -69,7 +68,7 @@ class Listing:
 
 def _walk_files(model_dir: Path, include_hidden: bool = False,
                 inodes: dict[tuple[int, int], int] | None = None) -> tuple[list[str], int]:
-    """(relative paths, total apparent bytes) of a model dir, hidden top-level dirs excluded.
+    """(relative paths, total apparent bytes) of a model's files (:func:`local.walk_model_entries`).
 
     Directory entries only (``lstat`` through ``scandir``); symlinks are counted as entries,
     never followed.
@@ -119,7 +118,7 @@ def list_models(root: Path, inodes: dict[tuple[int, int], int] | None = None) ->
 
     ``inodes``, when given, collects (device, inode) -> size of every file (root totals).
     """
-    return [summarize(d, inodes) for d in local.model_dirs(Path(root)) if _TRASH_MARK not in d.name]
+    return [summarize(d, inodes) for d in local.model_dirs(Path(root))]
 
 
 # --------------------------------------------------------------------------- inspect
@@ -270,15 +269,15 @@ def delete_model_from_volume(root: Path, name: str) -> RmResult:
     with locking.model_lock(root, ref.dir_name, "rm"):
         if not path.is_dir():   # deleted by another process while we waited for nothing
             raise NotFoundError("model not in the models root", ref.repo_id, "")
-        rels, size = _walk_files(path, include_hidden=True)
-        trash = root / f".{ref.dir_name}{_TRASH_MARK}{os.getpid()}-{int(time.time() * 1000)}"
+        rels, size = _walk_files(path, include_hidden=True)     # what it frees: hidden dirs too
+        trash = paths.trash_path(root, ref.dir_name, f"{os.getpid()}-{int(time.time() * 1000)}")
         try:
             os.rename(path, trash)
         except OSError as exc:
             raise UsageError("cannot delete the model", str(path),
                              f"{exc.strerror or exc}; is the models root writable?") from exc
         shutil.rmtree(trash, ignore_errors=True)
-        for leftover in root.glob(f".{ref.dir_name}{_TRASH_MARK}*"):
+        for leftover in root.glob(paths.trash_glob(ref.dir_name)):
             if leftover.is_dir() and not leftover.is_symlink():
                 shutil.rmtree(leftover, ignore_errors=True)
     return RmResult(name=model.name, path=str(path), bytes_freed=size, files=len(rels))

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import errno
 import os
+import secrets
 import shutil
-import tempfile
 from collections import defaultdict
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -30,7 +30,6 @@ from vmm.core import hashing
 from vmm.core.store import local, locking, manifests
 from vmm.core.errors import BusyError
 
-TRASH_MARK = ".rm-"
 MIN_SIZE_BYTES = 64 << 10     # below this a file saves less than the metadata it costs to link
 
 
@@ -84,7 +83,7 @@ def _model_files(model_dir: Path) -> list[tuple[str, Path]]:
 
 
 def _tmp_name(dst: Path) -> Path:
-    return dst.parent / f".{dst.name}.{os.getpid()}.{next(tempfile._get_candidate_names())}.tmp"
+    return dst.parent / f".{dst.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp"
 
 
 def replace_with_link(keep: Path, dst: Path) -> None:
@@ -135,7 +134,7 @@ def link_or_copy(src: Path | str, dst: Path | str) -> str:
 
 
 def _managed_dirs(root: Path) -> list[Path]:
-    return [d for d in local.model_dirs(root) if TRASH_MARK not in d.name]
+    return list(local.model_dirs(root))
 
 
 def dedup(root: Path, dry_run: bool = False, min_size_bytes: int = MIN_SIZE_BYTES) -> DedupReport:

@@ -21,12 +21,11 @@ from pathlib import Path
 
 from vmm.core import names
 from vmm.core import fsutil
-from vmm.core.store import local, locking, manifests, paths
+from vmm.core.store import catalog, local, locking, manifests, paths
 from vmm.core.units import parse_duration, parse_size  # noqa: F401 (gc.parse_* API)
 from vmm.core.errors import BusyError, VmmError
 
 DEFAULT_PARTIALS_OLDER_THAN_S = 24 * 3600
-TRASH_MARK = ".rm-"
 
 
 # --------------------------------------------------------------------------- pins
@@ -81,9 +80,10 @@ class GcModel:
     path: str
     size_bytes: int                 # apparent bytes of the model's files
     bytes_freed: int                # bytes whose last name went with it (0 for shared files)
-    last_used: float | None
+    last_used: str | None           # ISO 8601 UTC, as in `vmm ls --json`
     last_used_source: str           # "last_used", "pulled_at" or "mtime"
     reason: str                     # "unused" or "over quota"
+    last_used_epoch: float | None = None   # the same instant in epoch seconds
 
 
 @dataclass
@@ -126,23 +126,23 @@ class _Candidate:
 def _inventory(model_dir: Path) -> tuple[dict[tuple[int, int], int], int, dict[tuple[int, int], tuple[int, int]]]:
     """(inode -> names here, apparent bytes, inode -> (size, st_nlink)) of a model dir.
 
-    Every entry counts, .vmm metadata and partials included: they go with the model.
+    Bytes are the model's size by :func:`local.walk_model_entries`' rule (the size `vmm ls`
+    shows); the inodes include hidden dirs (.vmm metadata, partials, .cache): they go with
+    the model, so they count in what its removal frees.
     """
     inodes: dict[tuple[int, int], int] = {}
     info: dict[tuple[int, int], tuple[int, int]] = {}
     total = 0
-    for dirpath, _dirnames, filenames in os.walk(model_dir):
-        meta = Path(dirpath).relative_to(model_dir).parts[:1] == (paths.META_DIR,)
-        for fname in filenames:
-            try:
-                st = os.lstat(os.path.join(dirpath, fname))
-            except OSError:
-                continue
-            key = (st.st_dev, st.st_ino)
-            inodes[key] = inodes.get(key, 0) + 1
-            info[key] = (st.st_size, st.st_nlink)
-            if not meta:
-                total += st.st_size
+    for rel, entry in local.walk_model_entries(model_dir, include_hidden=True):
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        key = (st.st_dev, st.st_ino)
+        inodes[key] = inodes.get(key, 0) + 1
+        info[key] = (st.st_size, st.st_nlink)
+        if not local.in_hidden_dir(rel):
+            total += st.st_size
     return inodes, total, info
 
 
@@ -161,8 +161,6 @@ def _last_used(model: local.LocalModel) -> tuple[float | None, str]:
 def gc(root: Path, keep_under_bytes: int | None = None, unused_for_s: float | None = None,
        partials_older_than_s: float | None = DEFAULT_PARTIALS_OLDER_THAN_S, dry_run: bool = False,
        now: float | None = None) -> GcReport:
-    from vmm.core.store import catalog
-
     root = Path(root).absolute()
     now = time.time() if now is None else now
     report = GcReport(root=str(root), dry_run=dry_run, keep_under_bytes=keep_under_bytes,
@@ -172,8 +170,6 @@ def gc(root: Path, keep_under_bytes: int | None = None, unused_for_s: float | No
     in_root: dict[tuple[int, int], int] = {}      # inode -> names inside the root
     locked: set[str] = set()
     for model_dir in local.model_dirs(root):
-        if TRASH_MARK in model_dir.name:
-            continue
         try:
             model = local.load_model(model_dir)
         except VmmError:
@@ -223,7 +219,7 @@ def gc(root: Path, keep_under_bytes: int | None = None, unused_for_s: float | No
             if remaining_links[key] <= 0:
                 freed += inode_info[key][0]
         report.removed.append(GcModel(c.model.name, str(c.model.path), c.size_bytes, freed,
-                                      c.last_used, c.source, reason))
+                                      catalog.iso_time(c.last_used), c.source, reason, c.last_used))
 
     noted: set[str] = set()
     gone: set[str] = set()

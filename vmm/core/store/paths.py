@@ -7,7 +7,7 @@ Layout::
     <root>/org--name/.vmm/partial/          a pull's resumable data (gc removes stale ones)
     <root>/.vmm/locks/org--name.lock        one lock file per model
     <root>/.vmm/pins/org--name              models gc never removes (hand-made ones too)
-    <root>/.rm-org--name.*                  a model being deleted (renamed first, then removed)
+    <root>/.org--name.rm-*                  a model being deleted (renamed first, then removed)
     <root>/.vmm/...                         other vmm state (runtime records, logs)
 
 Directories put in the root by hand have no manifest and are still first-class models.
@@ -22,7 +22,7 @@ MANIFEST_NAME = "manifest.json"
 PARTIAL_DIR = "partial"
 PINS_DIR = "pins"
 LOCKS_DIR = "locks"
-TRASH_MARK = ".rm-"     # prefix of a model directory renamed away for deletion
+TRASH_MARK = ".rm-"     # marks a model directory renamed away for deletion: .<dir>.rm-<tag>
 
 
 def manifest_path(model_dir: Path) -> Path:
@@ -41,6 +41,16 @@ def pin_path(root: Path, dir_name: str) -> Path:
     return root / META_DIR / PINS_DIR / dir_name
 
 
+def trash_path(root: Path, dir_name: str, tag: str) -> Path:
+    """The hidden name a model directory is renamed to before it is removed."""
+    return root / f".{dir_name}{TRASH_MARK}{tag}"
+
+
+def trash_glob(dir_name: str) -> str:
+    """Glob (relative to the root) of every leftover delete of one model."""
+    return f".{dir_name}{TRASH_MARK}*"
+
+
 def is_trash(name: str) -> bool:
     """A directory entry left by an interrupted delete: never a model, never counted."""
-    return name.startswith(TRASH_MARK)
+    return name.startswith(".") and TRASH_MARK in name
