@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from vmm.cli.app import JsonOpt, NameArg, RootOpt, app, root_of
+from vmm.cli.app import JsonOpt, NameArg, RootOpt, app, confirm_or_refuse, refuse_without_terminal, root_of
 from vmm.core import settings
 
 
@@ -186,27 +186,14 @@ def rm_cmd(name: NameArg, root: RootOpt = None,
     Refuses with exit 8 while another vmm process (pull, serve) holds the model's lock.
     """
     from vmm import render
-    from vmm.core.store import catalog, local, locking
-    from vmm.core.errors import UsageError
+    from vmm.core.store import catalog
 
     models_root = root_of(root)
-    ref = catalog.rm_target(name)
-    model = local.locate_model(ref.repo_id, models_root)
-    if locking.is_locked(models_root, ref.dir_name):
-        # Fail before asking; delete_model_from_volume checks again under the lock.
-        from vmm.core.errors import BusyError
-
-        raise BusyError("model is locked by another vmm process", model.name,
-                        "wait for the pull or serve using it to finish, or stop it")
-    if not yes:
-        if not sys.stdin.isatty():
-            raise UsageError("refusing to delete without confirmation", model.name,
-                             "stdin is not a terminal: pass --yes")
-        size, count = catalog.model_size(model)
-        if not typer.confirm(f"Delete {model.name} ({render.human_bytes(size)}, {count} files) from {models_root}?",
-                             default=False, err=True):
-            raise UsageError("deletion not confirmed", model.name, "nothing was deleted")
-    result = catalog.delete_model_from_volume(models_root, ref.repo_id)
+    preview = catalog.rm_preview(models_root, name)    # fails (3, 8) before asking
+    refuse_without_terminal(yes, "delete", preview.name, "pass --yes")
+    confirm_or_refuse(f"Delete {preview.name} ({render.human_bytes(preview.bytes_freed)}, {preview.files} files) "
+                      f"from {models_root}?", yes, "delete", preview.name, "pass --yes")
+    result = catalog.delete_model_from_volume(models_root, name)
     if json_out:
         render.emit_json(result)
     else:

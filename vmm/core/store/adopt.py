@@ -242,7 +242,7 @@ def import_model(root: Path, source: str, name: str | None = None, move: bool = 
         if in_place:
             staging = target
         elif move and src.kind == "directory":
-            staging = root / f".{dir_name}.import-{os.getpid()}"
+            staging = paths.import_staging(root, dir_name, os.getpid())
             try:
                 os.rename(src.root, staging)
                 moved = True
@@ -251,7 +251,7 @@ def import_model(root: Path, source: str, name: str | None = None, move: bool = 
         else:
             staging = None
         if staging is None:
-            staging = root / f".{dir_name}.import-{os.getpid()}"
+            staging = paths.import_staging(root, dir_name, os.getpid())
             shutil.rmtree(staging, ignore_errors=True)
             try:
                 for (rel, real, _b), mf in zip(src.files, files):

@@ -23,7 +23,7 @@ from vmm.core.model import config as config_mod
 from vmm.core.model import formats
 from vmm.core import names
 from vmm.core.store import local, locking, paths
-from vmm.core.errors import IntegrityError, NotFoundError, UsageError
+from vmm.core.errors import BusyError, IntegrityError, NotFoundError, UsageError
 
 LS_KEYS = ("name", "path", "format", "size_bytes", "files", "sharded", "shard_count",
            "revision", "managed", "last_used")
@@ -269,18 +269,43 @@ def delete_model_from_volume(root: Path, name: str) -> RmResult:
     with locking.model_lock(root, ref.dir_name, "rm"):
         if not path.is_dir():   # deleted by another process while we waited for nothing
             raise NotFoundError("model not in the models root", ref.repo_id, "")
-        rels, size = _walk_files(path, include_hidden=True)     # what it frees: hidden dirs too
-        trash = paths.trash_path(root, ref.dir_name, f"{os.getpid()}-{int(time.time() * 1000)}")
-        try:
-            os.rename(path, trash)
-        except OSError as exc:
-            raise UsageError("cannot delete the model", str(path),
-                             f"{exc.strerror or exc}; is the models root writable?") from exc
-        shutil.rmtree(trash, ignore_errors=True)
-        for leftover in root.glob(paths.trash_glob(ref.dir_name)):
-            if leftover.is_dir() and not leftover.is_symlink():
-                shutil.rmtree(leftover, ignore_errors=True)
-    return RmResult(name=model.name, path=str(path), bytes_freed=size, files=len(rels))
+        bytes_freed, files = remove_locked(root, ref.dir_name)
+    return RmResult(name=model.name, path=str(path), bytes_freed=bytes_freed, files=files)
+
+
+def remove_locked(root: Path, dir_name: str) -> tuple[int, int]:
+    """Delete ``<root>/<dir_name>`` while the caller holds its exclusive model lock.
+
+    Returns (bytes, files) of everything removed, hidden directories included. Renamed to
+    a trash name first, so nobody sees a half-deleted model; leftovers of an earlier
+    crash in the middle of a delete of the same model go too.
+    """
+    path = root / dir_name
+    rels, size = _walk_files(path, include_hidden=True)     # what it frees: hidden dirs too
+    trash = paths.trash_path(root, dir_name, f"{os.getpid()}-{int(time.time() * 1000)}")
+    try:
+        os.rename(path, trash)
+    except OSError as exc:
+        raise UsageError("cannot delete the model", str(path),
+                         f"{exc.strerror or exc}; is the models root writable?") from exc
+    shutil.rmtree(trash, ignore_errors=True)
+    for leftover in root.glob(paths.trash_glob(dir_name)):
+        if leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover, ignore_errors=True)
+    return size, len(rels)
+
+
+def rm_preview(root: Path, name: str) -> RmResult:
+    """What ``rm`` would delete (model, bytes, files), for the prompt; exit 3 when absent,
+    8 while locked (checked again under the lock at deletion)."""
+    root = Path(root).absolute()
+    ref = rm_target(name)
+    model = local.locate_model(ref.repo_id, root)
+    if locking.is_locked(root, ref.dir_name):
+        raise BusyError("model is locked by another vmm process", model.name,
+                        "wait for the pull or serve using it to finish, or stop it")
+    size, count = model_size(model)
+    return RmResult(name=model.name, path=str(model.path), bytes_freed=size, files=count)
 
 
 def model_size(model: local.LocalModel) -> tuple[int, int]:

@@ -8,6 +8,7 @@ Layout::
     <root>/.vmm/locks/org--name.lock        one lock file per model
     <root>/.vmm/pins/org--name              models gc never removes (hand-made ones too)
     <root>/.org--name.rm-*                  a model being deleted (renamed first, then removed)
+    <root>/.org--name.import-<pid>          an import being staged (gc removes stale ones)
     <root>/.vmm/...                         other vmm state (runtime records, logs)
 
 Directories put in the root by hand have no manifest and are still first-class models.
@@ -15,6 +16,7 @@ Directories put in the root by hand have no manifest and are still first-class m
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 META_DIR = ".vmm"
@@ -54,3 +56,14 @@ def trash_glob(dir_name: str) -> str:
 def is_trash(name: str) -> bool:
     """A directory entry left by an interrupted delete: never a model, never counted."""
     return name.startswith(".") and TRASH_MARK in name
+
+
+def import_staging(root: Path, dir_name: str, pid: int) -> Path:
+    """Where ``vmm import`` assembles a model before renaming it into place."""
+    return root / f".{dir_name}.import-{pid}"
+
+
+def import_staging_owner(name: str) -> str | None:
+    """The model directory name an import staging entry belongs to, else None."""
+    match = re.fullmatch(r"\.(.+)\.import-\d+", name)
+    return match.group(1) if match else None
