@@ -271,10 +271,8 @@ def import_model(root: Path, source: str, name: str | None = None, move: bool = 
         manifest = manifests.Manifest(repo_id=repo_id, revision=src.revision, commit=src.commit, files=files,
                                   pulled_at=now, extra={"imported_from": str(src.root), "imported_at": now,
                                                         "import_kind": src.kind})
-        old = manifests.read_manifest(target) if in_place else None
-        if old is not None:
-            manifest.last_used, manifest.use_counts, manifest.pinned = old.last_used, old.use_counts, old.pinned
-        manifests.write_manifest(staging, manifest)
+        # In place, uses recorded until now (and a pin) carry over; a fresh staging has none.
+        manifests.write_manifest(staging, manifest, carry_usage=in_place)
         if staging != target:
             if target.exists():
                 trash = paths.trash_path(root, dir_name, f"import-{os.getpid()}")

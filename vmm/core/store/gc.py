@@ -63,10 +63,13 @@ def _set_pin(root: Path, name: str, pinned: bool) -> PinResult:
         except FileNotFoundError:
             pass
     if model.manifest is not None and model.manifest.pinned != pinned:
-        manifest = manifests.read_manifest(model.path)
-        if manifest is not None:
+        def flag(manifest: manifests.Manifest | None) -> manifests.Manifest | None:
+            if manifest is None or manifest.pinned == pinned:
+                return None
             manifest.pinned = pinned
-            manifests.write_manifest(model.path, manifest)
+            return manifest
+
+        manifests.update(model.path, flag)
     return PinResult(model.name, str(model.path), pinned)
 
 

@@ -4,6 +4,7 @@ Layout::
 
     <root>/org--name/                       one model (Hub files as the Hub names them)
     <root>/org--name/.vmm/manifest.json     what vmm knows about it (managed models only)
+    <root>/org--name/.vmm/manifest.lock     held for the milliseconds of a manifest update
     <root>/org--name/.vmm/partial/          a pull's resumable data (gc removes stale ones)
     <root>/.vmm/locks/org--name.lock        one lock file per model
     <root>/.vmm/pins/org--name              models gc never removes (hand-made ones too)
@@ -21,6 +22,7 @@ from pathlib import Path
 
 META_DIR = ".vmm"
 MANIFEST_NAME = "manifest.json"
+MANIFEST_LOCK_NAME = "manifest.lock"
 PARTIAL_DIR = "partial"
 PINS_DIR = "pins"
 LOCKS_DIR = "locks"
@@ -29,6 +31,10 @@ TRASH_MARK = ".rm-"     # marks a model directory renamed away for deletion: .<d
 
 def manifest_path(model_dir: Path) -> Path:
     return model_dir / META_DIR / MANIFEST_NAME
+
+
+def manifest_lock_path(model_dir: Path) -> Path:
+    return model_dir / META_DIR / MANIFEST_LOCK_NAME
 
 
 def partial_dir(model_dir: Path) -> Path:
