@@ -351,11 +351,8 @@ def read_record(model_path: Path) -> dict[str, Any] | None:
 
 
 def _write_template_file(target: Path, text: str) -> None:
-    """Atomic write, readable by the user vLLM runs as (mkstemp creates files 0600)."""
-    import os
-
+    """Atomic write; the mode follows the umask (fsutil), so vLLM's user can read it."""
     fsutil.atomic_write_bytes(target, text.encode("utf-8"))
-    os.chmod(target, 0o644)
 
 
 def _sha256(text: str) -> str:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from vmm.core.errors import IntegrityError
-from vmm.core.fsutil import atomic_write_json
+from vmm.core.fsutil import FILE_MODE, atomic_write_json
 from vmm.core.store.paths import manifest_lock_path, manifest_path
 
 MANIFEST_VERSION = 1
@@ -114,7 +114,7 @@ def update_lock(model_dir: Path) -> Iterator[None]:
     path = manifest_lock_path(Path(model_dir))
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
     except PermissionError:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
