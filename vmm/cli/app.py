@@ -62,11 +62,15 @@ def root_of(root: Path | None) -> Path:
     return settings.models_root(root or _global_root)
 
 
+def stdin_is_terminal() -> bool:
+    return sys.stdin.isatty()
+
+
 def refuse_without_terminal(yes: bool, action: str, subject: str, hint: str) -> None:
     """Without --yes, a command that deletes needs a terminal to ask on: else exit 2."""
     from vmm.core.errors import UsageError
 
-    if not yes and not sys.stdin.isatty():
+    if not yes and not stdin_is_terminal():
         raise UsageError(f"refusing to {action} without confirmation", subject,
                          f"stdin is not a terminal: {hint}")
 

@@ -25,35 +25,18 @@ def ls_cmd(root: RootOpt = None, json_out: JsonOpt = False,
     line totals the root (hardlinked files counted once) and the filesystem's free bytes.
     """
     from vmm import render
-    from vmm.core.store import catalog, usage
-    from vmm.core.errors import UsageError
+    from vmm.core.store import catalog
 
-    if sort not in usage.SORTS:
-        raise UsageError("unknown sort order", repr(sort), f"use one of: {', '.join(usage.SORTS)}")
-    models_root = root_of(root)
-    inodes: dict = {}
-    listing = catalog.Listing(root=str(models_root), models=catalog.list_models(models_root, inodes))
-    listing.models = usage.sort_models(listing.models, sort)
-    totals = usage.totals(models_root, listing.models, inodes)
-    for model in listing.models:
-        if model.problem:
-            render.note(f"warning: {model.name}: {model.problem}")
-    checked: dict = {}
+    check = None
     if updates:
         from vmm.core.hub import updates as updates_mod
-        from vmm.core.store import local
 
-        rows = updates_mod.check_updates(models_root, [local.load_model(Path(m.path)) for m in listing.models
-                                                       if m.managed and not m.problem])
-        checked = {row.name: row for row in rows}
-        for row in rows:
-            if row.error:
-                render.note(f"warning: {row.name}: update check failed: {row.error}")
+        check = updates_mod.check_updates
+    listing = catalog.list_root(root_of(root), sort, check)
+    for warning in listing.warnings:
+        render.note(f"warning: {warning}")
     if json_out:
-        doc = {"root": listing.root, "models": listing.models, "totals": totals}
-        if updates:
-            doc["models"] = [{**render._plain(m), "update": checked.get(m.name)} for m in listing.models]
-        render.emit_json(doc)
+        render.emit_json(listing)
         return
     if not listing.models:
         render.note(f"no models in {listing.root}")
@@ -64,9 +47,10 @@ def ls_cmd(root: RootOpt = None, json_out: JsonOpt = False,
     render.table(None, columns, [
         [m.name, m.format, render.human_bytes(m.size_bytes),
          m.shard_count if m.sharded else "-", (m.revision or "-")[:12], _ago(m.last_used), m.uses,
-         ("yes" if m.managed else "no") + (", pinned" if m.pinned else "")] + ([_update_cell(checked.get(m.name))] if updates else [])
+         ("yes" if m.managed else "no") + (", pinned" if m.pinned else "")] + ([_update_cell(m.update)] if updates else [])
         for m in listing.models
     ])
+    totals = listing.totals
     shared = f" ({render.human_bytes(totals.shared_bytes)} shared by hardlinks)" if totals.shared_bytes else ""
     free = render.human_bytes(totals.free_bytes) if totals.free_bytes is not None else "unknown"
     sys.stdout.write(f"total {render.human_bytes(totals.total_bytes)} in {totals.models} models{shared}; "

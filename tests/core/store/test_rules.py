@@ -81,3 +81,30 @@ def test_the_store_uses_no_private_stdlib_names():
     for source in [*store.glob("*.py"), store.parent / "fsutil.py"]:
         text = source.read_text()
         assert "_get_candidate_names" not in text and "tempfile._" not in text, source
+
+
+def test_list_root_is_the_listing_with_totals_and_injected_updates(root):
+    import pytest
+
+    from vmm.core.errors import UsageError
+    from vmm.core.store import catalog
+
+    make_model(root, "org/a", {"w.bin": blob("a", 3000)})
+    make_model(root, "hand", {"w.bin": blob("h", 1000)}, managed=False)
+    listing = catalog.list_root(root, "size")
+    assert [m.name for m in listing.models] == ["org/a", "hand"]
+    assert listing.totals.models == 2 and listing.totals.apparent_bytes == 4000
+    assert listing.warnings == []
+
+    class Row:
+        def __init__(self, name):
+            self.name, self.error = name, "boom"
+
+    asked = []
+    checked = catalog.list_root(root, "name", lambda r, models: asked.extend(models) or [Row("org/a")])
+    assert [m.name for m in asked] == ["org/a"]          # managed models only
+    by_name = {m.name: m for m in checked.models}
+    assert by_name["org/a"].update.error == "boom" and by_name["hand"].update is None
+    assert checked.warnings == ["org/a: update check failed: boom"]
+    with pytest.raises(UsageError):
+        catalog.list_root(root, "colour")

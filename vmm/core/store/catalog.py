@@ -1,7 +1,9 @@
 """What the models root holds: list, inspect, list files, delete.
 
-- ``list_models(root) -> list[ModelSummary]`` (``vmm ls``): manifests and directory entries
-  only, never a weight file's content, so 500 models list in a few milliseconds.
+- ``list_root(root, sort, check_updates=None) -> Listing`` (``vmm ls``): every model, sorted,
+  with the root's totals and, given the Hub's update check, each model's update; built from
+  manifests and directory entries only, never a weight file's content, so 500 models list
+  in a few milliseconds. ``list_models(root)`` is the bare list.
 - ``resolve_model(name_or_path, root) -> (LocalModel, quant)``
 - ``inspect_model(model, quant=None) -> ModelInfo`` (``vmm inspect``): config, parameters and
   bytes from the weights' headers, KV-cache bytes per token.
@@ -11,9 +13,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,7 +26,7 @@ from typing import Any
 from vmm.core.model import config as config_mod
 from vmm.core.model import formats
 from vmm.core import names
-from vmm.core.store import local, locking, paths
+from vmm.core.store import local, locking, paths, usage
 from vmm.core.errors import BusyError, IntegrityError, NotFoundError, UsageError
 
 LS_KEYS = ("name", "path", "format", "size_bytes", "files", "sharded", "shard_count",
@@ -61,9 +65,29 @@ class ModelSummary:
 
 
 @dataclass
+class ModelUpdateSummary(ModelSummary):
+    """A listed model with the Hub's answer (``vmm ls --updates``); None for hand-made ones."""
+
+    update: Any = None
+
+
+@dataclass
 class Listing:
+    """``vmm ls``: the JSON document is this object, the table is built from it."""
+
     root: str
     models: list[ModelSummary] = field(default_factory=list)
+    totals: usage.RootTotals | None = None
+
+    @property
+    def warnings(self) -> list[str]:
+        """One line per model that could not be read fully or whose update check failed."""
+        lines = [f"{m.name}: {m.problem}" for m in self.models if m.problem]
+        for m in self.models:
+            row = getattr(m, "update", None)
+            if row is not None and getattr(row, "error", None):
+                lines.append(f"{m.name}: update check failed: {row.error}")
+        return lines
 
 
 def _walk_files(model_dir: Path, include_hidden: bool = False,
@@ -111,6 +135,27 @@ def summarize(model_dir: Path, inodes: dict[tuple[int, int], int] | None = None)
         use_counts=dict(manifest.use_counts) if manifest else {},
         pinned=bool(manifest and manifest.pinned) or paths.pin_path(model_dir.parent, model_dir.name).exists(),
     )
+
+
+def list_root(root: Path, sort: str = "name",
+              check_updates: Callable[[Path, list[local.LocalModel]], list[Any]] | None = None) -> Listing:
+    """``vmm ls``: the models sorted (:data:`usage.SORTS`), the root's totals and updates.
+
+    ``check_updates(root, models) -> rows with .name`` is the Hub's update check (the hub
+    layer's ``updates.check_updates``), passed in by the caller; with it every model
+    becomes a :class:`ModelUpdateSummary`.
+    """
+    if sort not in usage.SORTS:
+        raise UsageError("unknown sort order", repr(sort), f"use one of: {', '.join(usage.SORTS)}")
+    root = Path(root)
+    inodes: dict[tuple[int, int], int] = {}
+    models = usage.sort_models(list_models(root, inodes), sort)
+    if check_updates is not None:
+        managed = [local.load_model(Path(m.path)) for m in models if m.managed and not m.problem]
+        rows = {row.name: row for row in check_updates(root, managed)}
+        models = [ModelUpdateSummary(**{f.name: getattr(m, f.name) for f in dataclasses.fields(m)},
+                                     update=rows.get(m.name)) for m in models]
+    return Listing(root=str(root), models=models, totals=usage.totals(root, models, inodes))
 
 
 def list_models(root: Path, inodes: dict[tuple[int, int], int] | None = None) -> list[ModelSummary]:
