@@ -55,7 +55,8 @@ def gc_cmd(root: RootOpt = None, json_out: JsonOpt = False,
     else the directory's mtime. Pinned (`vmm pin`) and locked (pulling, serving) models are
     never removed. Files hardlinked into other models (`vmm dedup`) free nothing until their
     last name goes; the report counts only bytes really freed. Without --yes on a terminal
-    it asks; without a terminal it refuses (exit 2) unless --yes or --dry-run.
+    it asks; without a terminal it refuses (exit 2) unless --yes or --dry-run. What it
+    removes is exactly the list it showed: a model pinned, used or locked since is kept.
     """
     from vmm.core.store import gc
 

@@ -203,6 +203,27 @@ def _verify(rel: str, real: Path, blob_name: str | None) -> manifests.ManifestFi
     return manifests.ManifestFile(path=rel, size=size, sha256=sha256, git_sha1=None)
 
 
+def _stage(src: Any, files: list, staging: Path) -> tuple[int, int]:
+    """Link (else copy) the verified source files into ``staging``: (linked, copied)."""
+    linked = copied = 0
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        for (rel, real, _b), mf in zip(src.files, files):
+            how = link_or_copy(real, names.safe_repo_path(staging, rel))
+            if how == "link":
+                linked += 1
+            else:
+                copied += 1
+            # A file that changed between hashing and linking is not what the manifest says.
+            if os.stat(names.safe_repo_path(staging, rel)).st_size != mf.size:
+                raise IntegrityError("source file changed while importing", f"{rel} ({real})",
+                                     "import again once nothing writes to the source")
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return linked, copied
+
+
 def import_model(root: Path, source: str, name: str | None = None, move: bool = False,
                  force: bool = False, cache_dir: Path | None = None) -> ImportResult:
     """Adopt ``source`` into ``<root>/org--name`` with a manifest; see the module doc."""
@@ -252,21 +273,7 @@ def import_model(root: Path, source: str, name: str | None = None, move: bool = 
             staging = None
         if staging is None:
             staging = paths.import_staging(root, dir_name, os.getpid())
-            shutil.rmtree(staging, ignore_errors=True)
-            try:
-                for (rel, real, _b), mf in zip(src.files, files):
-                    how = link_or_copy(real, names.safe_repo_path(staging, rel))
-                    if how == "link":
-                        linked += 1
-                    else:
-                        copied += 1
-                    # A file that changed between hashing and linking is not what the manifest says.
-                    if os.stat(names.safe_repo_path(staging, rel)).st_size != mf.size:
-                        raise IntegrityError("source file changed while importing", f"{rel} ({real})",
-                                             "import again once nothing writes to the source")
-            except BaseException:
-                shutil.rmtree(staging, ignore_errors=True)
-                raise
+            linked, copied = _stage(src, files, staging)
         now = time.time()
         manifest = manifests.Manifest(repo_id=repo_id, revision=src.revision, commit=src.commit, files=files,
                                   pulled_at=now, extra={"imported_from": str(src.root), "imported_at": now,

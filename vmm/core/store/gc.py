@@ -152,6 +152,10 @@ class _Candidate:
     source: str
     fingerprint: tuple
 
+    def removed(self, bytes_freed: int, reason: str) -> GcModel:
+        return GcModel(self.model.name, str(self.model.path), self.size_bytes, bytes_freed,
+                       catalog.iso_time(self.last_used), self.source, reason, self.last_used)
+
 
 @dataclass
 class _PlannedPartial:
@@ -288,8 +292,7 @@ def _choose(root: Path, result: GcPlan, candidates: list[_Candidate], locked: se
         chosen.add(name)
         freed = acct.remove(c.inodes)
         result.candidates.append((c, reason))
-        report.removed.append(GcModel(c.model.name, str(c.model.path), c.size_bytes, freed,
-                                      catalog.iso_time(c.last_used), c.source, reason, c.last_used))
+        report.removed.append(c.removed(freed, reason))
 
     ordered = sorted(candidates, key=lambda c: (c.last_used if c.last_used is not None else 0.0, c.model.path.name))
     if report.unused_for_s is not None:
@@ -369,9 +372,7 @@ def apply(planned: GcPlan) -> GcReport:
         if why:
             report.skipped.append(GcSkipped(c.model.name, why))
             continue
-        freed = acct.remove(c.inodes)
-        report.removed.append(GcModel(c.model.name, str(c.model.path), c.size_bytes, freed,
-                                      catalog.iso_time(c.last_used), c.source, reason, c.last_used))
+        report.removed.append(c.removed(acct.remove(c.inodes), reason))
     _apply_partials(root, planned.partials, report)
     report.root_bytes_after = acct.root_bytes()
     if seen.keep_under_bytes is not None:
