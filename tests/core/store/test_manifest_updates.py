@@ -109,3 +109,9 @@ def test_usage_is_recorded_while_serve_holds_the_models_shared_lock(root):
     with locking.model_lock(root, "org--m", "serve", shared=True):
         manifests.touch_usage(model, "serve")
     assert manifests.read_manifest(model).use_counts == {"serve": 1}
+
+
+def test_recording_a_use_of_a_hand_made_model_writes_nothing_into_it(root):
+    hand = make_model(root, "hand", {"w.bin": b"x"}, managed=False)
+    manifests.touch_usage(hand, "inspect")
+    assert not (hand / paths.META_DIR).exists()

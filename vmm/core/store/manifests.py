@@ -154,6 +154,13 @@ def update(model_dir: Path, fn: Callable[[Manifest | None], Manifest | None]) ->
     to write (the same object changed, or a new one), or None to write nothing. Returns what
     was written. A corrupt manifest raises IntegrityError (exit 5) before ``fn`` runs.
     """
+    if not manifest_path(model_dir).exists():
+        # A directory vmm does not manage (a hand-made model, a path given to inspect):
+        # nothing to read, and no lock file is left in it unless fn makes a manifest.
+        new = fn(None)
+        if new is not None:
+            write_manifest(model_dir, new)
+        return new
     with update_lock(model_dir):
         new = fn(read_manifest(model_dir))
         if new is not None:
