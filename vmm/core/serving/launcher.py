@@ -291,7 +291,7 @@ class VllmExited(VmmError):
 def _take_lock(root: Path, dir_name: str) -> int:
     path = paths.lock_path(root, dir_name)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)      # the umask applies
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
