@@ -33,16 +33,21 @@ def serve_cmd(
     enforce_eager: Annotated[bool, typer.Option("--enforce-eager", help="No CUDA graphs (less memory, slower decode).")] = False,
     detach: Annotated[bool, typer.Option("--detach", help="Return once vLLM is ready; logs go to `vmm logs NAME`.")] = False,
     emit: Annotated[Optional[str], typer.Option("--emit", help="Print a `docker run` or a systemd unit for the same plan instead of starting.", metavar="docker|systemd")] = None,
+    tool_parser: Annotated[Optional[str], typer.Option("--tool-parser", help="vLLM tool-call parser (--enable-auto-tool-choice --tool-call-parser NAME), or none; default: chosen from the model.", metavar="NAME|none")] = None,
+    reasoning_parser: Annotated[Optional[str], typer.Option("--reasoning-parser", help="vLLM reasoning parser, or none; default: chosen from the model.", metavar="NAME|none")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Serve even a model the target vLLM cannot serve (a warning instead of exit 6).")] = False,
     ready_timeout: Annotated[float, typer.Option("--ready-timeout", min=1.0, help="Seconds to wait for vLLM to answer a first request.")] = 900.0,
     root: RootOpt = None,
 ) -> None:
     """Serve a model with vLLM, with parameters computed for the GPUs at hand.
 
     Arguments after `--` go to `vllm serve` unchanged and override the computed ones.
-    Exit 6 when the model does not fit or vLLM cannot serve it; 127 without vllm; once vLLM
-    has started, vLLM's own exit code.
+    Tool calling and reasoning parsers are chosen from the model and its chat template.
+    Exit 6 when the model does not fit or vLLM cannot serve it (unless --force); 127 without
+    vllm; once vLLM has started, vLLM's own exit code.
     """
     from vmm import render
+    from vmm.core import settings
     from vmm.core.store import catalog
     from vmm.core.serving import deploy, launcher, planner, vllm_env
 
@@ -63,8 +68,11 @@ def serve_cmd(
         quantization=quantization, trust_remote_code=trust_remote_code,
         options=planner.PlanOptions(max_model_len, min_context, gpu_memory_utilization, tensor_parallel_size,
                                     kv_cache_dtype, enforce_eager),
-        passthrough=list(ctx.args))
+        passthrough=list(ctx.args), tool_parser=tool_parser, reasoning_parser=reasoning_parser, force=force,
+        cache_dir=settings.state_dir(base) / "cache")
     cmd = launcher.build(req, install)
+    for line in cmd.warnings:
+        render.note(f"warning: {line}")
     if emit == "docker":
         sys.stdout.write(deploy.emit_docker(cmd.argv, base, model.path, install.version if install else None,
                                              env=cmd.env))

@@ -149,6 +149,14 @@ def servers_table(statuses) -> None:
                  "gen tok/s", "prompt tok/s", "note"], rows)
 
 
+def _parser_rows(choice) -> list[tuple[str, object]]:
+    if choice is None:
+        return []
+    return [("tool calls", f"{choice.tool_call_parser or 'off'}: {choice.tool_why}"),
+            ("reasoning", f"{choice.reasoning_parser or 'off'}: {choice.reasoning_why}"),
+            ("parsers of", f"vLLM {choice.vllm_version} ({choice.registry_source})")]
+
+
 def serve_plan(cmd) -> None:
     """The dry-run: the command, then the reasoning."""
     import shlex
@@ -168,6 +176,7 @@ def serve_plan(cmd) -> None:
                      f"{p.kv_cache_tokens} tokens at {p.kv_cache_bytes_per_token} B/token"),
         ("max model len", f"{p.max_model_len} (model: {p.model_max_len})"),
         ("dtype", p.dtype or "auto"),
+        *_parser_rows(getattr(cmd, "parsers", None)),
     ])
     for line in cmd.notes:
         sys.stdout.write(f"note: {line}\n")
