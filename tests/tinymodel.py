@@ -7,7 +7,12 @@ as safetensors byte by byte, plus a byte-level BPE tokenizer trained here with t
 ChatML chat template. About 2 MB. Deterministic for a given seed. Its output is noise:
 tests assert status codes, finish reasons and token counts, never text.
 
-    python tests/tinymodel.py OUT_DIR
+``build(out, chat_template=TOOLS_TEMPLATE.read_text())`` gives the same model a real published
+template that handles ``tools`` (Qwen/Qwen3-0.6B's, Hermes-style ``<tool_call>`` blocks; the
+verbatim file and its source are under tests/data/real_templates/, see tests/data/SOURCES.md):
+the model for the tool-calling end-to-end test.
+
+    python tests/tinymodel.py OUT_DIR [--template FILE]
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ CHATML = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content']"
     " + '<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+TOOLS_TEMPLATE = Path(__file__).resolve().parent / "data" / "real_templates" / "Qwen--Qwen3-0.6B.jinja"
 CORPUS = (
     "The operator pulls a model, checks it, and serves it with vLLM. "
     "A character card describes who the assistant plays: a wise old wizard who speaks in riddles. "
@@ -40,7 +46,7 @@ CORPUS = (
 ) * 40
 
 
-def _train_tokenizer(out: Path) -> None:
+def _train_tokenizer(out: Path, chat_template: str = CHATML) -> None:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
@@ -56,14 +62,14 @@ def _train_tokenizer(out: Path) -> None:
     tokenizer_config = {
         "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>",
         "unk_token": "<unk>", "pad_token": "<pad>", "model_max_length": 512,
-        "added_tokens_decoder": added, "chat_template": CHATML, "clean_up_tokenization_spaces": False,
+        "added_tokens_decoder": added, "chat_template": chat_template, "clean_up_tokenization_spaces": False,
     }
     (out / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2))
     (out / "special_tokens_map.json").write_text(json.dumps(
         {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}, indent=2))
 
 
-def build(out: Path | str, seed: int = 0, tokenizer: bool = True) -> Path:
+def build(out: Path | str, seed: int = 0, tokenizer: bool = True, chat_template: str = CHATML) -> Path:
     """Write the tiny model into ``out`` (created) and return it."""
     import numpy as np
 
@@ -84,11 +90,12 @@ def build(out: Path | str, seed: int = 0, tokenizer: bool = True) -> Path:
     (out / "generation_config.json").write_text(json.dumps(
         {"bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 3, "do_sample": False}, indent=2))
     if tokenizer:
-        _train_tokenizer(out)
+        _train_tokenizer(out, chat_template)
     return out
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit("usage: tinymodel.py OUT_DIR")
-    print(build(sys.argv[1]))
+    if len(sys.argv) not in (2, 4) or (len(sys.argv) == 4 and sys.argv[2] != "--template"):
+        sys.exit("usage: tinymodel.py OUT_DIR [--template FILE]")
+    template = Path(sys.argv[3]).read_text(encoding="utf-8") if len(sys.argv) == 4 else CHATML
+    print(build(sys.argv[1], chat_template=template))

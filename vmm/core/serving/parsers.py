@@ -310,20 +310,25 @@ def _first_registered(candidates: tuple[str, ...], registered: list[str]) -> str
 def _tool_choice(rule: Rule | None, template: str | None, uses_tools: bool,
                  registry: ParserRegistry) -> tuple[str | None, str]:
     where = f"vLLM {registry.version} ({registry.source})"
+    marker = next((m for m in TEMPLATE_FORMATS if template and m[0] in template), None) if uses_tools else None
     if rule and rule.tools:
         if rule.tools_need_template and not uses_tools:
             return None, (f"{rule.family}: its chat template does not use `tools`, so the model was not "
                           f"given tool calls to make")
+        if rule.tools_need_template and marker and marker[1] not in rule.tools and marker[1] in registry.tool_parsers:
+            # A fine-tune's template says how it writes tool calls better than its architecture
+            # (a Llama-architecture model with a Hermes-style template writes <tool_call>).
+            return marker[1], f"{marker[2]}, which wins over the {rule.family} default"
         name = _first_registered(rule.tools, registry.tool_parsers)
         if name is None:
             return None, f"{rule.family} needs the {'/'.join(rule.tools)} parser, which {where} does not register"
         return name, f"{rule.family} ({rule.source})" + (f"; {rule.note}" if rule.note else "")
+    if marker:
+        _, parser, why = marker
+        if parser in registry.tool_parsers:
+            return parser, why
+        return None, f"{why}, but {where} does not register {parser}"
     if uses_tools:
-        for needle, parser, why in TEMPLATE_FORMATS:
-            if template and needle in template:
-                if parser in registry.tool_parsers:
-                    return parser, why
-                return None, f"{why}, but {where} does not register {parser}"
         return None, ("the chat template uses `tools` but in no format vmm knows a vLLM parser for "
                       "(pass --tool-parser NAME)")
     family = f"{rule.family}: " if rule else ""
