@@ -93,7 +93,7 @@ def _serve_and_ask(env: dict, *extra: str) -> tuple[int, dict]:
     before = set(glob.glob("/tmp/vllm_dist_*"))
     port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "vmm", "serve", REPO_ID, "--device", "cpu", "--port", str(port),
-                             "--max-model-len", "512", *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             "--max-model-len", "4096", *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env={**os.environ, **env}, start_new_session=True)
     try:
         line = proc.stdout.readline()     # the URL, once vLLM answered a real request

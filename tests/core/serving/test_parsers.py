@@ -101,6 +101,7 @@ def test_every_rule_names_parsers_some_vllm_registers():
     for rule in parsers.RULES:
         assert set(rule.tools) <= tools, rule
         assert set(rule.reasoning) <= reasoning, rule
+        assert bool(rule.tools) == bool(rule.source) and bool(rule.reasoning) == bool(rule.reasoning_source), rule
     for _, name, _ in parsers.TEMPLATE_FORMATS:
         assert name in tools
     for version, entry in doc["versions"].items():

@@ -162,28 +162,31 @@ class Rule:
     reasoning: tuple[str, ...] = ()        # reasoning parser candidates
     tools_need_template: bool = False      # only when the chat template uses `tools`
     reasoning_needs: str | None = None     # only when the template contains this text
-    source: str = ""
+    source: str = ""                       # where the tool-call parser comes from
+    reasoning_source: str = ""             # where the reasoning parser comes from
     note: str = ""
 
 
 # Order matters: the first rule that matches decides (specific names before model_types).
 RULES: tuple[Rule, ...] = (
     Rule("gpt-oss", model_types=("gpt_oss",), tools=("openai",), reasoning=("openai_gptoss",),
-         source="tool_calling.md 'OpenAI OSS Models (openai)'; reasoning: vllm/model_executor/models/"
-                "config.py GptOssForCausalLMConfig sets openai_gptoss"),
+         source="tool_calling.md 'OpenAI OSS Models (openai)'",
+         reasoning_source="vllm/model_executor/models/config.py: GptOssForCausalLMConfig defaults to openai_gptoss"),
     Rule("Qwen3-Coder", name=r"qwen3-coder", tools=("qwen3_xml",),
          source="tool_calling.md 'Qwen3-Coder Models (qwen3_xml)'"),
     Rule("QwQ", name=r"(^|/)qwq", tools=("hermes",), reasoning=("deepseek_r1",),
-         source="tool_calling.md 'Qwen Models' (Qwen/QwQ-32B: hermes); reasoning_outputs.md (QwQ-32B: deepseek_r1)"),
+         source="tool_calling.md 'Qwen Models' (Qwen/QwQ-32B: hermes)",
+         reasoning_source="reasoning_outputs.md (QwQ-32B: deepseek_r1)"),
     Rule("DeepSeek-R1 distill", name=r"deepseek-r1-distill|r1-distill", reasoning=("deepseek_r1",),
-         source="reasoning_outputs.md 'DeepSeek R1 series: deepseek_r1' (tool calling: no)"),
+         reasoning_source="reasoning_outputs.md 'DeepSeek R1 series: deepseek_r1' (tool calling: no)"),
     Rule("DeepSeek-V3.1", name=r"deepseek-v3\.1", tools=("deepseek_v31",), reasoning=("deepseek_v3",),
-         source="tool_calling.md 'DeepSeek-V3.1 Models (deepseek_v31)'; reasoning_outputs.md (deepseek_v3)",
+         source="tool_calling.md 'DeepSeek-V3.1 Models (deepseek_v31)'",
+         reasoning_source="reasoning_outputs.md (DeepSeek-V3.1: deepseek_v3)",
          note="thinking is off unless a request sets chat_template_kwargs {\"thinking\": true}"),
     Rule("DeepSeek-R1", name=r"deepseek-r1", tools=("deepseek_v3",), reasoning=("deepseek_r1",),
          tools_need_template=True,
-         source="reasoning_outputs.md (DeepSeek R1 series: deepseek_r1); tool_calling.md "
-                "(DeepSeek-R1-0528: deepseek_v3, with vLLM's examples/tool_chat_template_deepseekr1.jinja)"),
+         source="tool_calling.md (DeepSeek-R1-0528: deepseek_v3, with vLLM's examples/tool_chat_template_deepseekr1.jinja)",
+         reasoning_source="reasoning_outputs.md (DeepSeek R1 series: deepseek_r1)"),
     Rule("DeepSeek-V3", model_types=("deepseek_v3",), tools=("deepseek_v3",), tools_need_template=True,
          source="tool_calling.md 'DeepSeek-V3 Models (deepseek_v3)'",
          note="vLLM's docs pair it with examples/tool_chat_template_deepseekv3.jinja"),
@@ -197,6 +200,8 @@ RULES: tuple[Rule, ...] = (
                 "--tool-call-parser phi4_mini_json'"),
     Rule("FunctionGemma", name=r"functiongemma", tools=("functiongemma",),
          source="tool_calling.md 'FunctionGemma Models (functiongemma)'"),
+    Rule("Gemma 4", model_types=("gemma4", "gemma4_text"), tools=("gemma4",), tools_need_template=True,
+         source="vllm/tool_parsers/gemma4_engine_tool_parser.py (0.32.0): Gemma4's native <|tool_call> syntax"),
     Rule("Granite 4", model_types=("granitemoehybrid",), name=r"granite-4", tools=("granite4",),
          source="tool_calling.md 'IBM Granite: granite-4.0 models: granite4'"),
     Rule("Granite 20B FC", name=r"granite-20b-functioncalling", tools=("granite-20b-fc",),
@@ -204,15 +209,16 @@ RULES: tuple[Rule, ...] = (
     Rule("Granite 3", model_types=("granite",), tools=("granite",), tools_need_template=True,
          source="tool_calling.md 'IBM Granite: granite-3.1-8b-instruct: granite'"),
     Rule("Hunyuan-A13B", name=r"hunyuan-a13b", tools=("hunyuan_a13b",), reasoning=("hunyuan_a13b",),
-         source="tool_calling.md 'Hunyuan Models (hunyuan_a13b)'; reasoning_outputs.md (hunyuan_a13b)"),
+         source="tool_calling.md 'Hunyuan Models (hunyuan_a13b)'",
+         reasoning_source="reasoning_outputs.md (Hunyuan A13B series: hunyuan_a13b)"),
     Rule("Kimi-K2", model_types=("kimi_k2",), name=r"kimi-k2", tools=("kimi_k2",),
          source="tool_calling.md 'Kimi-K2 Models (kimi_k2)'"),
     Rule("GLM-4.7", name=r"glm-4\.7", tools=("glm47",), source="tool_calling.md 'GLM-4.7 Models (glm47)'"),
     Rule("GLM-4.5/4.6", model_types=("glm4_moe",), tools=("glm45", "glm4_moe"), reasoning=("glm45", "glm4_moe"),
-         source="tool_calling.md 'GLM-4.5 Models (glm45)'; reasoning_outputs.md (GLM-4.5 series: glm45); "
-                "vLLM 0.10.0 named both glm4_moe"),
+         source="tool_calling.md 'GLM-4.5 Models (glm45)'; vLLM 0.10.0 named it glm4_moe",
+         reasoning_source="reasoning_outputs.md (GLM-4.5 series: glm45); vLLM 0.10.0 named it glm4_moe"),
     Rule("MiniMax-M2", model_types=("minimax_m2",), reasoning=("minimax_m2_append_think",),
-         source="reasoning_outputs.md (MiniMax-M2: minimax_m2_append_think)"),
+         reasoning_source="reasoning_outputs.md (MiniMax-M2: minimax_m2_append_think)"),
     Rule("InternLM2.5", model_types=("internlm2",), tools=("internlm",), tools_need_template=True,
          source="tool_calling.md 'InternLM Models (internlm)'",
          note="vLLM's docs pair it with examples/tool_chat_template_internlm2_tool.jinja"),
@@ -229,8 +235,8 @@ RULES: tuple[Rule, ...] = (
          source="tool_calling.md 'Mistral Models (mistral)'"),
     Rule("Qwen3", model_types=("qwen3", "qwen3_moe", "qwen3_next"), tools=("hermes",), reasoning=("qwen3",),
          tools_need_template=True, reasoning_needs="<think>",
-         source="tool_calling.md 'Qwen Models' (Hermes-style tool use: hermes); "
-                "reasoning_outputs.md (Qwen3 series: qwen3)"),
+         source="tool_calling.md 'Qwen Models' (Hermes-style tool use: hermes)",
+         reasoning_source="reasoning_outputs.md (Qwen3 series: qwen3)"),
     Rule("Qwen2.5", model_types=("qwen2", "qwen2_moe"), tools=("hermes",), tools_need_template=True,
          source="tool_calling.md 'Qwen Models' (Qwen2.5: hermes)"),
     Rule("Llama 3.1+", model_types=("llama",), tools=("llama3_json",), tools_need_template=True,
@@ -345,7 +351,7 @@ def _reasoning_choice(rule: Rule | None, template: str | None,
     if name is None:
         return None, (f"{rule.family} needs the {'/'.join(rule.reasoning)} reasoning parser, which vLLM "
                       f"{registry.version} ({registry.source}) does not register")
-    return name, f"{rule.family} ({rule.source})" + (f"; {rule.note}" if rule.note else "")
+    return name, f"{rule.family} ({rule.reasoning_source})" + (f"; {rule.note}" if rule.note else "")
 
 
 def _override(value: str | None, registered: list[str], flag: str, version: str) -> str | None:
