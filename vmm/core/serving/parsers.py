@@ -318,6 +318,8 @@ def _tool_choice(rule: Rule | None, template: str | None, uses_tools: bool,
     where = f"vLLM {registry.version} ({registry.source})"
     marker = next((m for m in TEMPLATE_FORMATS if template and m[0] in template), None) if uses_tools else None
     if rule and rule.tools:
+        if rule.tools_need_template and template is None:
+            return None, f"{rule.family}: no chat template of its own, so none that renders `tools`"
         if rule.tools_need_template and not uses_tools:
             return None, (f"{rule.family}: its chat template does not use `tools`, so the model was not "
                           f"given tool calls to make")
@@ -338,6 +340,8 @@ def _tool_choice(rule: Rule | None, template: str | None, uses_tools: bool,
         return None, ("the chat template uses `tools` but in no format vmm knows a vLLM parser for "
                       "(pass --tool-parser NAME)")
     family = f"{rule.family}: " if rule else ""
+    if template is None:
+        return None, f"{family}no chat template of its own, so none that renders `tools`"
     return None, f"{family}no tool-call format known for this model and its chat template does not use `tools`"
 
 
