@@ -132,3 +132,27 @@ def test_tools_request_answers_200_with_the_parser_and_400_without(env):
     status, doc = _serve_and_ask(env, "--tool-parser", "none")
     assert status == 400, doc
     assert "--enable-auto-tool-choice" in json.dumps(doc), doc
+
+
+def test_installed_parser_names_equal_the_snapshot_and_vllm_parses_the_flags(env, tmp_path):
+    """The bundled snapshot of the installed version is what the installed vLLM registers, and
+    the flags vmm builds from it pass vLLM's own argument parser."""
+    from vmm.core.serving import compat, parsers, vllm_env
+
+    version = compat.installed_vllm_version()
+    installed = parsers.installed_registry(compat.vllm_python(), version, None)
+    snapshot = parsers.snapshot_registry(version)
+    assert installed.tool_parsers == snapshot.tool_parsers and "hermes" in installed.tool_parsers
+    assert installed.reasoning_parsers == snapshot.reasoning_parsers
+    argvs = []
+    for rule in parsers.RULES:
+        choice = parsers.choose(None, None, "x", None, installed, tool_parser=rule.tools[0] if rule.tools else "none",
+                                reasoning_parser=rule.reasoning[0] if rule.reasoning else "none")
+        if choice.argv():
+            argvs.append(["vllm", "serve", str(tmp_path), *choice.argv()])
+    assert len(argvs) >= 20
+    errors = vllm_env.serve_arg_errors(argvs)
+    assert errors == [None] * len(argvs), [(a, e) for a, e in zip(argvs, errors) if e]
+    # And the check bites: vLLM's parser refuses auto tool choice without a parser name.
+    [bad] = vllm_env.serve_arg_errors([["vllm", "serve", str(tmp_path), "--enable-auto-tool-choice"]])
+    assert bad, "vLLM accepted --enable-auto-tool-choice without --tool-call-parser"
