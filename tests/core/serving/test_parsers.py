@@ -188,3 +188,50 @@ def test_serve_refuses_what_the_target_vllm_cannot_serve_unless_forced(root, mon
     assert forced.exit_code == 0, forced.stderr
     assert "warning: --force" in forced.stderr and "--model-impl transformers" in forced.stderr
     assert any("--force" in w for w in forced.json()["warnings"])
+
+
+# --------------------------------------------------------------------------- with the fake vllm on PATH
+
+FAKE_BIN = REPO / "tests" / "fakevllm"
+
+
+def _run_serve(root: Path, tmp_path: Path, name: str, *extra: str):
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PATH": f"{FAKE_BIN}{os.pathsep}{os.environ['PATH']}", "VMM_ROOT": str(root),
+           "FAKE_VLLM_RECORD": str(tmp_path / "argv.json")}
+    proc = subprocess.Popen([sys.executable, "-m", "vmm", "serve", name, "--gpus", "1", "--gpu-memory", "24GiB",
+                             "--port", str(port), *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    try:
+        url = proc.stdout.readline().strip()
+        if not url:
+            return proc.wait(timeout=60), None, proc.stderr.read()
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=30)
+        return code, json.loads((tmp_path / "argv.json").read_text())["argv"], proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_the_parser_flags_reach_vllm_and_a_refused_model_never_starts(root, tmp_path):
+    qwen3_model(root)
+    code, argv, stderr = _run_serve(root, tmp_path, "Qwen/Qwen3-8B")
+    assert code == 0, stderr
+    at = argv.index("--tool-call-parser")
+    assert argv[at - 1:at + 2] == ["--enable-auto-tool-choice", "--tool-call-parser", "hermes"]
+    assert argv[argv.index("--reasoning-parser") + 1] == "qwen3"
+    b.make_model(root, "stabilityai/stablelm-3b-4e1t", cfg=STABLELM)
+    (tmp_path / "argv.json").unlink()
+    code, argv, stderr = _run_serve(root, tmp_path, "stabilityai/stablelm-3b-4e1t")
+    assert code == 6 and argv is None and "StableLMEpochForCausalLM" in stderr, stderr
+    assert not (tmp_path / "argv.json").exists()           # vLLM was never started
