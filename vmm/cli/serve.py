@@ -34,6 +34,9 @@ def serve_cmd(
     enforce_eager: Annotated[bool, typer.Option("--enforce-eager", help="No CUDA graphs (less memory, slower decode).")] = False,
     detach: Annotated[bool, typer.Option("--detach", help="Return once vLLM is ready; logs go to `vmm logs NAME`.")] = False,
     emit: Annotated[Optional[str], typer.Option("--emit", help="Print a `docker run` or a systemd unit for the same plan instead of starting.", metavar="docker|systemd")] = None,
+    tool_parser: Annotated[Optional[str], typer.Option("--tool-parser", help="vLLM tool-call parser (--enable-auto-tool-choice --tool-call-parser NAME), or none; default: chosen from the model.", metavar="NAME|none")] = None,
+    reasoning_parser: Annotated[Optional[str], typer.Option("--reasoning-parser", help="vLLM reasoning parser, or none; default: chosen from the model.", metavar="NAME|none")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Serve even a model the target vLLM cannot serve (a warning instead of exit 6).")] = False,
     ready_timeout: Annotated[float, typer.Option("--ready-timeout", min=1.0, help="Seconds to wait for vLLM to answer a first request.")] = 900.0,
     root: RootOpt = None,
 ) -> None:
@@ -43,10 +46,12 @@ def serve_cmd(
     port. With --dry-run a Hub model that is not in the models root is planned from its config
     and weight headers, read by HTTP Range without downloading the weights.
     Arguments after `--` go to `vllm serve` unchanged and override the computed ones.
-    Exit 6 when the model does not fit or vLLM cannot serve it; 127 without vllm; once vLLM
-    has started, vLLM's own exit code.
+    Tool calling and reasoning parsers are chosen from the model and its chat template.
+    Exit 6 when the model does not fit or vLLM cannot serve it (unless --force); 127 without
+    vllm; once vLLM has started, vLLM's own exit code.
     """
     from vmm import render
+    from vmm.core import settings
     from vmm.core.serving import deploy, fit, launcher, planner, vllm_env
 
     if device not in ("auto", "cuda", "cpu"):
@@ -67,8 +72,12 @@ def serve_cmd(
         quantization=quantization, trust_remote_code=trust_remote_code,
         options=planner.PlanOptions(max_model_len, min_context, gpu_memory_utilization, tensor_parallel_size,
                                     kv_cache_dtype, enforce_eager),
-        passthrough=list(ctx.args), gpu_ids=fit.parse_gpu_ids(gpu_ids), root=base, remote=model.remote)
+        passthrough=list(ctx.args), gpu_ids=fit.parse_gpu_ids(gpu_ids), root=base, remote=model.remote,
+        tool_parser=tool_parser, reasoning_parser=reasoning_parser, force=force,
+        cache_dir=settings.state_dir(base) / "cache")
     cmd = launcher.build(req, install)
+    for line in cmd.warnings:
+        render.note(f"warning: {line}")
     if emit == "docker":
         sys.stdout.write(deploy.emit_docker(cmd.argv, base, model.model_dir, install.version if install else None,
                                              env=cmd.env))

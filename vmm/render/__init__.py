@@ -152,6 +152,14 @@ def servers_table(statuses) -> None:
                  "gen tok/s", "prompt tok/s", "note"], rows)
 
 
+def _parser_rows(choice) -> list[tuple[str, object]]:
+    if choice is None:
+        return []
+    return [("tool calls", f"{choice.tool_call_parser or 'off'}: {choice.tool_why}"),
+            ("reasoning", f"{choice.reasoning_parser or 'off'}: {choice.reasoning_why}"),
+            ("parsers of", f"vLLM {choice.vllm_version} ({choice.registry_source})")]
+
+
 def serve_plan(cmd) -> None:
     """The dry-run: the command, then the reasoning."""
     import shlex
@@ -171,6 +179,7 @@ def serve_plan(cmd) -> None:
                      f"{p.kv_cache_tokens} tokens at {p.kv_cache_bytes_per_token} B/token"),
         ("max model len", f"{p.max_model_len} (model: {p.model_max_len})"),
         ("dtype", p.dtype or "auto"),
+        *_parser_rows(getattr(cmd, "parsers", None)),
     ] + ([("GPUs chosen", f"{','.join(map(str, cmd.gpu_ids))} (CUDA_VISIBLE_DEVICES), "
                           f"{human_bytes(cmd.gpu_bytes)} for vLLM on each")] if cmd.gpu_ids else [])
       + ([("port", cmd.port)] if getattr(cmd, "port", None) else [])

@@ -236,13 +236,14 @@ def compile_template(text: str):
 
 
 def render_messages(compiled: Any, messages: list[dict[str, str]], tokens: dict[str, str | None],
-                    add_generation_prompt: bool = True) -> str:
-    """Render like ``apply_chat_template(tokenize=False)``; :class:`TemplateProblem` when it raises."""
+                    add_generation_prompt: bool = True, tools: list[dict[str, Any]] | None = None) -> str:
+    """Render like ``apply_chat_template(tokenize=False)`` (``tools``: OpenAI-style function
+    schemas, as a request's ``tools``); :class:`TemplateProblem` when it raises."""
     import jinja2
 
     variables = {k: v for k, v in tokens.items() if v is not None}
     try:
-        return compiled.render(messages=messages, tools=None, documents=None,
+        return compiled.render(messages=messages, tools=tools, documents=None,
                                add_generation_prompt=add_generation_prompt, **variables)
     except jinja2.TemplateError as exc:
         message = getattr(exc, "message", None) or str(exc)

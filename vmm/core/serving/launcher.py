@@ -25,7 +25,7 @@ from typing import Any
 
 from vmm.core.model import config as config_mod
 from vmm.core.model import formats
-from vmm.core.serving import fit, gpu, planner, runtime, vllm_env
+from vmm.core.serving import compat, fit, gpu, parsers, planner, runtime, vllm_env
 from vmm.core.store import locking, manifests, paths
 from vmm.core.errors import BusyError, IncompatibleError, UsageError, VmmError
 
@@ -63,6 +63,10 @@ class ServeRequest:
     gpu_ids: list[int] | None = None  # --gpu-ids: placement override
     root: Path | None = None          # whose runtime records say which GPUs and ports are taken
     remote: Any = None                # a hub.remote.RemoteModel: plan from the Hub (nothing local)
+    tool_parser: str | None = None       # --tool-parser NAME|none (None: vmm chooses)
+    reasoning_parser: str | None = None  # --reasoning-parser NAME|none (None: vmm chooses)
+    force: bool = False                  # serve even what the target vLLM cannot serve
+    cache_dir: Path | None = None        # where the installed vLLM's registries are cached
 
 
 @dataclass
@@ -74,6 +78,8 @@ class ServeCommand:
     fmt: str
     notes: list[str]
     ray_commands: list[str] = field(default_factory=list)
+    parsers: parsers.ParserChoice | None = None
+    warnings: list[str] = field(default_factory=list)
     gpu_ids: list[int] | None = None    # chosen by placement (CUDA_VISIBLE_DEVICES)
     gpu_bytes: int | None = None        # vLLM's budget per chosen GPU
     gpus: list[dict] = field(default_factory=list)   # the host's GPUs as placement saw them
@@ -81,7 +87,6 @@ class ServeCommand:
     port: int = 8000
 
     def document(self) -> dict:
-        p = self.plan
         return {"source": "hub" if self.hub else "local", "hub": self.hub, "port": self.port,
                 "gpu_ids": self.gpu_ids, "gpu_bytes": self.gpu_bytes, "gpus": self.gpus,
                 **self._plan_document()}
@@ -96,7 +101,10 @@ class ServeCommand:
                              "kv_cache_bytes": p.kv_cache_bytes, "kv_cache_tokens": p.kv_cache_tokens,
                              "overhead_bytes": p.overhead_bytes},
                 "device": p.device, "dtype": p.dtype, "model_max_len": p.model_max_len,
-                "format": self.fmt, "env": self.env, "notes": self.notes, "ray_commands": self.ray_commands}
+                "format": self.fmt, "env": self.env, "notes": self.notes, "ray_commands": self.ray_commands,
+                "tool_call_parser": self.parsers.tool_call_parser if self.parsers else None,
+                "reasoning_parser": self.parsers.reasoning_parser if self.parsers else None,
+                "parsers": self.parsers.document() if self.parsers else None, "warnings": self.warnings}
 
 
 def hardware_for(req: ServeRequest, install: vllm_env.VllmInstall | None,
@@ -177,6 +185,7 @@ def build(req: ServeRequest, install: vllm_env.VllmInstall | None = None) -> Ser
     opts = req.options
     if install is not None and opts.vllm_version is None:
         opts.vllm_version = install.version
+    warnings = _refuse_unservable(req, cfg, fmt, install)
     found: list[gpu.GpuInfo] = []
     hw = hardware_for(req, install, found)
     placement = None
@@ -234,6 +243,11 @@ def build(req: ServeRequest, install: vllm_env.VllmInstall | None = None) -> Ser
             argv += ["--chat-template", str(template)]
     elif req.tokenizer:
         argv += ["--tokenizer", req.tokenizer]
+    choice = parsers.choose_for_model(req.model_dir, req.name, cfg.model_type, cfg.architectures,
+                                      install.version if install else None, req.cache_dir,
+                                      req.tool_parser, req.reasoning_parser, req.quant)
+    argv += choice.argv()
+    notes += choice.notes
     argv = apply_passthrough(argv, req.passthrough)
     ray = []
     if plan.pipeline_parallel_size > 1:
@@ -241,7 +255,7 @@ def build(req: ServeRequest, install: vllm_env.VllmInstall | None = None) -> Ser
                *[f"ray start --address <this-node-ip>:6379   # on node {n + 1}"
                  for n in range(1, plan.pipeline_parallel_size)]]
     env = {"VLLM_NO_USAGE_STATS": "1", "HF_HUB_OFFLINE": "1"}
-    cmd = ServeCommand(argv, env, plan, model_path, fmt, notes, ray, port=port)
+    cmd = ServeCommand(argv, env, plan, model_path, fmt, notes, ray, choice, warnings, port=port)
     if placement is not None:
         # nvidia-smi numbers GPUs in PCI bus order; CUDA's default order is "fastest first".
         env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
@@ -253,6 +267,22 @@ def build(req: ServeRequest, install: vllm_env.VllmInstall | None = None) -> Ser
         cmd.hub = req.remote.document()
         notes.insert(0, f"planned from the Hub without its weights: `vmm pull {req.name}` before serving")
     return cmd
+
+
+def _refuse_unservable(req: ServeRequest, cfg: config_mod.ModelConfig, fmt: str,
+                       install: vllm_env.VllmInstall | None) -> list[str]:
+    """Exit 6 with ``vmm check``'s finding when the target vLLM cannot serve the model
+    (:mod:`vmm.core.serving.compat`); with ``--force``, a warning instead."""
+    report = compat.compat_report(cfg, req.name, fmt, install.version if install else None, req.cache_dir)
+    if report.supported:
+        return []
+    if not req.force:
+        error = report.error()
+        raise IncompatibleError(error.what, error.which, f"{error.hint}; or --force to try anyway")
+    failed = "; ".join(f.detail for f in report.findings if f.status == "fail")
+    return [f"--force: {failed}; vLLM {report.vllm_version} will probably refuse it "
+            "(for an architecture transformers has, try vLLM's Transformers backend: "
+            "`-- --model-impl transformers`)"]
 
 
 def _gguf_base_model(path: Path) -> str | None:

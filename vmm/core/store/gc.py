@@ -26,7 +26,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vmm.core import names
 from vmm.core import fsutil
 from vmm.core.store import catalog, local, locking, manifests, paths
 from vmm.core.units import parse_duration, parse_size  # noqa: F401 (gc.parse_* API)
