@@ -107,7 +107,7 @@ class FileJob:
             with self.lock:
                 self.done, self.written = set(), {}
         try:
-            self.fd = os.open(self.part, os.O_RDWR | os.O_CREAT, 0o644)
+            self.fd = os.open(self.part, os.O_RDWR | os.O_CREAT, 0o666)   # the umask applies
             if os.fstat(self.fd).st_size != self.rf.size:
                 os.ftruncate(self.fd, self.rf.size)
         except OSError as exc:

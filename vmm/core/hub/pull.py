@@ -179,7 +179,7 @@ def _pull_locked(job: _Pull) -> PullResult:
         _remove_dropped(model_dir, old, {rf.path for rf in snapshot.files})
     identities = _final_identities(job, selected, verdicts)
     manifest, previous = _new_manifest(job, snapshot.commit, quant, selected, old, identities)
-    manifests.write_manifest(model_dir, manifest)
+    manifests.write_manifest(model_dir, manifest, carry_usage=True)   # uses recorded meanwhile stay
     _cleanup_partial(model_dir)
     downloaded = counters.bytes_downloaded
     if job.progress is not None:
@@ -342,7 +342,7 @@ def _offline_result(job: _Pull) -> PullResult:
         now = time.time()
         old.files = [ondisk.with_identity(f, v.identity, now) if v.hashed else f
                      for f, v in zip(old.files, verdicts)]
-        manifests.write_manifest(model_dir, old)
+        manifests.write_manifest(model_dir, old, carry_usage=True)
     return PullResult(name=ref.repo_id, path=str(model_dir), revision=old.commit or "", files=len(old.files),
                       bytes_downloaded=0, bytes_total=old.total_bytes,
                       verified=all(hashing.expected_digest(f)[0] != "size" for f in old.files),
