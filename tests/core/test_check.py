@@ -19,7 +19,7 @@ from builders import (
 )
 from conftest import assert_error_line, run_vmm
 
-from vmm.core import check
+from vmm.core import check, hashing
 from vmm.core.serving import compat
 from vmm.core.store import manifests
 
@@ -141,7 +141,7 @@ def test_hashing_is_parallel_and_correct_across_many_files(tmp_path):
     verdicts = check.verify_files(model_dir, manifests.Manifest("a/b", files=files), workers=4)
     assert [v.path for v in verdicts if not v.ok] == ["f7.safetensors"]
     assert all(v.hashed for v in verdicts)
-    assert check.git_blob_sha1(model_dir / "f0.safetensors") == hashlib.sha1(
+    assert hashing.git_blob_sha1_file(model_dir / "f0.safetensors") == hashlib.sha1(
         b"blob 100000\0" + b"\0" * 100_000).hexdigest()
 
 

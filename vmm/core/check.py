@@ -71,13 +71,6 @@ class CheckReport:
         return cls(f"check failed: {first.name}{more}", f"{self.name}: {first.failure or first.detail}", hint)
 
 
-# --------------------------------------------------------------------------- hashing
-
-# One implementation of the Hub's two file hashes, shared with pull, import and dedup.
-sha256_file = hashing.sha256_file
-git_blob_sha1 = hashing.git_blob_sha1_file
-
-
 @dataclass
 class FileVerdict:
     path: str
@@ -96,16 +89,13 @@ def _verify_one(model_dir: Path, entry: manifests.ManifestFile, fast: bool, actu
         return FileVerdict(entry.path, False, f"unreadable ({exc.strerror or exc})")
     if size != entry.size:
         return FileVerdict(entry.path, False, f"size {size} != {entry.size}")
-    if fast or not (entry.sha256 or entry.git_sha1):
+    algorithm, expected = hashing.expected_digest(entry)
+    if fast or algorithm == "size":
         return FileVerdict(entry.path, True)
     try:
         # LFS files: the Hub's lfs.sha256 is the content's; their git blob id is the pointer's.
-        if entry.sha256:
-            ok = sha256_file(path) == entry.sha256.lower()
-            kind = "sha256"
-        else:
-            ok = git_blob_sha1(path) == entry.git_sha1.lower()
-            kind = "git sha1"
+        ok = hashing.hash_file(path, algorithm, entry.size) == expected
+        kind = {"sha256": "sha256", "git-sha1": "git sha1"}[algorithm]
     except OSError as exc:
         return FileVerdict(entry.path, False, f"unreadable ({exc.strerror or exc})")
     return FileVerdict(entry.path, ok, None if ok else f"{kind} mismatch", hashed=True)
