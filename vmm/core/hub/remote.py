@@ -13,22 +13,23 @@ What is read, for ``org/name[:QUANT][@REV]`` at the commit the revision resolves
 
 The same parsers as for local files do the reading (``formats.parse_safetensors_header``,
 ``gguf_meta.parse_gguf_prefix``). Requests go to ``{endpoint}/{repo}/resolve/{commit}/{path}``;
-redirects (LFS files go to a CDN) are followed by hand and the token is sent only to the
-endpoint's own host, as pull does.
+the HTTP is the transfer engine's (``connection.fetch_range``): redirects (LFS files go to a
+CDN) followed by hand, the token sent only to the endpoint's own host, as pull does.
 """
 
 from __future__ import annotations
 
-import http.client
 import json
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from urllib.parse import quote, urljoin, urlsplit
+from urllib.parse import quote
 
 from vmm.core import names, settings
 from vmm.core.errors import IntegrityError, NotFoundError, RemoteError, UsageError, VmmError
-from vmm.core.hub.client import LOGIN_HINT, RemoteFile, fetch_snapshot
+from vmm.core.hub import connection
+from vmm.core.hub.client import RemoteFile, fetch_snapshot
 from vmm.core.model import config as config_mod
 from vmm.core.model import formats, gguf_meta
 
@@ -41,6 +42,7 @@ GGUF_MAX_READ = 256 << 20
 PARALLEL_REQUESTS = 8
 TIMEOUT_S = 30.0
 ATTEMPTS = 3
+BACKOFF_S = 0.2
 
 
 @dataclass
@@ -79,11 +81,17 @@ class RemoteModel:
 
 
 class RangeReader:
-    """Byte ranges of one commit's files; counts what it read. Thread-safe (a connection per call)."""
+    """Byte ranges of one commit's files; counts what it read. Thread-safe (connections per call).
 
-    def __init__(self, repo_id: str, commit: str, endpoint: str, token: str | None) -> None:
+    The HTTP is the transfer engine's (:func:`vmm.core.hub.connection.fetch_range`): the same
+    redirect handling, the token only to the endpoint's host, the same retryable failures.
+    """
+
+    def __init__(self, repo_id: str, commit: str, endpoint: str, token: str | None,
+                 sizes: dict[str, int]) -> None:
         self.repo_id, self.commit, self.endpoint, self.token = repo_id, commit, endpoint.rstrip("/"), token
-        self.endpoint_host = _host_key(self.endpoint)
+        self.endpoint_host = connection.host_key(self.endpoint)
+        self.sizes = sizes                  # path -> size from the snapshot: ranges never pass the end
         self.bytes_read = 0
         self.requests = 0
         self._lock = threading.Lock()
@@ -93,66 +101,34 @@ class RangeReader:
                 f"{quote(self.commit, safe='')}/{quote(path, safe='/')}")
 
     def read(self, path: str, start: int = 0, end: int | None = None) -> bytes:
-        """Bytes [start, end) of ``path`` (``end=None``: the whole file)."""
-        last: Exception | None = None
-        for _ in range(ATTEMPTS):
+        """Bytes [start, end) of ``path`` (``end=None``: to the end of the file)."""
+        size = self.sizes[path]
+        end = size if end is None else min(end, size)
+        if end <= start:
+            return b""
+        label = f"{self.repo_id}/{path}"
+        req = connection.RangeRequest(self.url(path), start, end, label, whole_file=(start == 0 and end == size))
+        last = ""
+        for attempt in range(ATTEMPTS):
+            parts: list[bytes] = []
+            conns = connection.Connections(TIMEOUT_S)
             try:
-                return self._read_once(path, start, end)
-            except (OSError, http.client.HTTPException) as exc:
-                last = exc
-        raise RemoteError("the Hub could not be reached after retries", f"{self.repo_id}/{path}: {last}",
-                          "check the network or HF_ENDPOINT, then run the same command again")
-
-    def _read_once(self, path: str, start: int, end: int | None) -> bytes:
-        url = self.url(path)
-        for _hop in range(6):
-            key = _host_key(url)
-            parts = urlsplit(url)
-            headers = {"Accept-Encoding": "identity", "User-Agent": "vmm"}
-            if end is not None:
-                headers["Range"] = f"bytes={start}-{end - 1}"
-            if self.token and key == self.endpoint_host:
-                headers["Authorization"] = f"Bearer {self.token}"
-            conn_cls = http.client.HTTPSConnection if key[0] == "https" else http.client.HTTPConnection
-            conn = conn_cls(key[1], key[2], timeout=TIMEOUT_S)
-            try:
-                conn.request("GET", parts.path + ("?" + parts.query if parts.query else ""), headers=headers)
-                resp = conn.getresponse()
-                status = resp.status
-                if status in (301, 302, 303, 307, 308):
-                    location = resp.getheader("Location")
-                    resp.read()
-                    if not location:
-                        raise RemoteError(f"HTTP {status} without Location", f"{self.repo_id}/{path}",
-                                          "check HF_ENDPOINT")
-                    url = urljoin(url, location)
-                    continue
-                body = resp.read()
+                connection.fetch_range(conns, req, (self.endpoint_host, self.token),
+                                       bytearray(min(end - start, 1 << 20)),
+                                       lambda view: parts.append(bytes(view)), threading.Event())
+            except connection.Retry as exc:
+                last = exc.why
+                time.sleep(min(exc.delay or BACKOFF_S * 2 ** attempt, 5.0))
+                continue
             finally:
-                conn.close()
+                conns.close()
+            body = b"".join(parts)
             with self._lock:
                 self.bytes_read += len(body)
                 self.requests += 1
-            if status == 206 or (status == 200 and end is None):
-                return body
-            if status == 200:         # a server that ignores Range: keep only what was asked
-                return body[start:end]
-            if status == 416:
-                return b""
-            if status in (401, 403):
-                raise RemoteError(f"the Hub refused the file (HTTP {status})", f"{self.repo_id}/{path}", LOGIN_HINT)
-            if status == 404:
-                raise NotFoundError("file not found on the Hub", f"{self.repo_id}/{path}", "check the revision")
-            if status >= 500 or status == 429:
-                raise OSError(f"HTTP {status}")
-            raise RemoteError(f"unexpected HTTP {status} for a file", f"{self.repo_id}/{path}", "retry later")
-        raise RemoteError("too many redirects", f"{self.repo_id}/{path}", "check HF_ENDPOINT")
-
-
-def _host_key(url: str) -> tuple[str, str, int]:
-    parts = urlsplit(url)
-    scheme = parts.scheme or "https"
-    return scheme, parts.hostname or "", parts.port or (443 if scheme == "https" else 80)
+            return body
+        raise RemoteError("cannot reach the Hub", f"{label}: {last}",
+                          "check the network or HF_ENDPOINT, then run the same command again")
 
 
 def _json_file(reader: RangeReader, path: str) -> dict:
@@ -258,7 +234,7 @@ def read_remote_model(name: str, revision: str | None = None, endpoint: str | No
     snapshot = fetch_snapshot(ref.repo_id, want, endpoint=endpoint, token=token)
     selected, quant = select_files(snapshot.files, ref.quant, repo_id=ref.repo_id)
     by_path = {f.path: f for f in snapshot.files}
-    reader = RangeReader(ref.repo_id, snapshot.commit, endpoint, token)
+    reader = RangeReader(ref.repo_id, snapshot.commit, endpoint, token, {f.path: f.size for f in snapshot.files})
     fmt = formats.format_from_names([f.path for f in selected])
     variants = _gguf_variants(snapshot.files)
     try:
