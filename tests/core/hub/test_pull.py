@@ -74,7 +74,7 @@ def test_fresh_pull_is_byte_identical_with_manifest_and_json_contract(hub, root)
     assert doc["files"] == len(EXPECTED)
     assert doc["bytes_total"] == doc["bytes_downloaded"] == sum(map(len, EXPECTED.values()))
     files = _files(root, with_template=True)
-    # The repo ships no chat template: pull gives it its family's (SPEC.md), recorded as vmm's.
+    # The repo ships no chat template: pull gives it its family's (setup_chat_template), recorded as vmm's.
     assert files.pop("chat_template.jinja").startswith(b"{")
     assert doc["chat_template_written"] is True and doc["chat_template"].startswith("family ")
     assert files == EXPECTED

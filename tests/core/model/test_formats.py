@@ -1,4 +1,4 @@
-"""Formats: detection, sharding in SPEC.md's order, headers, GGUF files and metadata."""
+"""Formats: detection, sharding in the core API's order, headers, GGUF files and metadata."""
 
 from __future__ import annotations
 

@@ -89,7 +89,7 @@ def test_gguf_in_tree_until_0_23_then_plugin_note(no_vllm):
     new = report(LLAMA3_8B_INSTRUCT, fmt="gguf", vllm_version="0.33.0")
     assert new.status == "warn" and new.needs_plugin == "vllm-gguf-plugin" and "vllm-gguf-plugin" in new.reason
     assert report(LLAMA3_8B_INSTRUCT, fmt="gguf", vllm_version="0.5.0").supported is False
-    # SPEC.md's is_gguf_model: the name alone says GGUF when nothing else is known.
+    # the design's is_gguf_model: the name alone says GGUF when nothing else is known.
     assert report(LLAMA3_8B_INSTRUCT, model_name="x/Llama-3-8B-GGUF").needs_plugin == "vllm-gguf-plugin"
 
 

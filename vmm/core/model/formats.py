@@ -2,7 +2,7 @@
 
 Interface (shared by ls, inspect, check, pull and serve):
 - ``detect_format(model_dir) -> "safetensors"|"pytorch"|"gguf"|"mixed"|"unknown"``
-- ``check_model_sharding(model_dir) -> (is_sharded, shard_count, shard_files)`` (SPEC.md order)
+- ``check_model_sharding(model_dir) -> (is_sharded, shard_count, shard_files)`` (the core API's order, docs/architecture.md)
 - ``shard_report(model_dir) -> ShardReport`` (adds index name, missing and unindexed shards)
 - ``find_gguf_files(model_dir) -> list[GgufFile]`` (one entry per quantization; split parts grouped)
 - ``get_gguf_file(model_dir, quant=None) -> Path`` (first part; exit 2 listing the choices when ambiguous)
@@ -225,7 +225,7 @@ def _index_report(model_dir: Path, index_name: str, top: list[str]) -> ShardRepo
 
 
 def shard_report(model_dir: Path, quant: str | None = None) -> ShardReport:
-    """Shards and index consistency, looking in SPEC.md's order:
+    """Shards and index consistency, looking in the core API's order (docs/architecture.md):
 
     1. ``pytorch_model.bin.index.json``  2. ``model.safetensors.index.json``
     3. ``pytorch_model-*.bin``           4. ``model-*.safetensors``
@@ -271,7 +271,7 @@ def shard_report(model_dir: Path, quant: str | None = None) -> ShardReport:
 
 
 def check_model_sharding(model_dir: Path) -> tuple[bool, int, list[str]]:
-    """SPEC.md's core function: ``(is_sharded, shard_count, shard_files)``."""
+    """The original design's core function (docs/architecture.md): ``(is_sharded, shard_count, shard_files)``."""
     report = shard_report(Path(model_dir))
     return report.sharded, report.shard_count, report.shard_files
 

@@ -383,7 +383,7 @@ def compat_report(model_config: ModelConfig | dict[str, Any], model_name: str | 
     """Whether vLLM can serve the model, with the reasons and what to do."""
     cfg = _as_config(model_config)
     if fmt is None and model_name and "gguf" in model_name.lower():
-        fmt = "gguf"                              # SPEC.md is_gguf_model: by name when nothing else is known
+        fmt = "gguf"                              # the design's is_gguf_model: by name when nothing else is known
     registry, notes = choose_registry(vllm_version, cache_dir)
     installed = registry.source.startswith("installed")
     findings = [_architecture_finding(cfg, registry)]
@@ -402,7 +402,7 @@ def compat_report(model_config: ModelConfig | dict[str, Any], model_name: str | 
 
 def is_model_supported(model_config: ModelConfig | dict[str, Any], model_name: str | None = None,
                        vllm_version: str | None = None) -> bool:
-    """SPEC.md's core function: True when vLLM (installed, else the newest snapshot) can serve it."""
+    """The original design's core function (docs/architecture.md): True when vLLM (installed, else the newest snapshot) can serve it."""
     return compat_report(model_config, model_name, vllm_version=vllm_version).supported
 
 

@@ -7,7 +7,7 @@
 - ``resolve_model(name_or_path, root) -> (LocalModel, quant)``
 - ``inspect_model(model, quant=None) -> ModelInfo`` (``vmm inspect``): config, parameters and
   bytes from the weights' headers, KV-cache bytes per token.
-- ``list_model_files(model) -> list[ModelFile]`` (SPEC.md's monitoring function)
+- ``list_model_files(model) -> list[ModelFile]`` (the original design's monitoring function, docs/architecture.md)
 - ``delete_model_from_volume(root, name) -> RmResult`` (``vmm rm``), under the exclusive lock.
 """
 
