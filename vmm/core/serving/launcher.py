@@ -79,7 +79,10 @@ class ServeCommand:
                 "estimate": {"weight_bytes": p.weight_bytes, "kv_cache_bytes_per_token": p.kv_cache_bytes_per_token,
                              "gpu_count": p.gpu_count, "gpu_memory_bytes": p.gpu_memory_bytes,
                              "kv_cache_bytes": p.kv_cache_bytes, "kv_cache_tokens": p.kv_cache_tokens,
-                             "overhead_bytes": p.overhead_bytes},
+                             "overhead_bytes": p.overhead_bytes,
+                             "kv_bytes_per_sequence": p.kv_bytes_per_sequence,
+                             "kv_accounting": p.kv_accounting,
+                             "full_attention_max_model_len": p.full_attention_max_model_len},
                 "device": p.device, "dtype": p.dtype, "model_max_len": p.model_max_len,
                 "format": self.fmt, "env": self.env, "notes": self.notes, "ray_commands": self.ray_commands}
 
