@@ -1,0 +1,53 @@
+"""Run inside vLLM's own Python: vLLM's ModelConfig/ParallelConfig verdicts on config.json files.
+
+Usage: python vllm_oracle_probe.py CONFIG.json ... > results.json  (a JSON object by file name).
+Used by test_vllm_oracle.py; offline: skip_tokenizer_init, no weights, no network.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+TPS = (1, 2, 4, 8)
+
+
+def probe(path: str) -> dict:
+    from vllm.config import ModelConfig, ParallelConfig
+
+    folder = tempfile.mkdtemp(prefix="vmm-oracle-")
+    try:
+        shutil.copy(path, os.path.join(folder, "config.json"))
+        mc = ModelConfig(model=folder, skip_tokenizer_init=True)
+        out = {"head_size": mc.get_head_size(), "num_layers": mc.get_num_layers(ParallelConfig()),
+               "max_model_len": mc.max_model_len, "use_mla": bool(mc.use_mla),
+               "sliding_window": mc.get_sliding_window(),
+               "layer_types": getattr(mc.hf_text_config, "layer_types", None),
+               "kv_heads": {}, "tp_ok": {}}
+        for tp in TPS:
+            pc = ParallelConfig(tensor_parallel_size=tp)
+            out["kv_heads"][str(tp)] = mc.get_num_kv_heads(pc)
+            try:
+                mc.verify_with_parallel_config(pc)
+                out["tp_ok"][str(tp)] = True
+            except Exception as exc:  # vLLM raises ValueError; keep its words
+                out["tp_ok"][str(tp)] = str(exc)[:200]
+        return out
+    except Exception as exc:
+        return {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def main() -> None:
+    results = {os.path.basename(p): probe(p) for p in sys.argv[1:]}
+    sys.stdout.write("\n@@ORACLE@@" + json.dumps(results) + "\n")
+
+
+if __name__ == "__main__":
+    main()
