@@ -38,6 +38,14 @@ def _vmm_stricter(cfg: config_mod.ModelConfig, tp: int) -> bool:
     return bool(kv) and not cfg.is_mla and kv % tp != 0 and tp % kv != 0
 
 
+# Configs vLLM itself cannot load, with the reason (the test fails when vLLM starts to load
+# them, so the exception is re-examined): vLLM 0.32.0 with transformers 5.19 rejects Phi-3's
+# LongRoPE config, which keeps original_max_position_embeddings at the top level and not in
+# rope_scaling (transformers modeling_rope_utils.py validation).
+VLLM_CANNOT_LOAD = {
+    "microsoft--Phi-3-mini-128k-instruct.json": "Missing required keys in `rope_parameters` for 'rope_type'='longrope'",
+}
+
 _STUB = '''
 class _Any:
     def __init__(self, *a, **k): pass
@@ -82,6 +90,9 @@ def test_enough_real_configs():
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_vmm_agrees_with_vllm(oracle, path):
     want = oracle[path.name]
+    if path.name in VLLM_CANNOT_LOAD:
+        assert VLLM_CANNOT_LOAD[path.name] in want.get("error", ""), want
+        return
     assert "error" not in want, want.get("error")
     cfg = config_mod.from_config_dict(json.loads(path.read_text()))
     derived = layers.derived(cfg, planner.model_max_len(cfg))
