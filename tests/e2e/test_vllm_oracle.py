@@ -65,7 +65,7 @@ def _stub_torchvision(root: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def oracle(tmp_path_factory) -> dict:
+def probe(tmp_path_factory):
     from vmm.core.serving import vllm_env
 
     found = vllm_env.find_vllm()
@@ -77,10 +77,39 @@ def oracle(tmp_path_factory) -> dict:
         stub = tmp_path_factory.mktemp("stub")
         _stub_torchvision(stub)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(stub), env.get("PYTHONPATH")]))
-    done = subprocess.run([found.python, str(HERE / "vllm_oracle_probe.py"), *map(str, CONFIGS)],
-                          capture_output=True, text=True, env=env, timeout=1200)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.split("@@ORACLE@@")[-1])
+
+    def run(args: list[str], stdin: str | None = None):
+        done = subprocess.run([found.python, str(HERE / "vllm_oracle_probe.py"), *args], input=stdin,
+                              capture_output=True, text=True, env=env, timeout=1200)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return json.loads(done.stdout.split("@@ORACLE@@")[-1])
+    return run
+
+
+@pytest.fixture(scope="module")
+def oracle(probe) -> dict:
+    return probe([str(p) for p in CONFIGS])
+
+
+def test_hybrid_kv_bytes_match_vllm(probe):
+    """vmm's bytes per sequence == vLLM's own grouping and specs, for every attention-only
+    config (full and sliding layers), at lengths below, at and far above the windows."""
+    cases, mine = [], []
+    for path in CONFIGS:
+        if path.name in VLLM_CANNOT_LOAD:
+            continue
+        cfg = config_mod.from_config_dict(json.loads(path.read_text()))
+        kinds = layers.kinds(cfg)
+        if not set(kinds) <= {"full", "sliding"}:
+            continue
+        spec = layers.kv_spec(cfg)
+        for length in (1000, 4096, 32768, 131072):
+            cases.append({"kinds": kinds, "kv_heads": cfg.effective_kv_heads, "head_size": cfg.effective_head_dim,
+                          "window": cfg.sliding_window, "length": length, "in_flight": layers.IN_FLIGHT_TOKENS})
+            mine.append((path.stem, length, spec.sequence_bytes(length, cfg)))
+    assert any("sliding" in case["kinds"] and "full" in case["kinds"] for case in cases)
+    theirs = probe(["--kv"], json.dumps(cases))
+    assert [m[2] for m in mine] == theirs, [(m, t) for m, t in zip(mine, theirs) if m[2] != t]
 
 
 def test_enough_real_configs():

@@ -1,6 +1,7 @@
 """Run inside vLLM's own Python: vLLM's ModelConfig/ParallelConfig verdicts on config.json files.
 
-Usage: python vllm_oracle_probe.py CONFIG.json ... > results.json  (a JSON object by file name).
+Usage: python vllm_oracle_probe.py CONFIG.json ...   (a JSON object by file name), or
+       python vllm_oracle_probe.py --kv < cases.json  (KV bytes one sequence reserves).
 Used by test_vllm_oracle.py; offline: skip_tokenizer_init, no weights, no network.
 """
 
@@ -44,7 +45,37 @@ def probe(path: str) -> dict:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def kv_bytes(case: dict) -> int:
+    """What vLLM's hybrid KV cache manager reserves for one sequence: its own grouping
+    (vllm/v1/core/kv_cache_utils.py) and specs (vllm/v1/kv_cache_interface.py)."""
+    import types
+
+    import torch
+    from vllm.v1.core import kv_cache_utils as utils
+    from vllm.v1.kv_cache_interface import FullAttentionSpec, SlidingWindowSpec
+    from vllm.v1.kv_cache_layout import KVCacheLayout
+
+    common = {"block_size": 16, "num_kv_heads": case["kv_heads"], "head_size": case["head_size"],
+              "dtype": torch.bfloat16}
+    specs = {f"layers.{i}": SlidingWindowSpec(**common, sliding_window=case["window"]) if kind == "sliding"
+             else FullAttentionSpec(**common) for i, kind in enumerate(case["kinds"])}
+    if len({type(spec) for spec in specs.values()}) > 1:
+        groups = utils._get_kv_cache_groups_uniform_page_size(specs)
+    else:
+        groups = utils._get_kv_cache_groups_uniform_spec(specs)
+    cache = types.SimpleNamespace(get_resolved_kv_cache_layout=lambda: KVCacheLayout.LBHNC)
+    vllm_config = types.SimpleNamespace(
+        max_in_flight_tokens=case["in_flight"], cache_config=cache,
+        model_config=types.SimpleNamespace(max_model_len=case["length"]),
+        parallel_config=types.SimpleNamespace(decode_context_parallel_size=1))
+    return utils._max_memory_usage_bytes_from_groups(vllm_config, groups)
+
+
 def main() -> None:
+    if sys.argv[1:] == ["--kv"]:
+        cases = json.load(sys.stdin)
+        sys.stdout.write("\n@@ORACLE@@" + json.dumps([kv_bytes(case) for case in cases]) + "\n")
+        return
     results = {os.path.basename(p): probe(p) for p in sys.argv[1:]}
     sys.stdout.write("\n@@ORACLE@@" + json.dumps(results) + "\n")
 
