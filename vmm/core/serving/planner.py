@@ -91,7 +91,8 @@ def model_max_len(cfg: ModelConfig) -> int | None:
             if rope_type not in _ROPE_ALREADY_SCALED and isinstance(rope.get("factor"), (int, float)):
                 factor = rope["factor"]
         length = int(length * factor)
-    if any((r.get("rope_type") or r.get("type")) == "longrope" for r in entries):
+    # vllm/transformers_utils/config.py patch_rope_parameters renames legacy "su" to "longrope".
+    if any((r.get("rope_type") or r.get("type")) in ("longrope", "su") for r in entries):
         return cfg.original_max_position_embeddings or length
     return length
 
@@ -195,9 +196,9 @@ def plan(cfg: ModelConfig, weight_bytes: int | None, hw: Hardware, opts: PlanOpt
 
     util = opts.gpu_memory_utilization or default_gpu_memory_utilization(opts.vllm_version)
     pp = max(1, hw.nodes)
-    layers = cfg.num_hidden_layers or 0
-    if pp > 1 and layers and layers < pp:
-        raise IncompatibleError("more pipeline stages than layers", f"{pp} nodes, {layers} layers",
+    n_layers = cfg.num_hidden_layers or 0
+    if pp > 1 and n_layers and n_layers < pp:
+        raise IncompatibleError("more pipeline stages than layers", f"{pp} nodes, {n_layers} layers",
                                 "use fewer nodes")
     if opts.tensor_parallel_size:
         why = valid_tp(cfg, opts.tensor_parallel_size)
