@@ -38,8 +38,6 @@ CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
 CPU_MEMORY_FRACTION = 0.5        # of MemAvailable: vLLM's CPU backend, the OS and the rest share it
 CPU_MIN_KV_BYTES = 64 << 20
 CPU_KV_SEQUENCES = 16            # KV room for this many full-length sequences on CPU
-# rope types whose max_position_embeddings is already the scaled length (vLLM 0.32).
-_ROPE_ALREADY_SCALED = {"su", "longrope", "llama3", "yarn", "deepseek_yarn", "deepseek_llama_scaling"}
 
 
 def parse_size(text: str) -> int:
@@ -61,40 +59,7 @@ def default_gpu_memory_utilization(vllm_version: str | None) -> float:
     return 0.92
 
 
-def _rope_entries(rope: dict | None) -> list[dict]:
-    """rope_scaling/rope_parameters as a list (per-layer-type dicts give one entry each)."""
-    if not rope:
-        return []
-    if all(isinstance(v, dict) for v in rope.values()):
-        return [v for v in rope.values() if isinstance(v, dict)]
-    return [rope]
-
-
-def model_max_len(cfg: ModelConfig) -> int | None:
-    """The model's maximum context as vLLM derives it with no --max-model-len
-    (vLLM 0.32.0 vllm/config/model.py ``_get_and_verify_max_len``): the smallest length key
-    (config.json's own model_max_length overrides it), capped by the tokenizer's
-    model_max_length, times the RoPE factor unless the type is already scaled or the model is
-    Gemma 3; LongRoPE defaults to original_max_position_embeddings."""
-    length = cfg.max_position_embeddings
-    if cfg.config_model_max_length:
-        length = cfg.config_model_max_length
-    if length is None:
-        return cfg.model_max_length
-    if cfg.model_max_length:
-        length = min(length, cfg.model_max_length)
-    entries = _rope_entries(cfg.rope_scaling)
-    if entries and "gemma3" not in (cfg.model_type or ""):
-        factor = 1.0
-        for rope in entries:
-            rope_type = rope.get("rope_type") or rope.get("type")
-            if rope_type not in _ROPE_ALREADY_SCALED and isinstance(rope.get("factor"), (int, float)):
-                factor = rope["factor"]
-        length = int(length * factor)
-    # vllm/transformers_utils/config.py patch_rope_parameters renames legacy "su" to "longrope".
-    if any((r.get("rope_type") or r.get("type")) in ("longrope", "su") for r in entries):
-        return cfg.original_max_position_embeddings or length
-    return length
+model_max_len = layers.model_max_len
 
 
 def valid_tp(cfg: ModelConfig, tp: int) -> str | None:
