@@ -95,18 +95,23 @@ def test_hybrid_kv_bytes_match_vllm(probe):
     """vmm's bytes per sequence == vLLM's own grouping and specs, for every attention-only
     config (full and sliding layers), at lengths below, at and far above the windows."""
     cases, mine = [], []
-    for path in CONFIGS:
-        if path.name in VLLM_CANNOT_LOAD:
-            continue
-        cfg = config_mod.from_config_dict(json.loads(path.read_text()))
+    # Llama 4's chunked local attention: no real config is stored yet, so a config of its
+    # shape (text_config with attention_chunk_size) stands in.
+    llama4 = {"model_type": "llama4", "text_config": {
+        "model_type": "llama4_text", "num_hidden_layers": 48, "attention_chunk_size": 8192,
+        "hidden_size": 5120, "num_attention_heads": 40, "num_key_value_heads": 8, "head_dim": 128}}
+    docs = [(p.stem, json.loads(p.read_text())) for p in CONFIGS if p.name not in VLLM_CANNOT_LOAD]
+    for stem, doc in docs + [("llama4-shaped", llama4)]:
+        cfg = config_mod.from_config_dict(doc)
         kinds = layers.kinds(cfg)
-        if not set(kinds) <= {"full", "sliding"}:
+        if not set(kinds) <= {"full", "sliding", "chunked"}:
             continue
         spec = layers.kv_spec(cfg)
-        for length in (1000, 4096, 32768, 131072):
+        for length in (1000, 4096, 32768, 131072, 1 << 20):
             cases.append({"kinds": kinds, "kv_heads": cfg.effective_kv_heads, "head_size": cfg.effective_head_dim,
-                          "window": cfg.sliding_window, "length": length, "in_flight": layers.IN_FLIGHT_TOKENS})
-            mine.append((path.stem, length, spec.sequence_bytes(length, cfg)))
+                          "window": cfg.sliding_window, "chunk": cfg.attention_chunk_size, "length": length,
+                          "in_flight": layers.IN_FLIGHT_TOKENS})
+            mine.append((stem, length, spec.sequence_bytes(length, cfg)))
     assert any("sliding" in case["kinds"] and "full" in case["kinds"] for case in cases)
     theirs = probe(["--kv"], json.dumps(cases))
     assert [m[2] for m in mine] == theirs, [(m, t) for m, t in zip(mine, theirs) if m[2] != t]

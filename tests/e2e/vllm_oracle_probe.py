@@ -52,13 +52,19 @@ def kv_bytes(case: dict) -> int:
 
     import torch
     from vllm.v1.core import kv_cache_utils as utils
-    from vllm.v1.kv_cache_interface import FullAttentionSpec, SlidingWindowSpec
+    from vllm.v1.kv_cache_interface import ChunkedLocalAttentionSpec, FullAttentionSpec, SlidingWindowSpec
     from vllm.v1.kv_cache_layout import KVCacheLayout
 
     common = {"block_size": 16, "num_kv_heads": case["kv_heads"], "head_size": case["head_size"],
               "dtype": torch.bfloat16}
-    specs = {f"layers.{i}": SlidingWindowSpec(**common, sliding_window=case["window"]) if kind == "sliding"
-             else FullAttentionSpec(**common) for i, kind in enumerate(case["kinds"])}
+    def spec(kind: str):
+        if kind == "sliding":
+            return SlidingWindowSpec(**common, sliding_window=case["window"])
+        if kind == "chunked":
+            return ChunkedLocalAttentionSpec(**common, attention_chunk_size=case["chunk"])
+        return FullAttentionSpec(**common)
+
+    specs = {f"layers.{i}": spec(kind) for i, kind in enumerate(case["kinds"])}
     if len({type(spec) for spec in specs.values()}) > 1:
         groups = utils._get_kv_cache_groups_uniform_page_size(specs)
     else:

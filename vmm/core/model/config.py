@@ -255,6 +255,15 @@ def layer_types(cfg: ModelConfig, merged: dict[str, Any]) -> list[str] | None:
             return None
         first = merged.get("max_window_layers") if isinstance(merged.get("max_window_layers"), int) else n
         return ["sliding_attention" if i >= first else "full_attention" for i in range(n)]
+    if kind in ("llama4_text", "llama4"):
+        # configuration_llama4.py (5.19): no_rope_layers[i] == 1 (RoPE) -> "chunked_attention";
+        # default: every no_rope_layer_interval-th (4) layer is NoPE full attention. vLLM's
+        # llama4.py uses ChunkedLocalAttention there when attention_chunk_size is set.
+        flags = merged.get("no_rope_layers")
+        if not (isinstance(flags, list) and len(flags) == n):
+            every = merged.get("no_rope_layer_interval") if isinstance(merged.get("no_rope_layer_interval"), int) else 4
+            flags = [int((i + 1) % every != 0) for i in range(n)]
+        return ["chunked_attention" if flag else "full_attention" for flag in flags]
     if kind == "qwen3_next":
         # configuration_qwen3_next.py: every full_attention_interval-th layer is full attention.
         every = merged.get("full_attention_interval") if isinstance(merged.get("full_attention_interval"), int) else 4

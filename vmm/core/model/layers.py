@@ -88,7 +88,8 @@ def kinds(cfg: ModelConfig) -> list[str]:
         return [MLA] * n
     if cfg.layer_types:
         out = [_TYPE_KIND.get(t, FULL) for t in cfg.layer_types]
-        return [FULL if k == SLIDING and not cfg.sliding_window else k for k in out]
+        return [FULL if (k == SLIDING and not cfg.sliding_window) or (k == CHUNKED and not cfg.attention_chunk_size)
+                else k for k in out]
     if cfg.sliding_window:
         return [SLIDING] * n
     return [FULL] * n
