@@ -40,4 +40,4 @@ def test_inspect_derived_gemma3_defaults_and_mla(root):
     assert deepseek["use_mla"] and deepseek["head_dim"] == 576 and deepseek["num_key_value_heads"] == 1
     assert deepseek["layers_by_kind"]["mla"] == 61
     human = run_vmm("inspect", "google/gemma-3-4b-it")
-    assert "5 full, 29 sliding (window 1024)" in human.stdout
+    assert "layer kinds       5 full, 29 sliding (window 1024)" in human.stdout

@@ -150,8 +150,8 @@ def _derived_rows(derived, render) -> list[tuple[str, object]]:
     per_token = derived["kv_bytes_per_token"]
     return [
         ("serving context", derived["context_length"]),
-        ("layers by kind", kinds + (f" (window {derived['sliding_window']})" if derived["sliding_window"] else "")),
-        ("kv / token at context", f"{render.human_bytes(per_token)} ({per_token:,} B)" if per_token else None),
+        ("layer kinds", kinds + (f" (window {derived['sliding_window']})" if derived["sliding_window"] else "")),
+        ("kv / token (ctx)", f"{render.human_bytes(per_token)} ({per_token:,} B)" if per_token else None),
     ]
 
 

@@ -125,3 +125,18 @@ def test_mistral_v01_style_sliding_window_covers_every_layer():
     cfg = load("mistralai--Mistral-7B-Instruct-v0.2")   # sliding_window 32768 == the context
     assert set(layers.kinds(cfg)) == {"sliding"}
     assert planner.model_max_len(cfg) == 32768
+
+
+def test_quant_bits_per_weight():
+    from vmm.core.model import quant
+
+    assert quant.method({"quant_method": "bitsandbytes", "load_in_4bit": True}) == "bitsandbytes"
+    assert quant.bits_per_weight("bitsandbytes", {"load_in_8bit": True}) == 8.0
+    assert quant.bits_per_weight("awq", {"quant_method": "awq", "bits": 4, "group_size": 128}) == 4.25
+    assert quant.bits_per_weight("compressed-tensors", {"config_groups": {"group_0": {
+        "weights": {"num_bits": 4}}}}) == 4.25
+    assert quant.bits_per_weight("mxfp4", {"quant_method": "mxfp4"}) == 4.25
+    assert quant.bits_per_weight(None) is None
+    assert quant.method(None, {"quantization": {"quant_algo": "NVFP4"}}) == "modelopt_fp4"
+    gptq = load("TheBloke--Llama-2-13B-chat-GPTQ")
+    assert layers.derived(gptq, 4096)["quant_bits_per_weight"] == 4.25

@@ -427,7 +427,7 @@ def config_from_info(info) -> ModelConfig:
     quantization: dict[str, Any] = {"quant_method": "gguf"}
     if quant:
         quantization["file_type"] = quant
-    return ModelConfig(
+    cfg = ModelConfig(
         model_type=model_type,
         architectures=[hf_arch] if hf_arch else [],
         max_position_embeddings=_first_int(info.arch_value("context_length")),
@@ -448,6 +448,18 @@ def config_from_info(info) -> ModelConfig:
         derived_max_len="context_length" if info.arch_value("context_length") is not None else None,
         source=info.path.name,
     )
+    _gguf_layer_types(cfg, info)
+    return cfg
+
+
+def _gguf_layer_types(cfg: ModelConfig, info) -> None:
+    """Layer types of a GGUF: the architecture's pattern (Gemma 2/3, Cohere 2), else a
+    ``sliding_window_pattern`` in the metadata; a window with neither is not trusted to
+    cover every layer, so the layers count as full attention (the safe side)."""
+    pattern = _first_int(info.arch_value("attention.sliding_window_pattern"))
+    cfg.layer_types = layer_types(cfg, {"model_type": cfg.model_type, "sliding_window_pattern": pattern})
+    if cfg.layer_types is None and cfg.sliding_window and cfg.num_hidden_layers:
+        cfg.layer_types = ["full_attention"] * cfg.num_hidden_layers
 
 
 def config_from_gguf(path: Path | str) -> ModelConfig:

@@ -30,6 +30,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from vmm.core.model import quant
 from vmm.core.model.config import ModelConfig, dtype_bytes
 
 BLOCK_TOKENS = 16
@@ -213,5 +214,6 @@ def derived(cfg: ModelConfig, context: int | None) -> dict[str, Any]:
         "kv_bytes_per_token_full_attention": spec.layer_token_bytes * (cfg.num_hidden_layers - counts[LINEAR])
         if spec else None,
         "quant_method": cfg.quant_method,
+        "quant_bits_per_weight": quant.bits_per_weight(cfg.quant_method, cfg.quantization),
         "defaults_used": cfg.defaults_used,
     }
