@@ -97,3 +97,23 @@ def test_gemma3_capped_context_still_fits_one_sequence(gemma3):
     # and vLLM pads 29 sliding layers to 30 (groups of 5): hybrid costs a little MORE here,
     # which is what vLLM reserves (vllm/v1/core/kv_cache_utils.py, 0.32.0).
     assert doc["max_model_len"] <= est["full_attention_max_model_len"]
+
+
+@pytest.mark.parametrize("name", ["openai--gpt-oss-120b", "google--gemma-2-9b-it", "google--gemma-3-27b-it",
+                                  "Qwen--Qwen3-Next-80B-A3B-Thinking", "deepseek-ai--DeepSeek-V3"])
+@pytest.mark.parametrize("gib", [24, 48, 80])
+def test_capped_context_is_the_longest_that_fits(name, gib):
+    """When memory caps the context, one more block would not fit (the plan is tight)."""
+    from vmm.core.serving import planner
+
+    cfg = config_mod.from_config_dict(json.loads((REAL / f"{name}.json").read_text()))
+    hw = planner.Hardware("cuda", 1, gib * GIB, "9.0", source="given")
+    try:
+        result = planner.plan(cfg, 12 * GIB, hw, planner.PlanOptions())
+    except Exception as exc:   # too small for the runtime margin: exit 6 is right
+        assert getattr(exc, "exit_code", None) == 6
+        return
+    spec = planner._kv_spec(cfg, 1, None)
+    assert spec.sequence_bytes(result.max_model_len, cfg) == result.kv_bytes_per_sequence <= result.kv_cache_bytes
+    if result.max_model_len < result.model_max_len:
+        assert spec.sequence_bytes(result.max_model_len + 16, cfg) > result.kv_cache_bytes
