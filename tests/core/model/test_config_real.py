@@ -140,3 +140,15 @@ def test_quant_bits_per_weight():
     assert quant.method(None, {"quantization": {"quant_algo": "NVFP4"}}) == "modelopt_fp4"
     gptq = load("TheBloke--Llama-2-13B-chat-GPTQ")
     assert layers.derived(gptq, 4096)["quant_bits_per_weight"] == 4.25
+
+
+def test_llama4_chunked_layers_are_planned_as_full_attention():
+    # A config of Llama 4's shape (no published Llama 4 config is stored yet): vLLM 0.32
+    # disables its hybrid KV cache manager for chunked local attention by default.
+    cfg = config_mod.from_config_dict({"model_type": "llama4", "text_config": {
+        "model_type": "llama4_text", "num_hidden_layers": 48, "attention_chunk_size": 8192,
+        "hidden_size": 5120, "num_attention_heads": 40, "num_key_value_heads": 8, "head_dim": 128}})
+    assert layers.kind_counts(cfg)["chunked"] == 36 and layers.kind_counts(cfg)["full"] == 12
+    spec = layers.kv_spec(cfg)
+    assert not spec.hybrid
+    assert spec.sequence_bytes(65536, cfg) == 48 * 65536 * 2 * 8 * 128 * 2

@@ -179,10 +179,14 @@ class KvSpec:
 
 
 def kv_spec(cfg: ModelConfig, tp: int = 1, kv_dtype: str | None = None, hybrid: bool = True) -> KvSpec | None:
+    """What a sequence costs on one GPU. vLLM 0.32 turns its hybrid KV cache manager off for
+    models with chunked local attention (Llama 4) unless VLLM_ALLOW_CHUNKED_LOCAL_ATTN_WITH_HYBRID_KV_CACHE
+    is set (vllm/config/vllm.py, ``__post_init__``): every layer then holds the whole context."""
     per_layer = layer_token_bytes(cfg, tp, kv_dtype)
     if not per_layer or not cfg.num_hidden_layers:
         return None
-    return KvSpec(per_layer, kind_counts(cfg), linear_state_bytes(cfg, tp), hybrid)
+    counts = kind_counts(cfg)
+    return KvSpec(per_layer, counts, linear_state_bytes(cfg, tp), hybrid and not counts[CHUNKED])
 
 
 def derived(cfg: ModelConfig, context: int | None) -> dict[str, Any]:

@@ -246,7 +246,7 @@ class _Fit:
     @property
     def hybrid(self) -> bool:
         counts = self.spec.counts
-        return bool(counts[layers.SLIDING] or counts[layers.CHUNKED] or counts[layers.LINEAR])
+        return self.spec.hybrid and bool(counts[layers.SLIDING] or counts[layers.LINEAR])
 
     def sequence_bytes(self, length: int) -> int:
         return -(-self.spec.sequence_bytes(length, self.cfg) // self.pp)
