@@ -24,7 +24,7 @@ def test_inspect_json_derived_for_gpt_oss(root):
     assert derived["head_dim"] == 64 and derived["num_key_value_heads"] == 8
     assert derived["layers_by_kind"]["full"] == 18 and derived["layers_by_kind"]["sliding"] == 18
     assert derived["context_length"] == 131072 and derived["sliding_window"] == 128
-    # full layers: 18 x 2 x 8 x 64 x 2 B per token; sliding ones: 521 blocks of 16 tokens each
+    # full layers: 18 x 2 x 8 x 64 x 2 B per token; sliding ones hold their window + in flight
     assert derived["kv_bytes_per_token_by_kind"]["full"] == 18 * 2048
     assert derived["kv_bytes_per_token"] < derived["kv_bytes_per_token_full_attention"] == 36 * 2048
     assert derived["quant_method"] == "mxfp4"

@@ -109,15 +109,16 @@ def test_hybrid_kv_bytes_match_vllm(probe):
         full = layers.kv_spec(cfg)
         # the arithmetic of vLLM's hybrid manager (for Llama 4 it runs only with
         # VLLM_ALLOW_CHUNKED_LOCAL_ATTN_WITH_HYBRID_KV_CACHE=1; vmm plans it as full attention)
-        spec = layers.KvSpec(full.layer_token_bytes, full.counts, 0, hybrid=True)
-        for length in (1000, 4096, 32768, 131072, 1 << 20):
-            cases.append({"kinds": kinds, "kv_heads": cfg.effective_kv_heads, "head_size": cfg.effective_head_dim,
-                          "window": cfg.sliding_window, "chunk": cfg.attention_chunk_size, "length": length,
-                          "in_flight": layers.IN_FLIGHT_TOKENS})
-            mine.append((stem, length, spec.sequence_bytes(length, cfg)))
+        for in_flight in (4096, 16384):
+            spec = layers.KvSpec(full.layer_token_bytes, full.counts, 0, hybrid=True, in_flight=in_flight)
+            for length in (1000, 4096, 32768, 131072, 1 << 20):
+                cases.append({"kinds": kinds, "kv_heads": cfg.effective_kv_heads, "head_size": cfg.effective_head_dim,
+                              "window": cfg.sliding_window, "chunk": cfg.attention_chunk_size, "length": length,
+                              "in_flight": in_flight})
+                mine.append((stem, in_flight, length, spec.sequence_bytes(length, cfg)))
     assert any("sliding" in case["kinds"] and "full" in case["kinds"] for case in cases)
     theirs = probe(["--kv"], json.dumps(cases))
-    assert [m[2] for m in mine] == theirs, [(m, t) for m, t in zip(mine, theirs) if m[2] != t]
+    assert [m[3] for m in mine] == theirs, [(m, t) for m, t in zip(mine, theirs) if m[3] != t]
 
 
 def test_enough_real_configs():

@@ -78,9 +78,11 @@ def test_gpt_oss_alternates_128_token_windows():
     assert cfg.sliding_window == 128 and planner.model_max_len(cfg) == 131072   # yarn: not x32
     assert cfg.quant_method == "mxfp4"
     spec = layers.kv_spec(cfg)
-    # full layers: 131072 tokens; sliding: cdiv(128 - 1 + 8192, 16) + 1 = 521 blocks of 16
+    # full layers: 131072 tokens; sliding: cdiv(128 - 1 + 16384, 16) + 1 = 1033 blocks of 16
+    # (16384 tokens in flight: 2 batches of 8192 on an 80 GiB GPU)
     one_layer = 2 * 8 * 64 * 2
-    assert spec.sequence_bytes(131072, cfg) == 18 * one_layer * (131072 + 521 * 16)
+    assert spec.sequence_bytes(131072, cfg) == 18 * one_layer * (131072 + 1033 * 16)
+    assert layers.in_flight_tokens(24 << 30) == 4096 and layers.in_flight_tokens(141 << 30, pp=2) == 3 * 8192
 
 
 def test_deepseek_v3_is_mla_and_yarn_is_not_multiplied():

@@ -14,7 +14,7 @@ import pytest
 
 import builders as b
 from conftest import run_vmm
-from vmm.core.model import config as config_mod
+from vmm.core.model import config as config_mod, layers
 
 REAL = Path(__file__).resolve().parents[2] / "data" / "real_configs"
 GIB = 1 << 30
@@ -93,10 +93,18 @@ def test_gemma3_capped_context_still_fits_one_sequence(gemma3):
     est = doc["estimate"]
     assert 16 <= doc["max_model_len"] < 131072
     assert est["kv_bytes_per_sequence"] <= est["kv_cache_bytes"]
-    # Below window + in-flight tokens (1023 + 8192) a sliding layer holds the whole context
-    # and vLLM pads 29 sliding layers to 30 (groups of 5): hybrid costs a little MORE here,
-    # which is what vLLM reserves (vllm/v1/core/kv_cache_utils.py, 0.32.0).
-    assert doc["max_model_len"] <= est["full_attention_max_model_len"]
+    # 12 GiB: 2048-token batches, 2 in flight: a sliding layer holds 1023 + 4096 tokens
+    assert doc["max_model_len"] > 3 * est["full_attention_max_model_len"]
+
+
+def test_short_contexts_cost_the_padding_layers():
+    """Below window + in-flight tokens a sliding layer holds the whole context, and vLLM pads
+    29 sliding layers to 30 (groups of 5): hybrid then costs a little MORE than full
+    attention, which is what vLLM reserves (vllm/v1/core/kv_cache_utils.py, 0.32.0)."""
+    cfg = config_mod.from_config_dict(json.loads((REAL / "google--gemma-3-4b-it.json").read_text()))
+    hybrid, full = layers.kv_spec(cfg, in_flight=4096), layers.kv_spec(cfg, hybrid=False)
+    assert hybrid.sequence_bytes(4096, cfg) > full.sequence_bytes(4096, cfg)
+    assert hybrid.sequence_bytes(32768, cfg) < full.sequence_bytes(32768, cfg) / 2
 
 
 @pytest.mark.parametrize("name", ["openai--gpt-oss-120b", "google--gemma-2-9b-it", "google--gemma-3-27b-it",
@@ -113,7 +121,7 @@ def test_capped_context_is_the_longest_that_fits(name, gib):
     except Exception as exc:   # too small for the runtime margin: exit 6 is right
         assert getattr(exc, "exit_code", None) == 6
         return
-    spec = planner._kv_spec(cfg, 1, None)
+    spec = planner._kv_spec(cfg, 1, None, in_flight=layers.in_flight_tokens(gib * GIB))
     assert spec.sequence_bytes(result.max_model_len, cfg) == result.kv_bytes_per_sequence <= result.kv_cache_bytes
     if result.max_model_len < result.model_max_len:
         assert spec.sequence_bytes(result.max_model_len + 16, cfg) > result.kv_cache_bytes

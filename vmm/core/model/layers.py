@@ -14,8 +14,8 @@ transformers 5.19 (the config classes that build ``layer_types`` when config.jso
   (vllm/v1/kv_cache_interface.py ``max_memory_usage_bytes`` of each spec, and
   vllm/v1/core/kv_cache_utils.py ``_get_kv_cache_groups_uniform_page_size``):
   full attention ``cdiv(L, 16)`` blocks; sliding window
-  ``cdiv(min(window - 1 + in_flight, L), 16) + 1`` blocks, where in_flight is
-  max_num_batched_tokens; chunked local attention ``cdiv(min(chunk + in_flight, L), 16)``;
+  ``cdiv(min(window - 1 + in_flight, L), 16) + 1`` blocks, where in_flight is the tokens
+  scheduled but not settled (``in_flight_tokens``); chunked local attention ``cdiv(min(chunk + in_flight, L), 16)``;
   layers of each kind are grouped in groups of the smallest kind's count (padding the last
   group of a kind), and one block of a group costs the group size x one layer's block.
 - MLA (DeepSeek V2/V3/R1): one latent of ``kv_lora_rank + qk_rope_head_dim`` values per token
@@ -34,9 +34,26 @@ from vmm.core.model import quant
 from vmm.core.model.config import ModelConfig, dtype_bytes
 
 BLOCK_TOKENS = 16
-# vLLM's default max_num_batched_tokens for the OpenAI server on GPUs (vllm/engine/arg_utils.py,
-# 0.32.0, usage context OPENAI_API_SERVER): the tokens a sliding-window layer keeps in flight.
-IN_FLIGHT_TOKENS = 8192
+GIB = 1 << 30
+# Tokens a sliding-window layer keeps in flight: max_concurrent_batches x max_num_batched_tokens
+# (vllm/config/vllm.py ``max_in_flight_tokens``, 0.32.0). The OpenAI server's default
+# max_num_batched_tokens is 16384 on GPUs of >= 160 GiB, 8192 on >= 70 GiB (H100/H200; A100
+# gets 2048, vmm cannot tell it apart and keeps the larger, safe figure), 2048 below
+# (vllm/engine/arg_utils.py); async scheduling, on by default, keeps pp + 1 batches in flight
+# (``max_concurrent_batches``). IN_FLIGHT_TOKENS: an 80 GiB GPU, pp 1 (inspect's figure).
+IN_FLIGHT_TOKENS = 2 * 8192
+
+
+def in_flight_tokens(gpu_memory_bytes: int | None, pp: int = 1) -> int:
+    if gpu_memory_bytes is None:
+        return IN_FLIGHT_TOKENS
+    if gpu_memory_bytes >= 160 * GIB:
+        batched = 16384
+    elif gpu_memory_bytes >= 70 * GIB:
+        batched = 8192
+    else:
+        batched = 2048
+    return (pp + 1) * batched
 
 # rope types whose max_position_embeddings is already the scaled length (vLLM 0.32).
 _ROPE_ALREADY_SCALED = {"su", "longrope", "llama3", "yarn", "deepseek_yarn", "deepseek_llama_scaling"}
@@ -144,6 +161,7 @@ class KvSpec:
     counts: dict[str, int]
     linear_state_bytes: int           # per linear layer, per sequence
     hybrid: bool = True               # False: every layer counted at the whole context
+    in_flight: int = IN_FLIGHT_TOKENS
 
     def group_size(self) -> int:
         attn = [c for k, c in self.counts.items() if k != LINEAR and c]
@@ -152,8 +170,9 @@ class KvSpec:
         low, high = min(attn), max(attn)
         return high if high < 1.5 * low else low
 
-    def sequence_bytes(self, length: int, cfg: ModelConfig, in_flight: int = IN_FLIGHT_TOKENS) -> int:
+    def sequence_bytes(self, length: int, cfg: ModelConfig) -> int:
         """KV bytes vLLM reserves for one sequence of ``length`` tokens."""
+        in_flight = self.in_flight
         linear = self.counts.get(LINEAR, 0) * self.linear_state_bytes
         if not self.hybrid:
             layers = sum(c for k, c in self.counts.items() if k != LINEAR)
@@ -178,7 +197,8 @@ class KvSpec:
         return low * BLOCK_TOKENS
 
 
-def kv_spec(cfg: ModelConfig, tp: int = 1, kv_dtype: str | None = None, hybrid: bool = True) -> KvSpec | None:
+def kv_spec(cfg: ModelConfig, tp: int = 1, kv_dtype: str | None = None, hybrid: bool = True,
+            in_flight: int = IN_FLIGHT_TOKENS) -> KvSpec | None:
     """What a sequence costs on one GPU. vLLM 0.32 turns its hybrid KV cache manager off for
     models with chunked local attention (Llama 4) unless VLLM_ALLOW_CHUNKED_LOCAL_ATTN_WITH_HYBRID_KV_CACHE
     is set (vllm/config/vllm.py, ``__post_init__``): every layer then holds the whole context."""
@@ -186,7 +206,7 @@ def kv_spec(cfg: ModelConfig, tp: int = 1, kv_dtype: str | None = None, hybrid: 
     if not per_layer or not cfg.num_hidden_layers:
         return None
     counts = kind_counts(cfg)
-    return KvSpec(per_layer, counts, linear_state_bytes(cfg, tp), hybrid and not counts[CHUNKED])
+    return KvSpec(per_layer, counts, linear_state_bytes(cfg, tp), hybrid and not counts[CHUNKED], in_flight)
 
 
 def derived(cfg: ModelConfig, context: int | None) -> dict[str, Any]:
@@ -202,7 +222,7 @@ def derived(cfg: ModelConfig, context: int | None) -> dict[str, Any]:
             if kind == LINEAR:
                 per_kind[kind] = math.ceil(count * spec.linear_state_bytes / context)
             else:
-                one = KvSpec(spec.layer_token_bytes, {kind: count}, 0)
+                one = KvSpec(spec.layer_token_bytes, {kind: count}, 0, spec.hybrid)
                 per_kind[kind] = math.ceil(one.sequence_bytes(context, cfg) / context)
         per_token = math.ceil(spec.sequence_bytes(context, cfg) / context)
     return {

@@ -214,9 +214,10 @@ def plan(cfg: ModelConfig, weight_bytes: int | None, hw: Hardware, opts: PlanOpt
     return plan_doc
 
 
-def _kv_spec(cfg: ModelConfig, tp: int, kv_dtype: str | None, hybrid: bool = True) -> layers.KvSpec:
+def _kv_spec(cfg: ModelConfig, tp: int, kv_dtype: str | None, hybrid: bool = True,
+             in_flight: int = layers.IN_FLIGHT_TOKENS) -> layers.KvSpec:
     kv_dtype = "fp8" if kv_dtype and kv_dtype.startswith("fp8") else None
-    spec = layers.kv_spec(cfg, tp=tp, kv_dtype=kv_dtype, hybrid=hybrid)
+    spec = layers.kv_spec(cfg, tp=tp, kv_dtype=kv_dtype, hybrid=hybrid, in_flight=in_flight)
     if spec is None:
         raise IncompatibleError("cannot size the KV cache", "config lacks layers/heads",
                                 "check config.json with `vmm check`")
@@ -264,7 +265,7 @@ def _fit(cfg, weight_bytes, hw, tp, pp, util, dbytes, opts, full_len=None):
     if tokens < BLOCK_TOKENS:
         return None
     limit = full_len or tokens
-    spec = _kv_spec(cfg, tp, opts.kv_cache_dtype)
+    spec = _kv_spec(cfg, tp, opts.kv_cache_dtype, in_flight=layers.in_flight_tokens(hw.gpu_memory_bytes, pp))
     # Pipeline stages each hold 1/pp of the layers: a sequence costs 1/pp per GPU.
     max_len = spec.max_length(int(kv_bytes) * pp, limit, cfg)
     full = _kv_spec(cfg, tp, opts.kv_cache_dtype, hybrid=False).max_length(int(kv_bytes) * pp, limit, cfg)
