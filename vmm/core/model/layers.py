@@ -134,7 +134,9 @@ def layer_token_bytes(cfg: ModelConfig, tp: int = 1, kv_dtype: str | None = None
 def linear_state_bytes(cfg: ModelConfig, tp: int = 1) -> int:
     """One linear-attention layer's state per sequence (Qwen3-Next gated delta net: conv state
     (kernel - 1) x (2 key dim + value dim) and the recurrent state v_heads x k_dim x v_dim,
-    split by TP; vllm/model_executor/layers/mamba/mamba_utils.py, 0.32.0)."""
+    split by TP; vllm/model_executor/layers/mamba/mamba_utils.py, 0.32.0), counted twice: with
+    prefix caching (mamba_cache_mode "align") vLLM holds 2 state pages per sequence
+    (``MambaSpec.max_memory_usage_bytes``, vllm/v1/kv_cache_interface.py)."""
     la = cfg.linear_attention
     if not la:
         return 0
@@ -143,7 +145,7 @@ def linear_state_bytes(cfg: ModelConfig, tp: int = 1) -> int:
     value_dim = la["num_value_heads"] * la["value_head_dim"]
     conv = (la["conv_kernel_dim"] - 1) * (2 * key_dim + value_dim) // tp
     ssm = la["num_value_heads"] // tp * la["key_head_dim"] * la["value_head_dim"]
-    return int((conv + ssm) * nbytes)
+    return int(2 * (conv + ssm) * nbytes)
 
 
 def _blocks(kind: str, length: int, cfg: ModelConfig, in_flight: int) -> int:
