@@ -81,6 +81,7 @@ class ModelConfig:
     tie_word_embeddings: bool | None = None
     derived_max_len: str | None = None       # the key from MAX_LEN_KEYS that vLLM would take
     config_model_max_length: int | None = None  # config.json's own model_max_length (overrides)
+    tokenizer_model_max_length: int | None = None  # tokenizer_config.json's (a cap)
     original_max_position_embeddings: int | None = None  # LongRoPE: vLLM's default length
     layer_types: list[str] | None = None     # per layer, as transformers/vLLM see them
     attention_chunk_size: int | None = None  # Llama 4 chunked local attention
@@ -297,7 +298,7 @@ def from_config_dict(doc: dict[str, Any], tokenizer_config: dict[str, Any] | Non
         model_type=model_type,
         architectures=[str(a) for a in archs],
         max_position_embeddings=max_len,
-        model_max_length=model_max_length,
+        model_max_length=model_max_length or _int(merged.get("model_max_length")),
         vocab_size=_int(merged.get("vocab_size")),
         hidden_size=_int(merged.get("hidden_size")) or _int(merged.get("n_embd")) or _int(merged.get("d_model")),
         num_hidden_layers=_int(merged.get("num_hidden_layers")) or _int(merged.get("n_layer")) or _int(merged.get("num_layers")),
@@ -318,6 +319,7 @@ def from_config_dict(doc: dict[str, Any], tokenizer_config: dict[str, Any] | Non
         tie_word_embeddings=merged.get("tie_word_embeddings") if isinstance(merged.get("tie_word_embeddings"), bool) else None,
         derived_max_len=max_len_key,
         config_model_max_length=_int(merged.get("model_max_length")),
+        tokenizer_model_max_length=model_max_length,
         original_max_position_embeddings=_int(doc.get("original_max_position_embeddings")),
         attention_chunk_size=_int(merged.get("attention_chunk_size")),
         linear_attention=_linear_attention(merged),

@@ -81,10 +81,13 @@ def model_max_len(cfg: ModelConfig) -> int | None:
     length = cfg.max_position_embeddings
     if cfg.config_model_max_length:
         length = cfg.config_model_max_length
+    tokenizer = cfg.tokenizer_model_max_length
+    if tokenizer is None and cfg.config_model_max_length is None:
+        tokenizer = cfg.model_max_length        # a ModelConfig built by hand
     if length is None:
-        return cfg.model_max_length
-    if cfg.model_max_length:
-        length = min(length, cfg.model_max_length)
+        return tokenizer
+    if tokenizer:
+        length = min(length, tokenizer)
     entries = _rope_entries(cfg.rope_scaling)
     if entries and "gemma3" not in (cfg.model_type or ""):
         factor = 1.0
