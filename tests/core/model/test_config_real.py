@@ -155,3 +155,16 @@ def test_llama4_chunked_layers_are_planned_as_full_attention():
     spec = layers.kv_spec(cfg)
     assert not spec.hybrid
     assert spec.sequence_bytes(65536, cfg) == 48 * 65536 * 2 * 8 * 128 * 2
+
+
+def test_length_keys_smallest_wins_config_model_max_length_overrides_tokenizer_caps():
+    # vLLM 0.32 derive_max_model_len_and_key: the smallest key; a config model_max_length
+    # (Command-R) overrides; then the tokenizer's model_max_length caps it.
+    cfg = config_mod.from_config_dict({"model_type": "llama", "max_position_embeddings": 8192, "seq_length": 4096})
+    assert planner.model_max_len(cfg) == 4096 and cfg.derived_max_len == "seq_length"
+    cohere = config_mod.from_config_dict({"model_type": "cohere", "max_position_embeddings": 8192,
+                                          "model_max_length": 131072})
+    assert planner.model_max_len(cohere) == 131072
+    capped = config_mod.from_config_dict({"model_type": "llama", "max_position_embeddings": 8192},
+                                         tokenizer_config={"model_max_length": 2048})
+    assert planner.model_max_len(capped) == 2048
