@@ -163,3 +163,36 @@ def test_vmm_agrees_with_vllm(oracle, path):
     else:
         assert set(kinds) <= {"full", "mla"}
     assert cfg.sliding_window == want["sliding_window"] or not kinds.count("sliding")
+
+
+def test_serve_commands_pass_vllms_parser_and_keep_its_length(probe, tmp_path, monkeypatch):
+    """Each real config as a sparse model: `vmm serve --dry-run --json` on 8 x 141 GiB (ample
+    memory); vLLM's own `vllm serve` parser, its argument validation, ModelConfig and
+    ParallelConfig accept the command, and the max_model_len equals vLLM's derivation."""
+    import sys
+
+    sys.path.insert(0, str(HERE.parent))
+    import builders
+    from conftest import run_vmm
+
+    root = tmp_path / "models"
+    root.mkdir()
+    monkeypatch.setenv("VMM_ROOT", str(root))
+    argvs, names = [], []
+    for path in CONFIGS:
+        if path.name in VLLM_CANNOT_LOAD:
+            continue
+        repo = path.stem.replace("--", "/", 1)
+        builders.make_model(root, repo, cfg=json.loads(path.read_text()),
+                            tensors={"model.embed_tokens.weight": ("BF16", [1024, 64])})
+        run = run_vmm("serve", repo, "--dry-run", "--json", "--gpus", "8", "--gpu-memory", "141GiB")
+        assert run.exit_code == 0, (repo, run.stderr)
+        doc = run.json()
+        cfg = config_mod.from_config_dict(json.loads(path.read_text()))
+        assert doc["max_model_len"] == planner.model_max_len(cfg), repo
+        argvs.append(doc["command"])
+        names.append(repo)
+    results = probe(["--argv"], json.dumps(argvs))
+    for repo, argv, got in zip(names, argvs, results):
+        assert "error" not in got, (repo, argv, got)
+        assert got["max_model_len"] == int(argv[argv.index("--max-model-len") + 1]), repo

@@ -77,7 +77,41 @@ def kv_bytes(case: dict) -> int:
     return utils._max_memory_usage_bytes_from_groups(vllm_config, groups)
 
 
+def parse_serve(argv: list[str]) -> dict:
+    """vLLM's own `vllm serve` parser and validation on a command vmm built, then the
+    ModelConfig/ParallelConfig those arguments give (no tokenizer, no weights loaded)."""
+    from vllm.config import ParallelConfig
+    from vllm.engine.arg_utils import EngineArgs
+    from vllm.entrypoints.cli.serve import ServeSubcommand
+    from vllm.entrypoints.launchers.cli_args import validate_parsed_serve_args
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    parser = FlexibleArgumentParser()
+    subparsers = parser.add_subparsers(dest="subparser")
+    ServeSubcommand().subparser_init(subparsers)
+    try:
+        args = parser.parse_args(argv[1:])          # argv[0] is "vllm"
+        validate_parsed_serve_args(args)
+        if getattr(args, "model_tag", None) is not None:   # what ServeSubcommand.cmd does
+            args.model = args.model_tag
+        args.skip_tokenizer_init = True
+        engine = EngineArgs.from_cli_args(args)
+        model_config = engine.create_model_config()
+        parallel = ParallelConfig(tensor_parallel_size=engine.tensor_parallel_size,
+                                  pipeline_parallel_size=engine.pipeline_parallel_size)
+        model_config.verify_with_parallel_config(parallel)
+        return {"max_model_len": model_config.max_model_len}
+    except SystemExit as exc:
+        return {"error": f"argument parsing failed (exit {exc.code})"}
+    except Exception as exc:
+        return {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+
+
 def main() -> None:
+    if sys.argv[1:] == ["--argv"]:
+        argvs = json.load(sys.stdin)
+        sys.stdout.write("\n@@ORACLE@@" + json.dumps([parse_serve(a) for a in argvs]) + "\n")
+        return
     if sys.argv[1:] == ["--kv"]:
         cases = json.load(sys.stdin)
         sys.stdout.write("\n@@ORACLE@@" + json.dumps([kv_bytes(case) for case in cases]) + "\n")
