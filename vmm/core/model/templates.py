@@ -236,13 +236,14 @@ def compile_template(text: str):
 
 
 def render_messages(compiled: Any, messages: list[dict[str, str]], tokens: dict[str, str | None],
-                    add_generation_prompt: bool = True) -> str:
-    """Render like ``apply_chat_template(tokenize=False)``; :class:`TemplateProblem` when it raises."""
+                    add_generation_prompt: bool = True, tools: list[dict[str, Any]] | None = None) -> str:
+    """Render like ``apply_chat_template(tokenize=False)`` (``tools``: OpenAI-style function
+    schemas, as a request's ``tools``); :class:`TemplateProblem` when it raises."""
     import jinja2
 
     variables = {k: v for k, v in tokens.items() if v is not None}
     try:
-        return compiled.render(messages=messages, tools=None, documents=None,
+        return compiled.render(messages=messages, tools=tools, documents=None,
                                add_generation_prompt=add_generation_prompt, **variables)
     except jinja2.TemplateError as exc:
         message = getattr(exc, "message", None) or str(exc)
@@ -351,11 +352,8 @@ def read_record(model_path: Path) -> dict[str, Any] | None:
 
 
 def _write_template_file(target: Path, text: str) -> None:
-    """Atomic write, readable by the user vLLM runs as (mkstemp creates files 0600)."""
-    import os
-
+    """Atomic write; the mode follows the umask (fsutil), so vLLM's user can read it."""
     fsutil.atomic_write_bytes(target, text.encode("utf-8"))
-    os.chmod(target, 0o644)
 
 
 def _sha256(text: str) -> str:
@@ -374,10 +372,12 @@ def vmm_wrote(record: dict[str, Any] | None, current_text: str | None) -> bool:
 
 def _write_record(model_path: Path, record: dict[str, Any]) -> str:
     """Store the record in the manifest when the model has one; returns where it went."""
-    manifest = manifests.read_manifest(model_path)
-    if manifest is not None:
-        manifest.extra[MANIFEST_KEY] = record
-        manifests.write_manifest(model_path, manifest)
+    def put(manifest: manifests.Manifest | None) -> manifests.Manifest | None:
+        if manifest is not None:
+            manifest.extra[MANIFEST_KEY] = record
+        return manifest
+
+    if manifests.update(model_path, put) is not None:
         return paths.META_DIR + "/" + paths.MANIFEST_NAME
     fsutil.atomic_write_json(model_path / RECORD_FILE, record)
     return RECORD_FILE

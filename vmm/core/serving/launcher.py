@@ -21,10 +21,11 @@ import urllib.request
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from vmm.core.model import config as config_mod
 from vmm.core.model import formats
-from vmm.core.serving import gpu, planner, runtime, vllm_env
+from vmm.core.serving import compat, fit, gpu, parsers, planner, runtime, vllm_env
 from vmm.core.store import locking, manifests, paths
 from vmm.core.errors import BusyError, IncompatibleError, UsageError, VmmError
 
@@ -48,7 +49,7 @@ class ServeRequest:
     model_dir: Path
     served_name: str
     host: str = "127.0.0.1"
-    port: int = 8000
+    port: int | None = 8000          # None: 8000, or the next free one
     device: str = "auto"             # auto, cuda, cpu
     gpus: int | None = None
     gpu_memory: str | None = None
@@ -59,6 +60,13 @@ class ServeRequest:
     trust_remote_code: bool = False
     options: planner.PlanOptions = field(default_factory=planner.PlanOptions)
     passthrough: list[str] = field(default_factory=list)
+    gpu_ids: list[int] | None = None  # --gpu-ids: placement override
+    root: Path | None = None          # whose runtime records say which GPUs and ports are taken
+    remote: Any = None                # a hub.remote.RemoteModel: plan from the Hub (nothing local)
+    tool_parser: str | None = None       # --tool-parser NAME|none (None: vmm chooses)
+    reasoning_parser: str | None = None  # --reasoning-parser NAME|none (None: vmm chooses)
+    force: bool = False                  # serve even what the target vLLM cannot serve
+    cache_dir: Path | None = None        # where the installed vLLM's registries are cached
 
 
 @dataclass
@@ -70,8 +78,20 @@ class ServeCommand:
     fmt: str
     notes: list[str]
     ray_commands: list[str] = field(default_factory=list)
+    parsers: parsers.ParserChoice | None = None
+    warnings: list[str] = field(default_factory=list)
+    gpu_ids: list[int] | None = None    # chosen by placement (CUDA_VISIBLE_DEVICES)
+    gpu_bytes: int | None = None        # vLLM's budget per chosen GPU
+    gpus: list[dict] = field(default_factory=list)   # the host's GPUs as placement saw them
+    hub: dict | None = None             # plan made from the Hub: repo, commit, bytes read
+    port: int = 8000
 
     def document(self) -> dict:
+        return {"source": "hub" if self.hub else "local", "hub": self.hub, "port": self.port,
+                "gpu_ids": self.gpu_ids, "gpu_bytes": self.gpu_bytes, "gpus": self.gpus,
+                **self._plan_document()}
+
+    def _plan_document(self) -> dict:
         p = self.plan
         return {"command": self.argv, "tensor_parallel_size": p.tensor_parallel_size,
                 "pipeline_parallel_size": p.pipeline_parallel_size, "max_model_len": p.max_model_len,
@@ -84,10 +104,15 @@ class ServeCommand:
                              "kv_accounting": p.kv_accounting,
                              "full_attention_max_model_len": p.full_attention_max_model_len},
                 "device": p.device, "dtype": p.dtype, "model_max_len": p.model_max_len,
-                "format": self.fmt, "env": self.env, "notes": self.notes, "ray_commands": self.ray_commands}
+                "format": self.fmt, "env": self.env, "notes": self.notes, "ray_commands": self.ray_commands,
+                "tool_call_parser": self.parsers.tool_call_parser if self.parsers else None,
+                "reasoning_parser": self.parsers.reasoning_parser if self.parsers else None,
+                "parsers": self.parsers.document() if self.parsers else None, "warnings": self.warnings}
 
 
-def hardware_for(req: ServeRequest, install: vllm_env.VllmInstall | None) -> planner.Hardware:
+def hardware_for(req: ServeRequest, install: vllm_env.VllmInstall | None,
+                 found: list[gpu.GpuInfo] | None = None) -> planner.Hardware:
+    """The hardware to plan for; ``found`` receives the GPUs detected (when they are used)."""
     if req.device == "cpu" or (req.device == "auto" and req.gpus is None and install is not None
                                and install.is_cpu):
         memory = planner.parse_size(req.gpu_memory) if req.gpu_memory else planner.host_memory_bytes()
@@ -99,13 +124,15 @@ def hardware_for(req: ServeRequest, install: vllm_env.VllmInstall | None) -> pla
         if req.gpus < 1:
             raise UsageError("--gpus must be at least 1", str(req.gpus), "or use --device cpu")
         return planner.Hardware("cuda", req.gpus, planner.parse_size(req.gpu_memory), None, req.nodes, "given")
-    found = gpu.discover()
-    if not found:
+    detected = gpu.discover()
+    if found is not None:
+        found[:] = detected
+    if not detected:
         raise IncompatibleError("no GPU found", "nvidia-smi/NVML see none (or CUDA_VISIBLE_DEVICES hides them)",
                                 "plan for other hardware with --gpus N --gpu-memory SIZE, or use --device cpu")
-    smallest = min(g.total_bytes for g in found)
-    caps = [g.compute_capability for g in found if g.compute_capability]
-    return planner.Hardware("cuda", len(found), smallest, min(caps) if caps else None, req.nodes)
+    smallest = min(g.total_bytes for g in detected)
+    caps = [g.compute_capability for g in detected if g.compute_capability]
+    return planner.Hardware("cuda", len(detected), smallest, min(caps) if caps else None, req.nodes)
 
 
 def apply_passthrough(argv: list[str], extra: list[str]) -> list[str]:
@@ -143,9 +170,12 @@ def _remove_flag(argv: list[str], flag: str) -> None:
 
 def build(req: ServeRequest, install: vllm_env.VllmInstall | None = None) -> ServeCommand:
     """The plan and the exact argv, without running anything (``--dry-run``)."""
-    cfg = config_mod.read_model_config(req.model_dir)
-    fmt = formats.detect_format(req.model_dir)
-    weights = formats.weight_summary(req.model_dir, req.quant)
+    if req.remote is not None:
+        cfg, fmt, weights = req.remote.cfg, req.remote.fmt, req.remote.weights
+    else:
+        cfg = config_mod.read_model_config(req.model_dir)
+        fmt = formats.detect_format(req.model_dir)
+        weights = formats.weight_summary(req.model_dir, req.quant)
     notes: list[str] = []
     quant_cfg = (cfg.quantization or {}).get("quant_method")
     if req.quantization and quant_cfg and req.quantization.lower() != str(quant_cfg).lower():
@@ -158,16 +188,32 @@ def build(req: ServeRequest, install: vllm_env.VllmInstall | None = None) -> Ser
     opts = req.options
     if install is not None and opts.vllm_version is None:
         opts.vllm_version = install.version
-    hw = hardware_for(req, install)
-    plan = planner.plan(cfg, weights.weight_bytes, hw, opts)
+    warnings = _refuse_unservable(req, cfg, fmt, install)
+    found: list[gpu.GpuInfo] = []
+    hw = hardware_for(req, install, found)
+    placement = None
+    if hw.device == "cuda" and hw.source == "detected" and hw.nodes == 1:
+        if not weights.weight_bytes:
+            planner.plan(cfg, weights.weight_bytes, hw, opts)     # its "cannot size" error
+        placement = fit.place(cfg, weights.weight_bytes, found, req.root, opts, req.gpu_ids)
+        plan = placement.plan
+    else:
+        if req.gpu_ids is not None:
+            raise UsageError("--gpu-ids chooses among this host's GPUs", "with --gpus/--gpu-memory, --nodes or CPU",
+                             "drop --gpu-ids, or plan for the local GPUs")
+        plan = planner.plan(cfg, weights.weight_bytes, hw, opts)
+    port = req.port if req.port is not None else fit.choose_port(req.host, req.root)
     notes += plan.notes
     model_path = str(req.model_dir)
-    if fmt == "gguf":
+    if fmt == "gguf" and req.remote is not None:
+        model_path = str(req.model_dir / req.remote.weight_files[0])
+        notes.append("GGUF: vLLM >= 0.24 serves it only with the vllm-gguf-plugin package installed")
+    elif fmt == "gguf":
         chosen = formats.select_gguf(req.model_dir, req.quant)
         model_path = str(chosen.path)
         notes.append("GGUF: vLLM >= 0.24 serves it only with the vllm-gguf-plugin package installed")
     argv = ["vllm", "serve", model_path, "--served-model-name", req.served_name, "--host", req.host,
-            "--port", str(req.port), "--max-model-len", str(plan.max_model_len)]
+            "--port", str(port), "--max-model-len", str(plan.max_model_len)]
     if plan.device == "cpu":
         argv += ["--kv-cache-memory-bytes", str(plan.kv_cache_bytes), "--enforce-eager"]
     else:
@@ -189,7 +235,7 @@ def build(req: ServeRequest, install: vllm_env.VllmInstall | None = None) -> Ser
     elif cfg.auto_map:
         notes.append("config.json has auto_map (custom code): vLLM may need --trust-remote-code")
     if fmt == "gguf":
-        tokenizer = req.tokenizer or _gguf_base_model(Path(model_path))
+        tokenizer = req.tokenizer or (None if req.remote is not None else _gguf_base_model(Path(model_path)))
         if tokenizer:
             argv += ["--tokenizer", tokenizer]
         else:
@@ -200,6 +246,11 @@ def build(req: ServeRequest, install: vllm_env.VllmInstall | None = None) -> Ser
             argv += ["--chat-template", str(template)]
     elif req.tokenizer:
         argv += ["--tokenizer", req.tokenizer]
+    choice = parsers.choose_for_model(req.model_dir, req.name, cfg.model_type, cfg.architectures,
+                                      install.version if install else None, req.cache_dir,
+                                      req.tool_parser, req.reasoning_parser, req.quant)
+    argv += choice.argv()
+    notes += choice.notes
     argv = apply_passthrough(argv, req.passthrough)
     ray = []
     if plan.pipeline_parallel_size > 1:
@@ -207,7 +258,34 @@ def build(req: ServeRequest, install: vllm_env.VllmInstall | None = None) -> Ser
                *[f"ray start --address <this-node-ip>:6379   # on node {n + 1}"
                  for n in range(1, plan.pipeline_parallel_size)]]
     env = {"VLLM_NO_USAGE_STATS": "1", "HF_HUB_OFFLINE": "1"}
-    return ServeCommand(argv, env, plan, model_path, fmt, notes, ray)
+    cmd = ServeCommand(argv, env, plan, model_path, fmt, notes, ray, choice, warnings, port=port)
+    if placement is not None:
+        # nvidia-smi numbers GPUs in PCI bus order; CUDA's default order is "fastest first".
+        env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in placement.gpu_ids)
+        cmd.gpu_ids, cmd.gpu_bytes = placement.gpu_ids, placement.gpu_bytes
+        cmd.gpus = [{"index": r.index, "name": r.name, "total_bytes": r.total_bytes, "free_bytes": r.free_bytes,
+                     "vmm_bytes": r.vmm_bytes, "vmm_servers": r.vmm_servers} for r in placement.rooms]
+    if req.remote is not None:
+        cmd.hub = req.remote.document()
+        notes.insert(0, f"planned from the Hub without its weights: `vmm pull {req.name}` before serving")
+    return cmd
+
+
+def _refuse_unservable(req: ServeRequest, cfg: config_mod.ModelConfig, fmt: str,
+                       install: vllm_env.VllmInstall | None) -> list[str]:
+    """Exit 6 with ``vmm check``'s finding when the target vLLM cannot serve the model
+    (:mod:`vmm.core.serving.compat`); with ``--force``, a warning instead."""
+    report = compat.compat_report(cfg, req.name, fmt, install.version if install else None, req.cache_dir)
+    if report.supported:
+        return []
+    if not req.force:
+        error = report.error()
+        raise IncompatibleError(error.what, error.which, f"{error.hint}; or --force to try anyway")
+    failed = "; ".join(f.detail for f in report.findings if f.status == "fail")
+    return [f"--force: {failed}; vLLM {report.vllm_version} will probably refuse it "
+            "(for an architecture transformers has, try vLLM's Transformers backend: "
+            "`-- --model-impl transformers`)"]
 
 
 def _gguf_base_model(path: Path) -> str | None:
@@ -246,7 +324,7 @@ class VllmExited(VmmError):
 def _take_lock(root: Path, dir_name: str) -> int:
     path = paths.lock_path(root, dir_name)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)      # the umask applies
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -307,7 +385,7 @@ def run(cmd: ServeCommand, req: ServeRequest, root: Path, detach: bool = False, 
     tail: deque[str] = deque(maxlen=40)
     try:
         if detach:
-            log_path = runtime.logs_dir(root) / f"{req.model_dir.name}-{req.port}.log"
+            log_path = runtime.logs_dir(root) / f"{req.model_dir.name}-{cmd.port}.log"
             log_path.parent.mkdir(parents=True, exist_ok=True)
             out = open(log_path, "ab")
             child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
@@ -344,7 +422,8 @@ def run(cmd: ServeCommand, req: ServeRequest, root: Path, detach: bool = False, 
             pass
 
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
-    record = runtime.record_for(req.name, req.model_dir, child.pid, req.host, req.port, argv, log_path, detach)
+    record = runtime.record_for(req.name, req.model_dir, child.pid, req.host, cmd.port, argv, log_path, detach,
+                                cmd.gpu_ids, cmd.gpu_bytes)
     base = record.url
     try:
         runtime.register(root, record)
