@@ -125,3 +125,20 @@ def test_capped_context_is_the_longest_that_fits(name, gib):
     assert spec.sequence_bytes(result.max_model_len, cfg) == result.kv_bytes_per_sequence <= result.kv_cache_bytes
     if result.max_model_len < result.model_max_len:
         assert spec.sequence_bytes(result.max_model_len + 16, cfg) > result.kv_cache_bytes
+
+
+def test_estimate_keeps_every_key_and_adds_the_sequence(gemma3):
+    est = dry("google/gemma-3-4b-it", "--gpus", "1", "--gpu-memory", "24GiB")["estimate"]
+    assert {"weight_bytes", "kv_cache_bytes_per_token", "gpu_count", "gpu_memory_bytes", "kv_cache_bytes",
+            "kv_cache_tokens", "overhead_bytes"} <= set(est)
+    assert {"kv_bytes_per_sequence", "kv_accounting", "full_attention_max_model_len"} <= set(est)
+
+
+def test_full_attention_model_reserves_every_layer(root):
+    doc = json.loads((REAL / "meta-llama--Llama-3.1-8B-Instruct.json").read_text())
+    b.make_model(root, "meta-llama/Llama-3.1-8B-Instruct", cfg=doc,
+                 tensors={"model.embed_tokens.weight": ("BF16", [1024, 64])})
+    out = dry("meta-llama/Llama-3.1-8B-Instruct", "--gpus", "1", "--gpu-memory", "80GiB")
+    est = out["estimate"]
+    assert est["kv_accounting"] == "full" and out["max_model_len"] == 131072
+    assert est["kv_bytes_per_sequence"] == 131072 * 32 * 2 * 8 * 128 * 2 == 131072 * est["kv_cache_bytes_per_token"]
