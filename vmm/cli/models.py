@@ -121,7 +121,21 @@ def inspect_cmd(name: Annotated[str, typer.Argument(
         ("kv cache / token", f"{render.human_bytes(result.kv_cache_bytes_per_token)} ({result.kv_cache_bytes_per_token:,} B)"
          if result.kv_cache_bytes_per_token else None),
         ("shards", result.shard_count or None),
+        *_derived_rows(result.derived, render),
     ])
+
+
+def _derived_rows(derived, render) -> list[tuple[str, object]]:
+    """What serving uses: the context vLLM derives, layers by kind, KV per token at it."""
+    if not derived:
+        return []
+    kinds = ", ".join(f"{n} {k}" for k, n in derived["layers_by_kind"].items() if n)
+    per_token = derived["kv_bytes_per_token"]
+    return [
+        ("serving context", derived["context_length"]),
+        ("layer kinds", kinds + (f" (window {derived['sliding_window']})" if derived["sliding_window"] else "")),
+        ("kv / token (ctx)", f"{render.human_bytes(per_token)} ({per_token:,} B)" if per_token else None),
+    ]
 
 
 @app.command("shards")

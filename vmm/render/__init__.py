@@ -176,8 +176,13 @@ def serve_plan(cmd) -> None:
         ("memory utilization", p.gpu_memory_utilization),
         ("runtime margin", human_bytes(p.overhead_bytes) + (" per GPU" if p.device != "cpu" else "")),
         ("KV cache", f"{human_bytes(p.kv_cache_bytes)}{' per GPU' if p.device != 'cpu' else ''}, "
-                     f"{p.kv_cache_tokens} tokens at {p.kv_cache_bytes_per_token} B/token"),
-        ("max model len", f"{p.max_model_len} (model: {p.model_max_len})"),
+                     f"{p.kv_cache_tokens} tokens at {p.kv_cache_bytes_per_token} B/token"
+                     + (" if every layer held them all" if p.kv_accounting == "hybrid" else "")),
+        ("KV per sequence", f"{human_bytes(p.kv_bytes_per_sequence)} at {p.max_model_len} tokens ({p.kv_accounting})"
+         if p.kv_bytes_per_sequence else None),
+        ("max model len", f"{p.max_model_len} (model: {p.model_max_len}"
+                          + (f"; full-attention accounting: {p.full_attention_max_model_len}"
+                             if p.kv_accounting == "hybrid" else "") + ")"),
         ("dtype", p.dtype or "auto"),
         *_parser_rows(getattr(cmd, "parsers", None)),
     ] + ([("GPUs chosen", f"{','.join(map(str, cmd.gpu_ids))} (CUDA_VISIBLE_DEVICES), "

@@ -9,7 +9,10 @@ Every number here is an estimate of what vLLM will do, with its source:
   NCCL and non-torch allocations, 0.5 GiB for CUDA graphs (0 with --enforce-eager), and the
   activation peak of vLLM's profiling run: max_num_batched_tokens (8192) x
   (4 x hidden + 2 x intermediate / tp) x dtype bytes;
-- KV cache: whatever is left, at ``kv_cache_bytes_per_token`` (GQA split by tp, MLA not);
+- KV cache: whatever is left (GQA split by tp, MLA not); one sequence of max_model_len must fit
+  in it, each layer counted at what vLLM's hybrid KV cache manager allocates for it
+  (``vmm.core.model.layers``: full attention the whole context, a sliding window its window
+  plus the tokens in flight, linear attention its state);
 - max_model_len: the model's own maximum as vLLM 0.32 derives it (``_get_and_verify_max_len``
   in ``vllm/config/model.py``), capped by the KV cache, rounded down to the 16-token block.
 """
@@ -20,6 +23,7 @@ from dataclasses import dataclass, field
 
 from vmm.core.model import config as config_mod
 from vmm.core import units
+from vmm.core.model import layers
 from vmm.core.model.config import ModelConfig
 from vmm.core.errors import IncompatibleError, UsageError
 
@@ -34,8 +38,6 @@ CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
 CPU_MEMORY_FRACTION = 0.5        # of MemAvailable: vLLM's CPU backend, the OS and the rest share it
 CPU_MIN_KV_BYTES = 64 << 20
 CPU_KV_SEQUENCES = 16            # KV room for this many full-length sequences on CPU
-# rope types whose max_position_embeddings is already the scaled length (vLLM 0.32).
-_ROPE_ALREADY_SCALED = {"su", "longrope", "llama3", "yarn", "deepseek_yarn", "deepseek_llama_scaling"}
 
 
 def parse_size(text: str) -> int:
@@ -57,19 +59,7 @@ def default_gpu_memory_utilization(vllm_version: str | None) -> float:
     return 0.92
 
 
-def model_max_len(cfg: ModelConfig) -> int | None:
-    """The model's maximum context as vLLM derives it (vllm/config/model.py, 0.32)."""
-    length = cfg.max_position_embeddings
-    if length is None:
-        return cfg.model_max_length
-    if cfg.model_max_length:
-        length = min(length, cfg.model_max_length)
-    rope = cfg.rope_scaling or {}
-    rope_type = rope.get("rope_type") or rope.get("type")
-    if rope and rope_type and (cfg.model_type or "").find("gemma3") < 0 \
-            and rope_type not in _ROPE_ALREADY_SCALED and isinstance(rope.get("factor"), (int, float)):
-        length = int(length * rope["factor"])
-    return length
+model_max_len = layers.model_max_len
 
 
 def valid_tp(cfg: ModelConfig, tp: int) -> str | None:
@@ -130,6 +120,9 @@ class Plan:
     gpu_memory_bytes: int
     device: str
     notes: list[str] = field(default_factory=list)
+    kv_bytes_per_sequence: int = 0   # per GPU: what one sequence of max_model_len reserves
+    kv_accounting: str = "full"      # "hybrid": sliding/chunked/linear layers at their size
+    full_attention_max_model_len: int | None = None  # the context if every layer held it all
 
 
 def _dtype(cfg: ModelConfig, hw: Hardware) -> str | None:
@@ -168,9 +161,9 @@ def plan(cfg: ModelConfig, weight_bytes: int | None, hw: Hardware, opts: PlanOpt
 
     util = opts.gpu_memory_utilization or default_gpu_memory_utilization(opts.vllm_version)
     pp = max(1, hw.nodes)
-    layers = cfg.num_hidden_layers or 0
-    if pp > 1 and layers and layers < pp:
-        raise IncompatibleError("more pipeline stages than layers", f"{pp} nodes, {layers} layers",
+    n_layers = cfg.num_hidden_layers or 0
+    if pp > 1 and n_layers and n_layers < pp:
+        raise IncompatibleError("more pipeline stages than layers", f"{pp} nodes, {n_layers} layers",
                                 "use fewer nodes")
     if opts.tensor_parallel_size:
         why = valid_tp(cfg, opts.tensor_parallel_size)
@@ -189,19 +182,19 @@ def plan(cfg: ModelConfig, weight_bytes: int | None, hw: Hardware, opts: PlanOpt
                                 "plan with a GPU count that divides the attention heads")
     best = None
     for tp in candidates:
-        option = _fit(cfg, weight_bytes, hw, tp, pp, util, dbytes, opts)
+        option = _fit(cfg, weight_bytes, hw, tp, pp, util, dbytes, opts, full_len)
         if option is None:
             continue
         best = option
-        if option[2] >= full_len:
+        if option.max_len >= full_len:
             break
     if best is None:
         raise _no_fit(cfg, weight_bytes, hw, pp, util, dbytes, opts, candidates)
-    tp, kv_per_gpu, tokens, kv_per_token, overhead = best
-    max_len = min(full_len, tokens // BLOCK_TOKENS * BLOCK_TOKENS)
+    tp, kv_per_gpu, tokens, kv_per_token, overhead = best.tp, best.kv_bytes, best.tokens, best.per_token, best.overhead
+    max_len = best.max_len
     notes = []
     if max_len < full_len:
-        notes.append(f"context capped at {max_len} tokens: the KV cache holds {tokens} "
+        notes.append(f"context capped at {max_len} tokens: the KV cache holds {kv_per_gpu} B per GPU "
                      f"(the model allows {full_len}); more GPUs or --kv-cache-dtype fp8 give more")
     if opts.min_context and max_len < opts.min_context:
         raise IncompatibleError("the context that fits is shorter than --min-context",
@@ -209,22 +202,58 @@ def plan(cfg: ModelConfig, weight_bytes: int | None, hw: Hardware, opts: PlanOpt
                                 "use more GPUs, --kv-cache-dtype fp8, or a quantized variant")
     if max_len < BLOCK_TOKENS:
         raise _no_fit(cfg, weight_bytes, hw, pp, util, dbytes, opts, candidates)
-    if cfg.sliding_window and full_len > cfg.sliding_window:
-        notes.append(f"sliding window {cfg.sliding_window}: vLLM may keep less KV than estimated here")
-    return Plan(tp, pp, max_len, model_max_len(cfg), util, dtype, weight_bytes, kv_per_token, kv_per_gpu,
-                tokens, overhead, hw.gpu_count * pp, hw.gpu_memory_bytes, "cuda", notes)
+    if best.hybrid:
+        counts = layers.kind_counts(cfg)
+        kinds = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
+        notes.append(f"hybrid KV cache: {kinds} layers, each counted at what vLLM allocates for it")
+    plan_doc = Plan(tp, pp, max_len, model_max_len(cfg), util, dtype, weight_bytes, kv_per_token, kv_per_gpu,
+                    tokens, overhead, hw.gpu_count * pp, hw.gpu_memory_bytes, "cuda", notes)
+    plan_doc.kv_bytes_per_sequence = best.sequence_bytes(max_len)
+    plan_doc.kv_accounting = "hybrid" if best.hybrid else "full"
+    plan_doc.full_attention_max_model_len = best.full_max_len
+    return plan_doc
+
+
+def _kv_spec(cfg: ModelConfig, tp: int, kv_dtype: str | None, hybrid: bool = True,
+             in_flight: int = layers.IN_FLIGHT_TOKENS) -> layers.KvSpec:
+    kv_dtype = "fp8" if kv_dtype and kv_dtype.startswith("fp8") else None
+    spec = layers.kv_spec(cfg, tp=tp, kv_dtype=kv_dtype, hybrid=hybrid, in_flight=in_flight)
+    if spec is None:
+        raise IncompatibleError("cannot size the KV cache", "config lacks layers/heads",
+                                "check config.json with `vmm check`")
+    return spec
 
 
 def _kv_per_token(cfg: ModelConfig, tp: int, pp: int, kv_dtype: str | None) -> int:
-    kv_dtype = "fp8" if kv_dtype and kv_dtype.startswith("fp8") else None
-    per_token = config_mod.kv_cache_bytes_per_token(cfg, tp=tp, kv_dtype=kv_dtype)
-    if not per_token:
-        raise IncompatibleError("cannot size the KV cache", "config lacks layers/heads",
-                                "check config.json with `vmm check`")
-    return -(-per_token // pp)
+    """Full-attention-equivalent KV bytes per token on one GPU (every attention layer)."""
+    spec = _kv_spec(cfg, tp, kv_dtype)
+    attn = sum(n for k, n in spec.counts.items() if k != layers.LINEAR)
+    return -(-spec.layer_token_bytes * attn // pp)
 
 
-def _fit(cfg, weight_bytes, hw, tp, pp, util, dbytes, opts):
+@dataclass
+class _Fit:
+    tp: int
+    pp: int
+    kv_bytes: int
+    tokens: int
+    per_token: int
+    overhead: int
+    max_len: int
+    full_max_len: int
+    spec: layers.KvSpec
+    cfg: ModelConfig
+
+    @property
+    def hybrid(self) -> bool:
+        counts = self.spec.counts
+        return self.spec.hybrid and bool(counts[layers.SLIDING] or counts[layers.LINEAR])
+
+    def sequence_bytes(self, length: int) -> int:
+        return -(-self.spec.sequence_bytes(length, self.cfg) // self.pp)
+
+
+def _fit(cfg, weight_bytes, hw, tp, pp, util, dbytes, opts, full_len=None):
     budget = util * hw.gpu_memory_bytes
     overhead = RUNTIME_OVERHEAD_BYTES + (0 if opts.enforce_eager else CUDA_GRAPH_BYTES) \
         + activation_bytes(cfg, tp, dbytes)
@@ -235,7 +264,12 @@ def _fit(cfg, weight_bytes, hw, tp, pp, util, dbytes, opts):
     tokens = int(kv_bytes // kv_per_token)
     if tokens < BLOCK_TOKENS:
         return None
-    return tp, int(kv_bytes), tokens, kv_per_token, int(overhead)
+    limit = full_len or tokens
+    spec = _kv_spec(cfg, tp, opts.kv_cache_dtype, in_flight=layers.in_flight_tokens(hw.gpu_memory_bytes, pp))
+    # Pipeline stages each hold 1/pp of the layers: a sequence costs 1/pp per GPU.
+    max_len = spec.max_length(int(kv_bytes) * pp, limit, cfg)
+    full = _kv_spec(cfg, tp, opts.kv_cache_dtype, hybrid=False).max_length(int(kv_bytes) * pp, limit, cfg)
+    return _Fit(tp, pp, int(kv_bytes), tokens, kv_per_token, int(overhead), max_len, full, spec, cfg)
 
 
 def _no_fit(cfg, weight_bytes, hw, pp, util, dbytes, opts, candidates) -> IncompatibleError:
@@ -277,8 +311,12 @@ def _plan_cpu(cfg, weight_bytes, hw, opts, dtype, full_len) -> Plan:
     if opts.min_context and max_len < opts.min_context:
         raise IncompatibleError("the context that fits is shorter than --min-context",
                                 f"{max_len} < {opts.min_context} tokens", "free host memory")
-    return Plan(1, 1, max_len, model_max_len(cfg), None, dtype, weight_bytes, kv_per_token, int(kv_bytes),
-                int(tokens), RUNTIME_OVERHEAD_BYTES, 0, hw.gpu_memory_bytes, "cpu", notes)
+    plan_doc = Plan(1, 1, max_len, model_max_len(cfg), None, dtype, weight_bytes, kv_per_token, int(kv_bytes),
+                    int(tokens), RUNTIME_OVERHEAD_BYTES, 0, hw.gpu_memory_bytes, "cpu", notes)
+    # The CPU plan sizes the cache itself (--kv-cache-memory-bytes): full-attention accounting.
+    plan_doc.kv_bytes_per_sequence = max_len * kv_per_token
+    plan_doc.full_attention_max_model_len = max_len
+    return plan_doc
 
 
 def host_memory_bytes() -> int:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from vmm.core.model import config as config_mod
-from vmm.core.model import formats
+from vmm.core.model import formats, layers
 from vmm.core import names
 from vmm.core.store import local, locking, paths, usage
 from vmm.core.errors import BusyError, IntegrityError, NotFoundError, UsageError
@@ -188,6 +188,7 @@ class ModelInfo:
     shard_count: int = 0
     config_source: str | None = None
     problems: list[str] = field(default_factory=list)
+    derived: dict[str, Any] | None = None   # what serving uses (vmm.core.model.layers.derived)
 
     def contract(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in INSPECT_KEYS}
@@ -244,6 +245,7 @@ def inspect_model(model: local.LocalModel, quant: str | None = None) -> ModelInf
         quant=quant if fmt in ("gguf", "mixed") and gguf_file else None,
         gguf_file=gguf_file, weight_source=weights.source, dtypes=weights.dtypes,
         shard_count=report.shard_count, config_source=cfg.source or None, problems=problems,
+        derived=layers.derived(cfg, layers.model_max_len(cfg)) if cfg.num_hidden_layers else None,
     )
 
 

@@ -1,0 +1,124 @@
+"""Run inside vLLM's own Python: vLLM's ModelConfig/ParallelConfig verdicts on config.json files.
+
+Usage: python vllm_oracle_probe.py CONFIG.json ...   (a JSON object by file name), or
+       python vllm_oracle_probe.py --kv < cases.json  (KV bytes one sequence reserves).
+Used by test_vllm_oracle.py; offline: skip_tokenizer_init, no weights, no network.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+TPS = (1, 2, 4, 8)
+
+
+def probe(path: str) -> dict:
+    from vllm.config import ModelConfig, ParallelConfig
+
+    folder = tempfile.mkdtemp(prefix="vmm-oracle-")
+    try:
+        shutil.copy(path, os.path.join(folder, "config.json"))
+        mc = ModelConfig(model=folder, skip_tokenizer_init=True)
+        out = {"head_size": mc.get_head_size(), "num_layers": mc.get_num_layers(ParallelConfig()),
+               "max_model_len": mc.max_model_len, "use_mla": bool(mc.use_mla),
+               "sliding_window": mc.get_sliding_window(),
+               "layer_types": getattr(mc.hf_text_config, "layer_types", None),
+               "kv_heads": {}, "tp_ok": {}}
+        for tp in TPS:
+            pc = ParallelConfig(tensor_parallel_size=tp)
+            out["kv_heads"][str(tp)] = mc.get_num_kv_heads(pc)
+            try:
+                mc.verify_with_parallel_config(pc)
+                out["tp_ok"][str(tp)] = True
+            except Exception as exc:  # vLLM raises ValueError; keep its words
+                out["tp_ok"][str(tp)] = str(exc)[:200]
+        return out
+    except Exception as exc:
+        return {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def kv_bytes(case: dict) -> int:
+    """What vLLM's hybrid KV cache manager reserves for one sequence: its own grouping
+    (vllm/v1/core/kv_cache_utils.py) and specs (vllm/v1/kv_cache_interface.py)."""
+    import types
+
+    import torch
+    from vllm.v1.core import kv_cache_utils as utils
+    from vllm.v1.kv_cache_interface import ChunkedLocalAttentionSpec, FullAttentionSpec, SlidingWindowSpec
+    from vllm.v1.kv_cache_layout import KVCacheLayout
+
+    common = {"block_size": 16, "num_kv_heads": case["kv_heads"], "head_size": case["head_size"],
+              "dtype": torch.bfloat16}
+    def spec(kind: str):
+        if kind == "sliding":
+            return SlidingWindowSpec(**common, sliding_window=case["window"])
+        if kind == "chunked":
+            return ChunkedLocalAttentionSpec(**common, attention_chunk_size=case["chunk"])
+        return FullAttentionSpec(**common)
+
+    specs = {f"layers.{i}": spec(kind) for i, kind in enumerate(case["kinds"])}
+    if len({type(spec) for spec in specs.values()}) > 1:
+        groups = utils._get_kv_cache_groups_uniform_page_size(specs)
+    else:
+        groups = utils._get_kv_cache_groups_uniform_spec(specs)
+    cache = types.SimpleNamespace(get_resolved_kv_cache_layout=lambda: KVCacheLayout.LBHNC)
+    vllm_config = types.SimpleNamespace(
+        max_in_flight_tokens=case["in_flight"], cache_config=cache,
+        model_config=types.SimpleNamespace(max_model_len=case["length"]),
+        parallel_config=types.SimpleNamespace(decode_context_parallel_size=1))
+    return utils._max_memory_usage_bytes_from_groups(vllm_config, groups)
+
+
+def parse_serve(argv: list[str]) -> dict:
+    """vLLM's own `vllm serve` parser and validation on a command vmm built, then the
+    ModelConfig/ParallelConfig those arguments give (no tokenizer, no weights loaded)."""
+    from vllm.config import ParallelConfig
+    from vllm.engine.arg_utils import EngineArgs
+    from vllm.entrypoints.cli.serve import ServeSubcommand
+    from vllm.entrypoints.launchers.cli_args import validate_parsed_serve_args
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    parser = FlexibleArgumentParser()
+    subparsers = parser.add_subparsers(dest="subparser")
+    ServeSubcommand().subparser_init(subparsers)
+    try:
+        args = parser.parse_args(argv[1:])          # argv[0] is "vllm"
+        validate_parsed_serve_args(args)
+        if getattr(args, "model_tag", None) is not None:   # what ServeSubcommand.cmd does
+            args.model = args.model_tag
+        args.skip_tokenizer_init = True
+        engine = EngineArgs.from_cli_args(args)
+        model_config = engine.create_model_config()
+        parallel = ParallelConfig(tensor_parallel_size=engine.tensor_parallel_size,
+                                  pipeline_parallel_size=engine.pipeline_parallel_size)
+        model_config.verify_with_parallel_config(parallel)
+        return {"max_model_len": model_config.max_model_len}
+    except SystemExit as exc:
+        return {"error": f"argument parsing failed (exit {exc.code})"}
+    except Exception as exc:
+        return {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+
+
+def main() -> None:
+    if sys.argv[1:] == ["--argv"]:
+        argvs = json.load(sys.stdin)
+        sys.stdout.write("\n@@ORACLE@@" + json.dumps([parse_serve(a) for a in argvs]) + "\n")
+        return
+    if sys.argv[1:] == ["--kv"]:
+        cases = json.load(sys.stdin)
+        sys.stdout.write("\n@@ORACLE@@" + json.dumps([kv_bytes(case) for case in cases]) + "\n")
+        return
+    results = {os.path.basename(p): probe(p) for p in sys.argv[1:]}
+    sys.stdout.write("\n@@ORACLE@@" + json.dumps(results) + "\n")
+
+
+if __name__ == "__main__":
+    main()

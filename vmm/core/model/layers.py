@@ -1,0 +1,248 @@
+"""Layer kinds (full, sliding-window, chunked, MLA, linear) and the KV cache vLLM allocates for them.
+
+Every rule names its source in vLLM 0.32.0 (the CPU build vmm is tested against) or
+transformers 5.19 (the config classes that build ``layer_types`` when config.json has none).
+
+- ``layer_types``: transformers' per-layer list ("full_attention", "sliding_attention",
+  "linear_attention", "chunked_attention"). vLLM's model files read it (e.g.
+  vllm/model_executor/models/llama.py: a "sliding_attention" layer gets
+  ``config.sliding_window``; gemma2.py, gemma3.py, gpt_oss.py the same).
+- Without one, a model-level ``sliding_window`` applies to every layer
+  (vllm/model_executor/layers/attention/attention.py: ``cache_config.sliding_window``):
+  Mistral v0.1, Phi-3-mini-4k.
+- KV per sequence of length L, per vLLM's hybrid KV cache manager
+  (vllm/v1/kv_cache_interface.py ``max_memory_usage_bytes`` of each spec, and
+  vllm/v1/core/kv_cache_utils.py ``_get_kv_cache_groups_uniform_page_size``):
+  full attention ``cdiv(L, 16)`` blocks; sliding window
+  ``cdiv(min(window - 1 + in_flight, L), 16) + 1`` blocks, where in_flight is the tokens
+  scheduled but not settled (``in_flight_tokens``); chunked local attention ``cdiv(min(chunk + in_flight, L), 16)``;
+  layers of each kind are grouped in groups of the smallest kind's count (padding the last
+  group of a kind), and one block of a group costs the group size x one layer's block.
+- MLA (DeepSeek V2/V3/R1): one latent of ``kv_lora_rank + qk_rope_head_dim`` values per token
+  and layer, replicated on every TP rank (vllm/v1/kv_cache_interface.py ``MLAAttentionSpec``).
+- Linear attention (Qwen3-Next gated delta net): a constant state per sequence
+  (vllm/model_executor/layers/mamba/mamba_utils.py ``gated_delta_net_state_shape``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from vmm.core.model import quant
+from vmm.core.model.config import ModelConfig, dtype_bytes
+
+BLOCK_TOKENS = 16
+GIB = 1 << 30
+# Tokens a sliding-window layer keeps in flight: max_concurrent_batches x max_num_batched_tokens
+# (vllm/config/vllm.py ``max_in_flight_tokens``, 0.32.0). The OpenAI server's default
+# max_num_batched_tokens is 16384 on GPUs of >= 160 GiB, 8192 on >= 70 GiB (H100/H200; A100
+# gets 2048, vmm cannot tell it apart and keeps the larger, safe figure), 2048 below
+# (vllm/engine/arg_utils.py); async scheduling, on by default, keeps pp + 1 batches in flight
+# (``max_concurrent_batches``). IN_FLIGHT_TOKENS: an 80 GiB GPU, pp 1 (inspect's figure).
+IN_FLIGHT_TOKENS = 2 * 8192
+
+
+def in_flight_tokens(gpu_memory_bytes: int | None, pp: int = 1) -> int:
+    if gpu_memory_bytes is None:
+        return IN_FLIGHT_TOKENS
+    if gpu_memory_bytes >= 160 * GIB:
+        batched = 16384
+    elif gpu_memory_bytes >= 70 * GIB:
+        batched = 8192
+    else:
+        batched = 2048
+    return (pp + 1) * batched
+
+# rope types whose max_position_embeddings is already the scaled length (vLLM 0.32).
+_ROPE_ALREADY_SCALED = {"su", "longrope", "llama3", "yarn", "deepseek_yarn", "deepseek_llama_scaling"}
+
+FULL, SLIDING, CHUNKED, MLA, LINEAR = "full", "sliding", "chunked", "mla", "linear"
+KINDS = (FULL, SLIDING, CHUNKED, MLA, LINEAR)
+_TYPE_KIND = {"full_attention": FULL, "sliding_attention": SLIDING, "chunked_attention": CHUNKED,
+              "linear_attention": LINEAR, "mamba": LINEAR}
+
+def _rope_entries(rope: dict | None) -> list[dict]:
+    """rope_scaling/rope_parameters as a list (per-layer-type dicts give one entry each)."""
+    if not rope:
+        return []
+    if all(isinstance(v, dict) for v in rope.values()):
+        return [v for v in rope.values() if isinstance(v, dict)]
+    return [rope]
+
+
+def model_max_len(cfg: ModelConfig) -> int | None:
+    """The model's maximum context as vLLM derives it with no --max-model-len
+    (vLLM 0.32.0 vllm/config/model.py ``_get_and_verify_max_len``): the smallest length key
+    (config.json's own model_max_length overrides it), capped by the tokenizer's
+    model_max_length, times the RoPE factor unless the type is already scaled or the model is
+    Gemma 3; LongRoPE defaults to original_max_position_embeddings."""
+    length = cfg.max_position_embeddings
+    if cfg.config_model_max_length:
+        length = cfg.config_model_max_length
+    tokenizer = cfg.tokenizer_model_max_length
+    if tokenizer is None and cfg.config_model_max_length is None:
+        tokenizer = cfg.model_max_length        # a ModelConfig built by hand
+    if length is None:
+        return tokenizer
+    if tokenizer:
+        length = min(length, tokenizer)
+    entries = _rope_entries(cfg.rope_scaling)
+    if entries and "gemma3" not in (cfg.model_type or ""):
+        factor = 1.0
+        for rope in entries:
+            rope_type = rope.get("rope_type") or rope.get("type")
+            if rope_type not in _ROPE_ALREADY_SCALED and isinstance(rope.get("factor"), (int, float)):
+                factor = rope["factor"]
+        length = int(length * factor)
+    # vllm/transformers_utils/config.py patch_rope_parameters renames legacy "su" to "longrope".
+    if any((r.get("rope_type") or r.get("type")) in ("longrope", "su") for r in entries):
+        return cfg.original_max_position_embeddings or length
+    return length
+
+
+def kinds(cfg: ModelConfig) -> list[str]:
+    """Each layer's KV kind as vLLM allocates it."""
+    n = cfg.num_hidden_layers or 0
+    if cfg.is_mla:
+        return [MLA] * n
+    if cfg.layer_types:
+        out = [_TYPE_KIND.get(t, FULL) for t in cfg.layer_types]
+        return [FULL if (k == SLIDING and not cfg.sliding_window) or (k == CHUNKED and not cfg.attention_chunk_size)
+                else k for k in out]
+    if cfg.sliding_window:
+        return [SLIDING] * n
+    return [FULL] * n
+
+
+def kind_counts(cfg: ModelConfig) -> dict[str, int]:
+    counts = dict.fromkeys(KINDS, 0)
+    for kind in kinds(cfg):
+        counts[kind] += 1
+    return counts
+
+
+def layer_token_bytes(cfg: ModelConfig, tp: int = 1, kv_dtype: str | None = None) -> int | None:
+    """KV bytes one token costs in ONE attention layer on one GPU."""
+    nbytes = dtype_bytes(kv_dtype or cfg.torch_dtype)
+    if cfg.is_mla:
+        return int((cfg.kv_lora_rank + (cfg.qk_rope_head_dim or 0)) * nbytes)
+    kv_heads, head_dim = cfg.effective_kv_heads, cfg.effective_head_dim
+    if not kv_heads or not head_dim:
+        return None
+    return int(2 * max(1, kv_heads // tp) * head_dim * nbytes)
+
+
+def linear_state_bytes(cfg: ModelConfig, tp: int = 1) -> int:
+    """One linear-attention layer's state per sequence (Qwen3-Next gated delta net: conv state
+    (kernel - 1) x (2 key dim + value dim) and the recurrent state v_heads x k_dim x v_dim,
+    split by TP; vllm/model_executor/layers/mamba/mamba_utils.py, 0.32.0), counted twice: with
+    prefix caching (mamba_cache_mode "align") vLLM holds 2 state pages per sequence
+    (``MambaSpec.max_memory_usage_bytes``, vllm/v1/kv_cache_interface.py)."""
+    la = cfg.linear_attention
+    if not la:
+        return 0
+    nbytes = dtype_bytes(cfg.torch_dtype)
+    key_dim = la["num_key_heads"] * la["key_head_dim"]
+    value_dim = la["num_value_heads"] * la["value_head_dim"]
+    conv = (la["conv_kernel_dim"] - 1) * (2 * key_dim + value_dim) // tp
+    ssm = la["num_value_heads"] // tp * la["key_head_dim"] * la["value_head_dim"]
+    return int(2 * (conv + ssm) * nbytes)
+
+
+def _blocks(kind: str, length: int, cfg: ModelConfig, in_flight: int) -> int:
+    if kind == SLIDING and cfg.sliding_window:
+        return math.ceil(min(cfg.sliding_window - 1 + in_flight, length) / BLOCK_TOKENS) + 1
+    if kind == CHUNKED and cfg.attention_chunk_size:
+        return math.ceil(min(cfg.attention_chunk_size + in_flight, length) / BLOCK_TOKENS)
+    return math.ceil(length / BLOCK_TOKENS)
+
+
+@dataclass
+class KvSpec:
+    """What one sequence costs in the KV cache at a given TP."""
+    layer_token_bytes: int            # one attention layer, one token
+    counts: dict[str, int]
+    linear_state_bytes: int           # per linear layer, per sequence
+    hybrid: bool = True               # False: every layer counted at the whole context
+    in_flight: int = IN_FLIGHT_TOKENS
+
+    def group_size(self) -> int:
+        attn = [c for k, c in self.counts.items() if k != LINEAR and c]
+        if not attn:
+            return 0
+        low, high = min(attn), max(attn)
+        return high if high < 1.5 * low else low
+
+    def sequence_bytes(self, length: int, cfg: ModelConfig) -> int:
+        """KV bytes vLLM reserves for one sequence of ``length`` tokens."""
+        in_flight = self.in_flight
+        linear = self.counts.get(LINEAR, 0) * self.linear_state_bytes
+        if not self.hybrid:
+            layers = sum(c for k, c in self.counts.items() if k != LINEAR)
+            return layers * math.ceil(length / BLOCK_TOKENS) * BLOCK_TOKENS * self.layer_token_bytes + linear
+        size = self.group_size()
+        blocks = 0
+        for kind, count in self.counts.items():
+            if kind == LINEAR or not count:
+                continue
+            blocks += math.ceil(count / size) * _blocks(kind, length, cfg, in_flight)
+        return size * blocks * BLOCK_TOKENS * self.layer_token_bytes + linear
+
+    def max_length(self, budget: int, limit: int, cfg: ModelConfig) -> int:
+        """The longest length (a multiple of 16, at most ``limit``) whose sequence fits."""
+        low, high = 0, limit // BLOCK_TOKENS
+        while low < high:
+            mid = (low + high + 1) // 2
+            if self.sequence_bytes(mid * BLOCK_TOKENS, cfg) <= budget:
+                low = mid
+            else:
+                high = mid - 1
+        return low * BLOCK_TOKENS
+
+
+def kv_spec(cfg: ModelConfig, tp: int = 1, kv_dtype: str | None = None, hybrid: bool = True,
+            in_flight: int = IN_FLIGHT_TOKENS) -> KvSpec | None:
+    """What a sequence costs on one GPU. vLLM 0.32 turns its hybrid KV cache manager off for
+    models with chunked local attention (Llama 4) unless VLLM_ALLOW_CHUNKED_LOCAL_ATTN_WITH_HYBRID_KV_CACHE
+    is set (vllm/config/vllm.py, ``__post_init__``): every layer then holds the whole context."""
+    per_layer = layer_token_bytes(cfg, tp, kv_dtype)
+    if not per_layer or not cfg.num_hidden_layers:
+        return None
+    counts = kind_counts(cfg)
+    return KvSpec(per_layer, counts, linear_state_bytes(cfg, tp), hybrid and not counts[CHUNKED], in_flight)
+
+
+def derived(cfg: ModelConfig, context: int | None) -> dict[str, Any]:
+    """``inspect --json``'s ``derived``: what serving uses, at TP 1."""
+    counts = kind_counts(cfg)
+    spec = kv_spec(cfg)
+    per_kind: dict[str, int] = {}
+    per_token = None
+    if spec and context:
+        for kind, count in counts.items():
+            if not count:
+                continue
+            if kind == LINEAR:
+                per_kind[kind] = math.ceil(count * spec.linear_state_bytes / context)
+            else:
+                one = KvSpec(spec.layer_token_bytes, {kind: count}, 0, spec.hybrid)
+                per_kind[kind] = math.ceil(one.sequence_bytes(context, cfg) / context)
+        per_token = math.ceil(spec.sequence_bytes(context, cfg) / context)
+    return {
+        "head_dim": (cfg.kv_lora_rank + (cfg.qk_rope_head_dim or 0)) if cfg.is_mla else cfg.effective_head_dim,
+        "num_key_value_heads": 1 if cfg.is_mla else cfg.effective_kv_heads,
+        "num_hidden_layers": cfg.num_hidden_layers,
+        "layers_by_kind": counts,
+        "sliding_window": cfg.sliding_window if counts[SLIDING] else None,
+        "use_mla": cfg.is_mla,
+        "context_length": context,
+        "kv_bytes_per_token": per_token,
+        "kv_bytes_per_token_by_kind": per_kind,
+        "kv_bytes_per_token_full_attention": spec.layer_token_bytes * (cfg.num_hidden_layers - counts[LINEAR])
+        if spec else None,
+        "quant_method": cfg.quant_method,
+        "quant_bits_per_weight": quant.bits_per_weight(cfg.quant_method, cfg.quantization),
+        "defaults_used": cfg.defaults_used,
+    }
