@@ -149,3 +149,13 @@ def test_pull_warns_when_it_will_not_fit_and_says_nothing_without_a_gpu(hub, roo
     assert run.exit_code == 0, run.stderr
     assert "warning: org/tiny will not fit this host's GPUs" in run.stderr
     assert (tmp_path / "other" / "org--tiny" / "model.safetensors").is_file()
+
+
+def test_a_modelopt_checkpoint_on_the_hub_is_planned_with_its_hf_quant_config(hub, tmp_path):
+    d = b.make_safetensors_model(tmp_path / "mo", cfg=b.LLAMA3_8B_INSTRUCT)
+    (d / "hf_quant_config.json").write_text('{"producer": {"name": "modelopt"}, '
+                                            '"quantization": {"quant_algo": "FP8", "kv_cache_quant_algo": null}}')
+    hub.add_repo("nvidia/tiny-FP8", d, fake_hashes=True)
+    model = remote.read_remote_model("nvidia/tiny-FP8")
+    assert model.cfg.quantization["quant_method"] == "modelopt"
+    assert model.cfg.quantization["source"] == "hf_quant_config.json"

@@ -281,7 +281,9 @@ class IncompatibleWeights(NotFoundError):
 def _remote_config(reader: RangeReader, by_path: dict[str, RemoteFile]) -> config_mod.ModelConfig:
     if "config.json" not in by_path:
         raise NotFoundError("no config.json in the repo", reader.repo_id, "is this a model repo?")
-    names_ = ["config.json"] + [n for n in ("tokenizer_config.json",) if n in by_path]
-    docs = _parallel(lambda p: _json_file(reader, p), names_)
-    tok = docs[1] if len(docs) > 1 else None
-    return config_mod.from_config_dict(docs[0], tok, source="config.json (Hub)")
+    # The same three files read_model_config reads on disk (ModelOpt checkpoints keep their
+    # quantization in hf_quant_config.json).
+    names_ = ["config.json"] + [n for n in ("tokenizer_config.json", "hf_quant_config.json") if n in by_path]
+    docs = dict(zip(names_, _parallel(lambda p: _json_file(reader, p), names_)))
+    return config_mod.from_config_dict(docs["config.json"], docs.get("tokenizer_config.json"),
+                                       source="config.json (Hub)", hf_quant=docs.get("hf_quant_config.json"))
