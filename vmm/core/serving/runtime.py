@@ -9,7 +9,6 @@ unrelated process after a crash is recognised as dead, and its record is cleaned
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -21,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from vmm.core import settings
-from vmm.core import fsutil
+from vmm.core import fsutil, jsonfile
 from vmm.core.errors import NotFoundError, UsageError
 from vmm.core.serving.metrics import scrape
 
@@ -121,7 +120,7 @@ def list_records(root: Path) -> list[RuntimeRecord]:
         return []
     for path in paths:
         try:
-            doc = json.loads(path.read_text())
+            doc = jsonfile.loads(path.read_bytes())
             records.append(RuntimeRecord(**{k: v for k, v in doc.items()
                                             if k in RuntimeRecord.__dataclass_fields__}))
         except (OSError, ValueError, TypeError):

@@ -7,12 +7,12 @@ usage counters. Written atomically (temporary name, fsync, rename).
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vmm.core import jsonfile
 from vmm.core.errors import IntegrityError
 from vmm.core.fsutil import atomic_write_json
 from vmm.core.store.paths import manifest_path
@@ -76,7 +76,7 @@ def read_manifest(model_dir: Path) -> Manifest | None:
     except OSError as exc:
         raise IntegrityError("cannot read manifest", str(path), exc.strerror or str(exc)) from exc
     try:
-        return Manifest.from_json(json.loads(raw))
+        return Manifest.from_json(jsonfile.loads(raw))
     except (ValueError, TypeError, AttributeError) as exc:
         raise IntegrityError(
             "corrupt manifest", str(path), "run `vmm pull` again to rewrite it, or delete it"
