@@ -19,7 +19,7 @@ from builders import (
 )
 from conftest import assert_error_line, run_vmm
 
-from vmm.core.model import templates
+from vmm.core.model import template_render, templates
 from vmm.core.store import locking, manifests
 
 CARD = "You are Zed the lighthouse keeper; you speak only in riddles and remember every ship."
@@ -315,3 +315,54 @@ def test_set_refuses_while_another_vmm_holds_the_model(root):
     with locking.model_lock(root, "acme--base-7b", "pull"):
         assert_error_line(run_vmm("template", "acme/base-7b", "--set", "chatml"), 8, "locked")
     assert not (root / "acme--base-7b" / "chat_template.jinja").exists()
+
+
+# --------------------------------------------------------------------------- hostile templates (bounded rendering)
+
+LOOP_BOMB = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"   # 10**10 steps
+SIZE_BOMB = "{{ 'x' * 10**12 }}"
+OUTPUT_BOMB = "{% for i in range(100000) %}{{ 'y' * 1000 }}{% endfor %}"                      # 100 MB, in pieces
+RECURSION_BOMB = "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}"
+PARSE_BOMB = "{{ " + "(" * 50_000 + "1" + ")" * 50_000 + " }}"
+
+
+@pytest.mark.parametrize("bomb, says", [
+    (LOOP_BOMB, "took longer than"), (SIZE_BOMB, "memory"), (OUTPUT_BOMB, "more than"),
+    (RECURSION_BOMB, "recurses too deeply"), (PARSE_BOMB, "nests or recurses"),
+])
+def test_hostile_template_is_exit_5_naming_the_file_never_a_hang(root, bomb, says):
+    make_model(root, "acme/bomb", cfg=TINY_LLAMA, extra_files={"chat_template.jinja": bomb})
+    run = run_vmm("template", "acme/bomb")
+    assert_error_line(run, 5, "exceeds a rendering limit", says, "chat_template.jinja")
+    assert "MemoryError" not in run.stderr and "RecursionError" not in run.stderr
+
+
+def test_hostile_template_is_a_check_warning_naming_the_file(root):
+    make_model(root, "acme/bomb", cfg=TINY_LLAMA, tokenizer_config={"chat_template": SIZE_BOMB})
+    run = run_vmm("check", "acme/bomb", "--json")
+    [template] = [c for c in run.json()["checks"] if c["name"] == "template"]
+    assert template["status"] == "warn", template
+    assert "exceeds a rendering limit" in template["detail"] and "tokenizer_config.json" in template["detail"]
+
+
+def test_set_refuses_a_hostile_template_and_writes_nothing(root, tmp_path):
+    path = make_model(root, "acme/base-7b", cfg=TINY_LLAMA)
+    bomb = tmp_path / "bomb.jinja"
+    bomb.write_text(LOOP_BOMB)
+    assert_error_line(run_vmm("template", "acme/base-7b", "--set", str(bomb)), 5, "bomb.jinja", "rendering limit")
+    assert not (path / "chat_template.jinja").exists()
+
+
+def test_oversized_template_text_is_refused_before_rendering():
+    with pytest.raises(templates.TemplateProblem, match="characters is over") as caught:
+        templates.render_sample("x" * (template_render.MAX_TEMPLATE_CHARS + 1), {})
+    assert caught.value.kind == "limit"
+
+
+def test_bounded_and_in_process_rendering_agree():
+    text = templates.family_template("chatml")
+    tokens = {"eos_token": "<|im_end|>"}
+    assert templates.render_sample(text, tokens, CARD) == templates.render_sample_here(text, tokens, CARD)
+    with pytest.raises(templates.TemplateProblem, match="alternate") as caught:
+        templates.render_sample("{{ raise_exception('roles must alternate') }}", {})
+    assert caught.value.kind == "raise"

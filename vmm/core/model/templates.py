@@ -17,27 +17,32 @@ Resolution, in the order transformers' tokenizer loading applies (transformers 5
    a model without a template fails), which is why ``setup_chat_template`` writes it into
    the model dir as ``chat_template.jinja`` where vLLM's tokenizer picks it up.
 
-Rendering mirrors transformers' ``_compile_jinja_template`` (5.24.0,
-``utils/chat_template_utils.py``): ``ImmutableSandboxedEnvironment(trim_blocks=True,
-lstrip_blocks=True, extensions=[<generation tag>, loopcontrols])``, a ``tojson`` filter that
-does not HTML-escape, and the globals ``raise_exception``, ``strftime_now``, ``dict`` and a
-``namespace`` that refuses underscore attributes. Special tokens are passed as variables
-(``bos_token``, ``eos_token``, ...), as ``apply_chat_template`` passes
-``special_tokens_map``.
+Rendering (bounded in time, memory and output) lives in :mod:`vmm.core.model.template_render`.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from vmm.core import fsutil
-from vmm.core.store import local, locking, manifests, paths
+from vmm.core import fsutil, jsonfile
 from vmm.core.errors import IntegrityError, UsageError, VmmError
+from vmm.core.model.template_render import (  # noqa: F401 - the rendering API, re-exported
+    DEFAULT_SYSTEM,
+    SAMPLE_TURNS,
+    Rendering,
+    TemplateProblem,
+    compile_template,
+    fold_system,
+    render_messages,
+    render_sample,
+    render_sample_here,
+    sample_messages,
+)
+from vmm.core.store import local, locking, manifests, paths
 
 CHAT_TEMPLATE_FILE = "chat_template.jinja"          # transformers utils/hub.py CHAT_TEMPLATE_FILE
 CHAT_TEMPLATE_DIR = "additional_chat_templates"     # transformers utils/hub.py CHAT_TEMPLATE_DIR
@@ -102,186 +107,6 @@ def family_template(family: str) -> str:
     return resources.files("vmm").joinpath("data", spec.file).read_text(encoding="utf-8")
 
 
-# --------------------------------------------------------------------------- sample conversation
-
-DEFAULT_SYSTEM = (
-    "You are Captain Mara Vex, the sharp-tongued captain of the airship Kestrel. Stay in "
-    "character: speak in short, salty sentences, never mention being an AI, and remember "
-    "what your crew told you earlier."
-)
-SAMPLE_TURNS: tuple[tuple[str, str], ...] = (
-    ("user", "Captain, a storm is closing in from the east. What are your orders?"),
-    ("assistant", "Reef the sails and lash down the cargo, Tomas. We ride it out above the clouds."),
-    ("user", "Aye. And what of the stowaway we found in the hold this morning?"),
-)
-
-
-def sample_messages(system: str | None = None) -> list[dict[str, str]]:
-    """System (a role-play character card), user, assistant, user."""
-    return [{"role": "system", "content": DEFAULT_SYSTEM if system is None else system},
-            *({"role": r, "content": c} for r, c in SAMPLE_TURNS)]
-
-
-def fold_system(messages: list[dict[str, str]]) -> list[dict[str, str]]:
-    """The system text prepended to the first user turn (for templates without a system role)."""
-    system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
-    rest = [dict(m) for m in messages if m["role"] != "system"]
-    for message in rest:
-        if message["role"] == "user":
-            message["content"] = f"{system}\n\n{message['content']}" if system else message["content"]
-            break
-    return rest
-
-
-# --------------------------------------------------------------------------- rendering
-
-class TemplateProblem(Exception):
-    """A template that does not compile or raises; ``line`` is the template line when known."""
-
-    def __init__(self, message: str, line: int | None, kind: str) -> None:
-        super().__init__(message)
-        self.message, self.line, self.kind = message, line, kind
-
-    def describe(self) -> str:
-        where = f"line {self.line}: " if self.line else ""
-        return f"{where}{self.message}"
-
-
-def _environment():
-    """The sandbox transformers renders chat templates in (5.24.0 ``_cached_compile_jinja_template``)."""
-    from datetime import datetime
-
-    import jinja2
-    import jinja2.ext
-    import jinja2.nodes
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    class GenerationTag(jinja2.ext.Extension):
-        # transformers' AssistantTracker: ``{% generation %}...{% endgeneration %}`` marks
-        # assistant text; outside its mask tracking it renders the body unchanged.
-        tags = {"generation"}
-
-        def parse(self, parser):
-            lineno = next(parser.stream).lineno
-            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
-            return jinja2.nodes.CallBlock(self.call_method("_body"), [], [], body).set_lineno(lineno)
-
-        def _body(self, caller):
-            return caller()
-
-    def raise_exception(message):
-        raise jinja2.exceptions.TemplateError(message)
-
-    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
-        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
-                          sort_keys=sort_keys)
-
-    def strftime_now(fmt):
-        return datetime.now().strftime(fmt)
-
-    class TemplateDict:
-        def __call__(self, *args, **kwargs):
-            return dict(*args, **kwargs)
-
-        def fromkeys(self, *args, **kwargs):
-            return dict.fromkeys(*args, **kwargs)
-
-    class TemplateNamespace(jinja2.utils.Namespace):
-        def __init__(*args, **kwargs):
-            self, args = args[0], args[1:]
-            attrs = dict(*args, **kwargs)
-            for key in attrs:
-                TemplateNamespace._check_name(key)
-            jinja2.utils.Namespace.__init__(self, attrs)
-
-        def __setitem__(self, key, value):
-            TemplateNamespace._check_name(key)
-            jinja2.utils.Namespace.__setitem__(self, key, value)
-
-        @staticmethod
-        def _check_name(key):
-            if isinstance(key, str) and key.startswith("_"):
-                raise jinja2.exceptions.SecurityError(
-                    f"Chat templates cannot store underscore-prefixed attributes on a namespace, but got {key!r}.")
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                        extensions=[GenerationTag, jinja2.ext.loopcontrols])
-    env.filters["tojson"] = tojson
-    env.globals["raise_exception"] = raise_exception
-    env.globals["strftime_now"] = strftime_now
-    env.globals["dict"] = TemplateDict()
-    env.globals["namespace"] = TemplateNamespace
-    return env
-
-
-def _template_line(exc: BaseException) -> int | None:
-    """The template line a render error happened on (jinja rewrites tracebacks to it)."""
-    line = None
-    tb = exc.__traceback__
-    while tb is not None:
-        if tb.tb_frame.f_code.co_filename == "<template>":
-            line = tb.tb_lineno
-        tb = tb.tb_next
-    return line
-
-
-def compile_template(text: str):
-    """Compile in the sandbox; :class:`TemplateProblem` on a syntax error."""
-    import jinja2
-
-    try:
-        return _environment().from_string(text)
-    except jinja2.TemplateSyntaxError as exc:
-        raise TemplateProblem(f"jinja syntax error: {exc.message}", exc.lineno, "syntax") from exc
-
-
-def render_messages(compiled: Any, messages: list[dict[str, str]], tokens: dict[str, str | None],
-                    add_generation_prompt: bool = True) -> str:
-    """Render like ``apply_chat_template(tokenize=False)``; :class:`TemplateProblem` when it raises."""
-    import jinja2
-
-    variables = {k: v for k, v in tokens.items() if v is not None}
-    try:
-        return compiled.render(messages=messages, tools=None, documents=None,
-                               add_generation_prompt=add_generation_prompt, **variables)
-    except jinja2.TemplateError as exc:
-        message = getattr(exc, "message", None) or str(exc)
-        verb = "failed" if isinstance(exc, jinja2.UndefinedError) else "raised"
-        raise TemplateProblem(f"template {verb}: {message}", _template_line(exc), "raise") from exc
-    except (TypeError, ValueError, KeyError, IndexError, AttributeError, ZeroDivisionError,
-            RecursionError, OverflowError) as exc:
-        raise TemplateProblem(f"template failed: {type(exc).__name__}: {exc}", _template_line(exc),
-                              "error") from exc
-
-
-@dataclass
-class Rendering:
-    rendered: str
-    messages: list[dict[str, str]]   # what was rendered (after folding)
-    system_folded: bool
-    fold_reason: str | None          # "raised: ..." or "dropped"
-
-
-def render_sample(text: str, tokens: dict[str, str | None], system: str | None = None) -> Rendering:
-    """Render the sample conversation; fold the system text into the first user turn when the
-    template refuses a system role or drops its text. :class:`TemplateProblem` when even the
-    plain (folded) conversation fails."""
-    compiled = compile_template(text)
-    messages = sample_messages(system)
-    system_text = messages[0]["content"]
-    try:
-        rendered = render_messages(compiled, messages, tokens)
-    except TemplateProblem as exc:
-        reason = f"the template refused the system role ({exc.describe()})"
-    else:
-        if system_text in rendered:
-            return Rendering(rendered, messages, False, None)
-        reason = "the template dropped the system message"
-    folded = fold_system(messages)
-    rendered = render_messages(compiled, folded, tokens)
-    return Rendering(rendered, folded, True, reason)
-
-
 # --------------------------------------------------------------------------- tokenizer files
 
 def _token_text(value: Any) -> str | None:
@@ -344,7 +169,7 @@ def read_record(model_path: Path) -> dict[str, Any] | None:
         record = manifest.extra.get(MANIFEST_KEY)
         return record if isinstance(record, dict) else None
     try:
-        record = json.loads((model_path / RECORD_FILE).read_text(encoding="utf-8"))
+        record = jsonfile.loads((model_path / RECORD_FILE).read_bytes())
     except (OSError, ValueError):
         return None
     return record if isinstance(record, dict) else None
@@ -419,8 +244,6 @@ def _model_identity(model_path: Path, model_name: str | None, quant: str | None)
         if (model_path / "config.json").is_file():
             cfg = config_mod.read_model_config(model_path)
         elif gguf_path is not None:
-            pass
-
             cfg = config_mod.config_from_gguf(gguf_path)
         else:
             cfg = None
@@ -515,11 +338,18 @@ class TemplateResult:
     action: str | None = None        # what --set did
 
 
+class TemplateLimitError(IntegrityError):
+    """A template that exceeds a rendering limit (time, memory, output): exit 5 in
+    ``vmm template``, a warning in ``vmm check``."""
+
+
 def _problem_error(problem: TemplateProblem, where: str) -> IntegrityError:
+    hint = "fix the template, or replace it with `vmm template NAME --set FAMILY|FILE`"
+    if problem.kind == "limit":
+        return TemplateLimitError(f"chat template exceeds a rendering limit ({problem.describe()})", where, hint)
     what = ("chat template has a syntax error" if problem.kind == "syntax"
             else "chat template fails on a plain conversation")
-    return IntegrityError(f"{what} ({problem.describe()})", where,
-                          "fix the template, or replace it with `vmm template NAME --set FAMILY|FILE`")
+    return IntegrityError(f"{what} ({problem.describe()})", where, hint)
 
 
 def _where(model_path: Path, resolved: ResolvedTemplate) -> str:
