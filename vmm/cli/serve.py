@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from vmm.cli.app import JsonOpt, NameArg, RootOpt, app, root_of
+from vmm.cli.app import ExitQuietly, JsonOpt, NameArg, RootOpt, app, root_of
 
 
 @app.command("serve", context_settings={"allow_extra_args": True})
@@ -39,8 +39,9 @@ def serve_cmd(
     """Serve a model with vLLM, with parameters computed for the GPUs at hand.
 
     Arguments after `--` go to `vllm serve` unchanged and override the computed ones.
-    Exit 6 when the model does not fit or vLLM cannot serve it; 127 without vllm; once vLLM
-    has started, vLLM's own exit code.
+    Exit 6 when the model does not fit or vLLM cannot serve it (also when vLLM fails on its
+    own before it is ready); 127 without vllm; stopped with Ctrl-C/SIGTERM before ready: 130
+    / vLLM's code; once ready, vLLM's own exit code.
     """
     from vmm import render
     from vmm.core.store import catalog
@@ -80,9 +81,10 @@ def serve_cmd(
             render.serve_plan(cmd)
         return
     code = launcher.run(cmd, req, base, detach=detach, ready_timeout_s=ready_timeout,
-                        on_wait=render.note, on_ready=lambda url: (sys.stdout.write(url + "\n"), sys.stdout.flush()))
+                        on_wait=render.note, on_ready=lambda url: (sys.stdout.write(url + "\n"), sys.stdout.flush()),
+                        on_line=render.note, on_hint=lambda text: render.note(f"hint: {text}"))
     if code:
-        raise typer.Exit(code)
+        raise ExitQuietly(code)      # vLLM's code (or 130 for Ctrl-C at start-up): no error line
 
 
 @app.command("ps")
@@ -140,27 +142,10 @@ def logs_cmd(
     root: RootOpt = None,
 ) -> None:
     """Print the log of a server started with `vmm serve --detach`."""
-    import time
-
     from vmm.core.serving import runtime
 
     path = runtime.log_path_for(root_of(root), target)
-    try:
-        for line in runtime.tail_lines(path, lines):
-            sys.stdout.write(line + "\n")
+    shown = runtime.follow(path, lines) if follow else runtime.follow(path, lines, stop=lambda: True)
+    for line in shown:
+        sys.stdout.write(line + "\n")
         sys.stdout.flush()
-        if not follow:
-            return
-        with open(path, "rb") as handle:
-            handle.seek(0, 2)
-            while True:
-                chunk = handle.readline()
-                if chunk:
-                    sys.stdout.write(chunk.decode("utf-8", "replace"))
-                    sys.stdout.flush()
-                else:
-                    time.sleep(0.2)
-    except FileNotFoundError:
-        from vmm.core.errors import NotFoundError
-
-        raise NotFoundError("log file is gone", str(path), "the server's state dir was cleaned") from None

@@ -13,7 +13,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -22,6 +21,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vmm.core import settings
 from vmm.core.model import config as config_mod
 from vmm.core.model import formats
 from vmm.core.serving import gpu, planner, runtime, vllm_env
@@ -231,13 +231,73 @@ def _hint(lines: list[str]) -> str | None:
     return None
 
 
-class VllmExited(VmmError):
-    """vLLM ended before it was ready: vmm exits with vLLM's own code."""
+class VllmExited(IncompatibleError):
+    """vLLM ended on its own before it was ready: exit 6 (it cannot serve this model here),
+    with vLLM's own exit code and its last lines in the message. vLLM's start-up codes
+    (1, 2, 3, ...) would otherwise read as vmm's own (bug, usage, not found)."""
 
-    def __init__(self, code: int, tail: list[str]) -> None:
-        self.exit_code = code if 0 < code < 256 else 1
-        super().__init__("vLLM exited during start-up", f"exit code {code}",
-                         _hint(tail) or "see vLLM's output above")
+    def __init__(self, code: int, tail: list[str], log_path: Path | None = None) -> None:
+        self.vllm_exit_code = code
+        which = f"exit code {code}" if code >= 0 else f"killed by {_signal_name(-code)}"
+        last = [" ".join(line.split())[:200] for line in tail if line.strip()][-3:]
+        if last:
+            which += ": " + " | ".join(last)
+        seen = f"see {log_path}" if log_path else "see vLLM's output above"
+        super().__init__("vLLM exited during start-up", which, _hint(tail) or seen)
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def exit_status(returncode: int) -> int:
+    """A child's return code as a shell reports it (killed by signal N: 128 + N)."""
+    return returncode if returncode >= 0 else 128 - returncode
+
+
+class _Forwarder:
+    """The operator's SIGINT/SIGTERM, forwarded to vLLM's process group: the first signal as
+    it came, a second one as SIGKILL. Installed before vLLM starts, so a signal that arrives
+    while it is being started is not lost."""
+
+    def __init__(self) -> None:
+        self.child: subprocess.Popen | None = None
+        self.first: int | None = None
+        self.count = 0
+        self._previous: dict[int, object] = {}
+
+    def install(self) -> None:
+        self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def attach(self, child: subprocess.Popen) -> None:
+        self.child = child
+        if self.count:
+            self._send()
+
+    def _handle(self, signum, _frame) -> None:
+        self.count += 1
+        if self.first is None:
+            self.first = signum
+        if self.child is not None:
+            self._send()
+
+    def _send(self) -> None:
+        sig = self.first if self.count == 1 else signal.SIGKILL
+        try:
+            os.killpg(self.child.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def startup_code(self, returncode: int) -> int:
+        """vmm's exit code when the operator stopped vLLM before it was ready."""
+        return 130 if self.first == signal.SIGINT else exit_status(returncode)
 
 
 def _take_lock(root: Path, dir_name: str) -> int:
@@ -255,12 +315,36 @@ def _take_lock(root: Path, dir_name: str) -> int:
     return fd
 
 
-def _ready(base: str, served: str, child: subprocess.Popen, timeout_s: float, on_wait) -> None:
+def _first_request(base: str, served: str, timeout_s: float) -> tuple[IncompatibleError | None, bool]:
+    """One real 1-token completion: /health can answer while the engine cannot run a request
+    (on CPU, an unsupported head size dies on the first one). Returns the failure (None when
+    it answered) and whether the connection dropped (a server going away does that)."""
+    body = json.dumps({"model": served, "prompt": "ready?", "max_tokens": 1}).encode()
+    request = urllib.request.Request(f"{base}/v1/completions", data=body,
+                                     headers={"Content-Type": "application/json"})
+    failed = "vLLM is up but a first request failed"
+    try:
+        with urllib.request.urlopen(request, timeout=max(30.0, timeout_s)) as response:
+            if response.status != 200:
+                return IncompatibleError(failed, f"HTTP {response.status}", "see vLLM's output above"), False
+    except urllib.error.HTTPError as exc:
+        return IncompatibleError(failed, f"HTTP {exc.code}", "see vLLM's output above"), False
+    except (OSError, urllib.error.URLError) as exc:
+        return IncompatibleError(failed, str(exc), "see vLLM's output above"), True
+    return None, False
+
+
+def _ready(base: str, served: str, child: subprocess.Popen, timeout_s: float, on_wait,
+           stopping) -> bool:
+    """Wait for /health, then a first request. False when vLLM ended or ``stopping()`` (the
+    operator's signal) made waiting moot; True when it is ready."""
     deadline = time.monotonic() + timeout_s
     last_note = 0.0
-    while time.monotonic() < deadline:
-        if child.poll() is not None:
-            return
+    while True:
+        if child.poll() is not None or stopping():
+            return False
+        if time.monotonic() >= deadline:
+            raise IncompatibleError("vLLM did not become healthy in time", base, "see its output; raise --ready-timeout")
         try:
             with urllib.request.urlopen(f"{base}/health", timeout=5) as response:
                 if response.status == 200:
@@ -271,108 +355,117 @@ def _ready(base: str, served: str, child: subprocess.Popen, timeout_s: float, on
             on_wait(f"waiting for {base}/health")
             last_note = time.monotonic()
         time.sleep(0.5)
-    else:
-        raise IncompatibleError("vLLM did not become healthy in time", base, "see its output; raise --ready-timeout")
-    # /health can answer while the engine cannot run a request (on CPU, an unsupported head
-    # size dies on the first one): one real 1-token completion before saying "ready".
-    body = json.dumps({"model": served, "prompt": "ready?", "max_tokens": 1}).encode()
-    request = urllib.request.Request(f"{base}/v1/completions", data=body,
-                                     headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=max(30.0, deadline - time.monotonic())) as response:
-            if response.status != 200:
-                raise IncompatibleError("vLLM is up but a first request failed", f"HTTP {response.status}",
-                                        "see vLLM's output above")
-    except urllib.error.HTTPError as exc:
-        raise IncompatibleError("vLLM is up but a first request failed", f"HTTP {exc.code}",
-                                "see vLLM's output above") from None
-    except (OSError, urllib.error.URLError) as exc:
-        if child.poll() is not None:
-            return
-        raise IncompatibleError("vLLM is up but a first request failed", str(exc), "see vLLM's output above") from None
+    failure, dropped = _first_request(base, served, deadline - time.monotonic())
+    if failure is None:
+        return not stopping() and child.poll() is None
+    if stopping():
+        return False
+    if dropped:
+        try:
+            child.wait(timeout=5)        # vLLM ending on its own drops the request first
+            return False
+        except subprocess.TimeoutExpired:
+            pass
+    raise failure
+
+
+def _start(argv: list[str], env: dict[str, str], lock_fd: int, log_path: Path | None) -> subprocess.Popen:
+    """vLLM in its own session (its engine and workers form one process group), holding the lock."""
+    if log_path is not None:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "ab") as out:
+            return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                    env=env, start_new_session=True, pass_fds=(lock_fd,))
+    return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env=env, start_new_session=True, pass_fds=(lock_fd,))
+
+
+def _pump(child: subprocess.Popen, tail: deque, on_line) -> threading.Thread:
+    """Hand every line vLLM prints to ``on_line`` (the CLI shows it), keeping the last ones."""
+    def copy_output() -> None:
+        for raw in iter(child.stdout.readline, b""):
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            tail.append(line)
+            if on_line:
+                on_line(line)
+    thread = threading.Thread(target=copy_output, daemon=True)
+    thread.start()
+    return thread
 
 
 def run(cmd: ServeCommand, req: ServeRequest, root: Path, detach: bool = False, ready_timeout_s: float = 900,
-        on_wait=None, on_ready=None) -> int:
-    """Start vLLM, wait until it answers a real request, then (attached) wait for it to end and
-    return its exit code, forwarding SIGINT/SIGTERM; (detached) return 0 once ready."""
+        on_wait=None, on_ready=None, on_line=None, on_hint=None) -> int:
+    """Start vLLM, wait until it answers a real request, then (attached) wait for it to end;
+    (detached) return 0 once ready. Never writes to a terminal: vLLM's lines go to
+    ``on_line(text)``, a hint about its failure to ``on_hint(text)``, the URL to ``on_ready``.
+
+    Exit codes (docs/exit-codes.md): the operator's SIGINT/SIGTERM is forwarded to vLLM;
+    before ready, vmm then returns vLLM's code (0 on a clean stop), or 130 for SIGINT; vLLM
+    ending on its own before ready raises :class:`VllmExited` (exit 6); after ready, vLLM's
+    own code whatever ended it.
+    """
     install = vllm_env.require_vllm()
     argv = [install.executable, *cmd.argv[1:]]
-    env = {**os.environ, **cmd.env}
-    lock_fd = _take_lock(root, req.model_dir.name)
-    log_path = None
+    env = settings.child_environment(cmd.env)
+    log_path = runtime.logs_dir(root) / f"{req.model_dir.name}-{req.port}.log" if detach else None
     tail: deque[str] = deque(maxlen=40)
+    forwarder = _Forwarder()
+    lock_fd = _take_lock(root, req.model_dir.name)
+    forwarder.install()
     try:
-        if detach:
-            log_path = runtime.logs_dir(root) / f"{req.model_dir.name}-{req.port}.log"
-            log_path.parent.mkdir(parents=True, exist_ok=True)
-            out = open(log_path, "ab")
-            child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                     env=env, start_new_session=True, pass_fds=(lock_fd,))
-            out.close()
-        else:
-            child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                                     pass_fds=(lock_fd,))
-    except OSError as exc:
-        os.close(lock_fd)
-        raise IncompatibleError("cannot start vllm", install.executable, exc.strerror or str(exc)) from exc
-    os.close(lock_fd)      # the child holds the shared lock now, for as long as it runs
-
-    pump = None
-    if not detach:
-        def copy_output() -> None:
-            for raw in iter(child.stdout.readline, b""):
-                line = raw.decode("utf-8", "replace")
-                tail.append(line.rstrip("\n"))
-                sys.stderr.write(line)
-                sys.stderr.flush()
-        pump = threading.Thread(target=copy_output, daemon=True)
-        pump.start()
-
-    signals = {"count": 0}
-
-    def forward(signum, _frame) -> None:
-        signals["count"] += 1
-        sig = signum if signals["count"] == 1 else signal.SIGKILL
         try:
-            os.killpg(child.pid, sig)
-        except ProcessLookupError:
-            pass
+            child = _start(argv, env, lock_fd, log_path)
+        except OSError as exc:
+            raise IncompatibleError("cannot start vllm", install.executable, exc.strerror or str(exc)) from exc
+        finally:
+            os.close(lock_fd)      # the child holds the shared lock now, for as long as it runs
+        forwarder.attach(child)
+        pump = None if detach else _pump(child, tail, on_line)
+        record = runtime.record_for(req.name, req.model_dir, child.pid, req.host, req.port, argv, log_path, detach)
+        try:
+            runtime.register(root, record)
+            return _supervise(child, record.url, req, forwarder, pump, tail, log_path, ready_timeout_s,
+                              on_wait, on_ready, on_hint)
+        except BaseException:
+            _stop_child(child)       # never leave a half-started vLLM behind
+            raise
+        finally:
+            if not detach or child.poll() is not None:
+                runtime.unregister(root, record.id)
+    finally:
+        forwarder.restore()
 
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
-    record = runtime.record_for(req.name, req.model_dir, child.pid, req.host, req.port, argv, log_path, detach)
-    base = record.url
-    try:
-        runtime.register(root, record)
-        _ready(base, req.served_name, child, ready_timeout_s, on_wait)
-        if child.poll() is not None:
-            if pump:
-                pump.join(timeout=5)
-            elif log_path:
-                tail.extend(runtime.tail_lines(log_path, 40))
-            raise VllmExited(child.returncode, list(tail))
-        manifests.touch_usage(req.model_dir, "serve")
-        if on_ready:
-            on_ready(base)
-        if detach:
-            return 0
-        code = child.wait()
+
+def _supervise(child: subprocess.Popen, base: str, req: ServeRequest, forwarder: _Forwarder,
+               pump: threading.Thread | None, tail: deque, log_path: Path | None, ready_timeout_s: float,
+               on_wait, on_ready, on_hint) -> int:
+    """From a started vLLM to vmm's exit code (see :func:`run`)."""
+    def collect_output() -> None:
         if pump:
             pump.join(timeout=5)
-        if code and signals["count"] == 0:
-            hint = _hint(list(tail))
-            if hint:
-                sys.stderr.write(f"hint: {hint}\n")
-        return code if code >= 0 else 128 - code
-    except BaseException:
-        _stop_child(child)       # never leave a half-started vLLM behind
-        raise
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-        if not detach or child.poll() is not None:
-            runtime.unregister(root, record.id)
+        elif log_path:
+            tail.extend(runtime.tail_lines(log_path, 40))
+
+    if not _ready(base, req.served_name, child, ready_timeout_s, on_wait, lambda: forwarder.count > 0):
+        if forwarder.count:
+            code = child.wait()      # a second signal turns into SIGKILL
+            collect_output()
+            return forwarder.startup_code(code)
+        child.wait()
+        collect_output()
+        raise VllmExited(child.returncode, list(tail), log_path)
+    manifests.touch_usage(req.model_dir, "serve")
+    if on_ready:
+        on_ready(base)
+    if log_path is not None:
+        return 0
+    code = child.wait()
+    collect_output()
+    if code and not forwarder.count and on_hint:
+        hint = _hint(list(tail))
+        if hint:
+            on_hint(hint)
+    return exit_status(code)
 
 
 def _stop_child(child: subprocess.Popen) -> None:
