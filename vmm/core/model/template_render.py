@@ -261,6 +261,9 @@ def render_sample(text: str, tokens: dict[str, str | None], system: str | None =
                               capture_output=True, timeout=RENDER_TIME_LIMIT_S + CHILD_START_ALLOWANCE_S)
     except subprocess.TimeoutExpired:
         raise _over_time() from None
+    except OSError as exc:
+        raise TemplateProblem(f"cannot start the renderer ({sys.executable}: {exc.strerror or exc})",
+                              None, "error") from None
     return _answer(proc)
 
 
