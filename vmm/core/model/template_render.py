@@ -13,7 +13,7 @@ and renders in a child Python process (``python -I``, this interpreter) that:
 - streams the output (``Template.generate``) and stops past :data:`RENDER_OUTPUT_LIMIT_CHARS`.
 
 A template over a limit is a :class:`TemplateProblem` of kind ``limit``. The child costs one
-interpreter start (about 0.1 s, docs/benchmarks.md); rendering a real template takes
+interpreter start (0.1-0.2 s, docs/benchmarks.md); rendering a real template takes
 milliseconds. :func:`render_sample_here` is the same rendering in this process, unbounded,
 for the child and for trusted templates.
 
