@@ -21,6 +21,7 @@ log (``server.requests``) let tests assert what a client did.
 As a script::
 
     python tests/hubserver.py --repo org/name=DIR [--repo org/other=DIR2] --port 0
+        [--fake-hashes] [--rate BYTES_PER_S]
 """
 
 from __future__ import annotations
@@ -182,6 +183,7 @@ class Faults:
         self.lock = threading.Lock()
         self.items: list[Fault] = []
         self.rate_bytes_per_s: float | None = None   # per connection cap on bodies
+        self.latency_s: float = 0.0                   # added before every answer (a link's round trip)
 
     def add(self, kind: str, **kwargs) -> Fault:
         fault = Fault(kind, **kwargs)
@@ -193,6 +195,7 @@ class Faults:
         with self.lock:
             self.items.clear()
         self.rate_bytes_per_s = None
+        self.latency_s = 0.0
 
     def take(self, kind: str, path: str) -> Fault | None:
         with self.lock:
@@ -277,11 +280,21 @@ class HubServer:
         return f"http://localhost:{self.cdn.server_address[1]}"
 
     def add_repo(self, repo_id: str, source: Path | dict[str, bytes], revision: str = "main",
-                 gated_tokens: set[str] | None = None, lfs: dict[str, bool] | None = None) -> str:
-        """Add (or add a revision to) a repo; return the fake commit sha of that revision."""
+                 gated_tokens: set[str] | None = None, lfs: dict[str, bool] | None = None,
+                 fake_hashes: bool = False) -> str:
+        """Add (or add a revision to) a repo; return the fake commit sha of that revision.
+
+        ``fake_hashes``: advertise made-up hashes instead of reading every byte to hash it,
+        for plan tests and benchmarks on multi-GB sparse repos that are never pulled whole
+        (a pull of such a repo fails verification, as it should).
+        """
         files = load_files(source)
         for path, flag in (lfs or {}).items():
             files[path].lfs = flag
+        if fake_hashes:
+            for entry in files.values():
+                entry._sha256 = hashlib.sha256(f"fake:{entry.path}:{entry.size}".encode()).hexdigest()
+                entry._sha1 = hashlib.sha1(f"fake:{entry.path}:{entry.size}".encode()).hexdigest()
         repo = self.repos.setdefault(repo_id, Repo(repo_id))
         if gated_tokens is not None:
             repo.gated_tokens = set(gated_tokens)
@@ -393,6 +406,8 @@ def _handler(hub: HubServer, cdn: bool):
 
         def _dispatch(self) -> None:
             self._log()
+            if hub.faults.latency_s:
+                time.sleep(hub.faults.latency_s)
             try:
                 split = urlsplit(self.path)
                 path = split.path
@@ -671,6 +686,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--rate", type=float, default=None,
                         help="cap each connection's body bytes/s (e.g. 104857600)")
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds added before every answer")
+    parser.add_argument("--fake-hashes", action="store_true",
+                        help="advertise made-up hashes (plans of huge sparse repos; pulls then fail verification)")
     args = parser.parse_args(argv)
     hub = HubServer(args.host, args.port)
     for spec in args.repo:
@@ -678,8 +696,9 @@ def main(argv: list[str] | None = None) -> int:
         name, _, rev = name.partition("@")
         if not directory or not Path(directory).is_dir():
             parser.error(f"--repo {spec}: not ORG/NAME=DIR with an existing DIR")
-        hub.add_repo(name, Path(directory), revision=rev or "main")
+        hub.add_repo(name, Path(directory), revision=rev or "main", fake_hashes=args.fake_hashes)
     hub.faults.rate_bytes_per_s = args.rate
+    hub.faults.latency_s = args.latency
     hub.start()
     print(hub.url, flush=True)
     try:

@@ -7,7 +7,13 @@ as safetensors byte by byte, plus a byte-level BPE tokenizer trained here with t
 ChatML chat template. About 2 MB. Deterministic for a given seed. Its output is noise:
 tests assert status codes, finish reasons and token counts, never text.
 
-    python tests/tinymodel.py OUT_DIR
+``build(out, chat_template=TOOLS_TEMPLATE.read_text())`` gives the same model a real published
+template that handles ``tools`` (Qwen/Qwen3-0.6B's, Hermes-style ``<tool_call>`` blocks; the
+verbatim file and its source are under tests/data/real_templates/, see tests/data/SOURCES.md):
+the model for the tool-calling end-to-end test (4096 positions: the template's tool preamble
+takes ~1000 tokens of the tiny vocabulary).
+
+    python tests/tinymodel.py OUT_DIR [--template FILE]
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ CHATML = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content']"
     " + '<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+TOOLS_TEMPLATE = Path(__file__).resolve().parent / "data" / "real_templates" / "Qwen--Qwen3-0.6B.jinja"
 CORPUS = (
     "The operator pulls a model, checks it, and serves it with vLLM. "
     "A character card describes who the assistant plays: a wise old wizard who speaks in riddles. "
@@ -40,7 +47,7 @@ CORPUS = (
 ) * 40
 
 
-def _train_tokenizer(out: Path) -> None:
+def _train_tokenizer(out: Path, chat_template: str = CHATML, max_length: int = 512) -> None:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
@@ -55,15 +62,16 @@ def _train_tokenizer(out: Path) -> None:
                       "single_word": False, "special": True} for i, s in enumerate(SPECIALS)}
     tokenizer_config = {
         "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>",
-        "unk_token": "<unk>", "pad_token": "<pad>", "model_max_length": 512,
-        "added_tokens_decoder": added, "chat_template": CHATML, "clean_up_tokenization_spaces": False,
+        "unk_token": "<unk>", "pad_token": "<pad>", "model_max_length": max_length,
+        "added_tokens_decoder": added, "chat_template": chat_template, "clean_up_tokenization_spaces": False,
     }
     (out / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2))
     (out / "special_tokens_map.json").write_text(json.dumps(
         {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}, indent=2))
 
 
-def build(out: Path | str, seed: int = 0, tokenizer: bool = True) -> Path:
+def build(out: Path | str, seed: int = 0, tokenizer: bool = True, chat_template: str = CHATML,
+          max_positions: int | None = None) -> Path:
     """Write the tiny model into ``out`` (created) and return it."""
     import numpy as np
 
@@ -80,15 +88,19 @@ def build(out: Path | str, seed: int = 0, tokenizer: bool = True) -> Path:
             else:
                 data = (rng.standard_normal(shape) * 0.02).astype("<f4")
             handle.write(data.tobytes())
-    (out / "config.json").write_text(json.dumps(CONFIG, indent=2))
+    config = {**CONFIG, "max_position_embeddings": max_positions or CONFIG["max_position_embeddings"]}
+    (out / "config.json").write_text(json.dumps(config, indent=2))
     (out / "generation_config.json").write_text(json.dumps(
         {"bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 3, "do_sample": False}, indent=2))
     if tokenizer:
-        _train_tokenizer(out)
+        _train_tokenizer(out, chat_template, config["max_position_embeddings"])
     return out
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit("usage: tinymodel.py OUT_DIR")
-    print(build(sys.argv[1]))
+    if len(sys.argv) not in (2, 4) or (len(sys.argv) == 4 and sys.argv[2] != "--template"):
+        sys.exit("usage: tinymodel.py OUT_DIR [--template FILE]")
+    if len(sys.argv) == 4:     # a real template's tool preamble needs more than 512 tiny-vocab tokens
+        print(build(sys.argv[1], chat_template=Path(sys.argv[3]).read_text(encoding="utf-8"), max_positions=4096))
+    else:
+        print(build(sys.argv[1]))

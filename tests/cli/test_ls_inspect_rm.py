@@ -422,3 +422,24 @@ def test_list_model_files_gives_sizes_and_manifest_expectations(zoo):
     assert shard.size_bytes == shard.expected_size == (zoo / "Qwen--Qwen2-7B-Instruct" / shard.path).stat().st_size
     hand = {f.path: f for f in catalog.list_model_files(catalog.local.load_model(zoo / "my-finetune"))}
     assert hand["model.safetensors"].expected_size is None
+
+
+def test_rm_and_gc_share_one_confirmation_a_no_changes_nothing(root, monkeypatch):
+    import importlib
+    import time
+
+    from storage_helpers import blob, make_model
+
+    app = importlib.import_module("vmm.cli.app")      # the module (vmm.cli.app is also the Typer app's name)
+    monkeypatch.setattr(app, "stdin_is_terminal", lambda: True)
+    model = make_model(root, "org/a", {"w.bin": blob("a", 1000)}, last_used=time.time() - 90 * 86400)
+    for args, action in ((["rm", "org/a"], "delete"), (["gc", "--unused-for", "30d"], "remove models")):
+        declined = run_vmm(*args, input="n\n")      # the prompt's newline is the terminal's echo
+        assert declined.exit_code == 2, declined.stderr
+        assert f"error: {action} not confirmed" in declined.stderr, declined.stderr
+        assert declined.stderr.rstrip().endswith("(nothing was changed)")
+        assert model.exists()
+    asked = run_vmm("gc", "--unused-for", "30d", input="y\n")
+    assert asked.exit_code == 0, asked.stderr
+    assert "Remove 1 model(s) and 0 partial file(s)" in asked.stderr and "org/a" in asked.stderr
+    assert "removed org/a" in asked.stdout and not model.exists()

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import json
-import threading
+import dataclasses
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from conftest import assert_error_line, run_vmm
+from hubserver import HubServer
 from storage_helpers import COMMIT, blob, make_model
 
-from vmm.core.store import dedup, catalog
+from vmm.core.store import catalog, dedup, manifests
 
 CONTRACT = set(catalog.LS_KEYS)
 
@@ -80,69 +79,49 @@ def test_ls_shows_pins(root):
 
 # --------------------------------------------------------------------------- --updates
 
-NEW = "b" * 40
-
-
-class _Hub(BaseHTTPRequestHandler):
-    commits: dict[str, str] = {}
-    seen: list[tuple[str, str | None]] = []
-
-    def do_GET(self):  # noqa: N802
-        type(self).seen.append((self.path, self.headers.get("Authorization")))
-        prefix = "/api/models/"
-        if self.path.startswith(prefix) and "/revision/" in self.path:
-            repo, rev = self.path[len(prefix):].split("/revision/")
-            sha = self.commits.get(f"{repo}@{rev}")
-            if sha:
-                body = json.dumps({"id": repo, "sha": sha}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-                return
-            if repo == "org/broken":
-                self.send_response(500)
-                self.end_headers()
-                return
-        self.send_response(404)
-        self.send_header("X-Error-Code", "RepoNotFound")
-        self.end_headers()
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture
 def hub(monkeypatch):
-    _Hub.commits = {"org/same@main": COMMIT, "org/moved@main": NEW}
-    _Hub.seen = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Hub)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_port}")
-    yield _Hub
-    server.shutdown()
+    with HubServer() as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        yield server
+
+
+def _managed_at(root, repo, commit):
+    model = make_model(root, repo, {"w.bin": b"x"})
+    manifests.update(model, lambda m: dataclasses.replace(m, commit=commit))
+    return model
 
 
 def test_ls_updates_asks_the_hub_once_per_managed_model(root, hub, monkeypatch):
-    for repo in ("org/same", "org/moved", "org/gone", "org/broken"):
-        make_model(root, repo, {"w.bin": b"x"})
+    same = hub.add_repo("org/same", {"w.bin": b"x"})
+    old = hub.add_repo("org/moved", {"w.bin": b"x"})
+    new = hub.add_repo("org/moved", {"w.bin": b"y"})
+    hub.add_repo("org/broken", {"w.bin": b"x"})
+    hub.metadata_override["/api/models/org/broken/revision/main"] = b"<html>not json"
+    _managed_at(root, "org/same", same)
+    _managed_at(root, "org/moved", old)
+    _managed_at(root, "org/gone", COMMIT)         # not on the Hub: 404
+    _managed_at(root, "org/broken", COMMIT)
     make_model(root, "hand", {"config.json": b"{}"}, managed=False)
     monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+    hub.requests.clear()
     run = run_vmm("ls", "--updates", "--json")
     assert run.exit_code == 0, run.stderr
     rows = {m["name"]: m["update"] for m in run.json()["models"]}
     assert rows["org/same"]["update_available"] is False
-    assert rows["org/moved"]["update_available"] is True and rows["org/moved"]["remote_commit"] == NEW
+    assert rows["org/moved"]["update_available"] is True and rows["org/moved"]["remote_commit"] == new
     assert rows["org/gone"]["update_available"] is None and "404" in rows["org/gone"]["error"]
-    assert "500" in rows["org/broken"]["error"]
+    assert rows["org/broken"]["error"]
     assert rows["hand"] is None
-    assert len(hub.seen) == 4 and all(auth == "Bearer hf_test_token" for _, auth in hub.seen)
+    asked = [r for r in hub.requests if "/revision/" in r.path]
+    assert len(asked) == 4
+    assert all(r.headers.get("Authorization") == "Bearer hf_test_token" for r in asked)
     assert "org/gone" in run.stderr and "update check failed" in run.stderr
     table = run_vmm("ls", "--updates").stdout
     moved_row = next(ln for ln in table.splitlines() if ln.startswith("org/moved"))
-    assert moved_row.endswith(f"yes ({COMMIT[:7]} -> {NEW[:7]})")
+    assert moved_row.endswith(f"yes ({old[:7]} -> {new[:7]})")
+    # Without --updates the documents keep their keys: no `update`.
+    assert all("update" not in m for m in run_vmm("ls", "--json").json()["models"])
 
 
 def test_ls_updates_offline_is_refused(root, monkeypatch):
@@ -159,8 +138,7 @@ def test_ls_updates_with_the_hub_unreachable_reports_each_model(root):
 
 
 def test_ls_updates_against_the_local_hub_server(root, monkeypatch):
-    hubserver = pytest.importorskip("hubserver")     # tests/hubserver.py (pull's local Hub)
-    with hubserver.HubServer() as hub:
+    with HubServer() as hub:
         first = hub.add_repo("org/tiny", {"config.json": b"{}", "w.bin": b"v1"})
         pinned_sha = hub.add_repo("org/fixed", {"config.json": b"{}"})
         monkeypatch.setenv("HF_ENDPOINT", hub.url)

@@ -62,6 +62,29 @@ def root_of(root: Path | None) -> Path:
     return settings.models_root(root or _global_root)
 
 
+def stdin_is_terminal() -> bool:
+    return sys.stdin.isatty()
+
+
+def refuse_without_terminal(yes: bool, action: str, subject: str, hint: str) -> None:
+    """Without --yes, a command that deletes needs a terminal to ask on: else exit 2."""
+    from vmm.core.errors import UsageError
+
+    if not yes and not stdin_is_terminal():
+        raise UsageError(f"refusing to {action} without confirmation", subject,
+                         f"stdin is not a terminal: {hint}")
+
+
+def confirm_or_refuse(question: str, yes: bool, action: str, subject: str, hint: str) -> None:
+    """The one confirmation of rm and gc: --yes goes ahead, a terminal asks (default no),
+    anything else is refused with exit 2; a "no" is exit 2 and nothing changes."""
+    from vmm.core.errors import UsageError
+
+    refuse_without_terminal(yes, action, subject, hint)
+    if not yes and not typer.confirm(question, default=False, err=True):
+        raise UsageError(f"{action} not confirmed", subject, "nothing was changed")
+
+
 
 
 class ExitQuietly(Exception):

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from vmm.cli.app import JsonOpt, NameArg, RootOpt, app, root_of
+from vmm.cli.app import JsonOpt, NameArg, RootOpt, app, confirm_or_refuse, refuse_without_terminal, root_of
 from vmm.core import settings
 
 
@@ -25,35 +24,18 @@ def ls_cmd(root: RootOpt = None, json_out: JsonOpt = False,
     line totals the root (hardlinked files counted once) and the filesystem's free bytes.
     """
     from vmm import render
-    from vmm.core.store import catalog, usage
-    from vmm.core.errors import UsageError
+    from vmm.core.store import catalog
 
-    if sort not in usage.SORTS:
-        raise UsageError("unknown sort order", repr(sort), f"use one of: {', '.join(usage.SORTS)}")
-    models_root = root_of(root)
-    inodes: dict = {}
-    listing = catalog.Listing(root=str(models_root), models=catalog.list_models(models_root, inodes))
-    listing.models = usage.sort_models(listing.models, sort)
-    totals = usage.totals(models_root, listing.models, inodes)
-    for model in listing.models:
-        if model.problem:
-            render.note(f"warning: {model.name}: {model.problem}")
-    checked: dict = {}
+    check = None
     if updates:
         from vmm.core.hub import updates as updates_mod
-        from vmm.core.store import local
 
-        rows = updates_mod.check_updates(models_root, [local.load_model(Path(m.path)) for m in listing.models
-                                                       if m.managed and not m.problem])
-        checked = {row.name: row for row in rows}
-        for row in rows:
-            if row.error:
-                render.note(f"warning: {row.name}: update check failed: {row.error}")
+        check = updates_mod.check_updates
+    listing = catalog.list_root(root_of(root), sort, check)
+    for warning in listing.warnings:
+        render.note(f"warning: {warning}")
     if json_out:
-        doc = {"root": listing.root, "models": listing.models, "totals": totals}
-        if updates:
-            doc["models"] = [{**render._plain(m), "update": checked.get(m.name)} for m in listing.models]
-        render.emit_json(doc)
+        render.emit_json(listing)
         return
     if not listing.models:
         render.note(f"no models in {listing.root}")
@@ -64,9 +46,10 @@ def ls_cmd(root: RootOpt = None, json_out: JsonOpt = False,
     render.table(None, columns, [
         [m.name, m.format, render.human_bytes(m.size_bytes),
          m.shard_count if m.sharded else "-", (m.revision or "-")[:12], _ago(m.last_used), m.uses,
-         ("yes" if m.managed else "no") + (", pinned" if m.pinned else "")] + ([_update_cell(checked.get(m.name))] if updates else [])
+         ("yes" if m.managed else "no") + (", pinned" if m.pinned else "")] + ([_update_cell(m.update)] if updates else [])
         for m in listing.models
     ])
+    totals = listing.totals
     shared = f" ({render.human_bytes(totals.shared_bytes)} shared by hardlinks)" if totals.shared_bytes else ""
     free = render.human_bytes(totals.free_bytes) if totals.free_bytes is not None else "unknown"
     sys.stdout.write(f"total {render.human_bytes(totals.total_bytes)} in {totals.models} models{shared}; "
@@ -186,27 +169,14 @@ def rm_cmd(name: NameArg, root: RootOpt = None,
     Refuses with exit 8 while another vmm process (pull, serve) holds the model's lock.
     """
     from vmm import render
-    from vmm.core.store import catalog, local, locking
-    from vmm.core.errors import UsageError
+    from vmm.core.store import catalog
 
     models_root = root_of(root)
-    ref = catalog.rm_target(name)
-    model = local.locate_model(ref.repo_id, models_root)
-    if locking.is_locked(models_root, ref.dir_name):
-        # Fail before asking; delete_model_from_volume checks again under the lock.
-        from vmm.core.errors import BusyError
-
-        raise BusyError("model is locked by another vmm process", model.name,
-                        "wait for the pull or serve using it to finish, or stop it")
-    if not yes:
-        if not sys.stdin.isatty():
-            raise UsageError("refusing to delete without confirmation", model.name,
-                             "stdin is not a terminal: pass --yes")
-        size, count = catalog.model_size(model)
-        if not typer.confirm(f"Delete {model.name} ({render.human_bytes(size)}, {count} files) from {models_root}?",
-                             default=False, err=True):
-            raise UsageError("deletion not confirmed", model.name, "nothing was deleted")
-    result = catalog.delete_model_from_volume(models_root, ref.repo_id)
+    preview = catalog.rm_preview(models_root, name)    # fails (3, 8) before asking
+    refuse_without_terminal(yes, "delete", preview.name, "pass --yes")
+    confirm_or_refuse(f"Delete {preview.name} ({render.human_bytes(preview.bytes_freed)}, {preview.files} files) "
+                      f"from {models_root}?", yes, "delete", preview.name, "pass --yes")
+    result = catalog.delete_model_from_volume(models_root, name)
     if json_out:
         render.emit_json(result)
     else:

@@ -26,10 +26,15 @@ def pull(
     workers: Annotated[int, typer.Option("--workers", help="Parallel connections.", metavar="N")] = 8,
     chunk_size: Annotated[str, typer.Option("--chunk-size", help="Bytes per Range request (e.g. 16MiB).",
                                             metavar="SIZE")] = "16MiB",
+    fit: Annotated[bool, typer.Option("--fit", help="Refuse (exit 6, nothing downloaded) a model this host's GPUs "
+                                      "cannot serve; planned from the Hub's config and weight headers.")] = False,
     root: RootOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Download a model from the Hub into the models root: parallel, resumable, verified."""
+    """Download a model from the Hub into the models root: parallel, resumable, verified.
+
+    On a host with GPUs, a model that will not fit them is pulled with a warning (--fit refuses it).
+    """
     import signal
 
     from vmm import render
@@ -38,6 +43,13 @@ def pull(
     from vmm.render.progress import PullProgress
 
     size = parse_size(chunk_size, "--chunk-size")
+    if not offline:
+        from vmm.core.serving import fit as fit_mod
+
+        verdict = fit_mod.pull_check(name, revision, strict=fit)
+        if verdict is not None and not verdict.fits:
+            render.note(f"warning: {name} will not fit this host's GPUs ({verdict.reason})"
+                        + (f"; what would fit: {', '.join(verdict.alternatives)}" if verdict.alternatives else ""))
 
     def _term(_signum, _frame):
         raise KeyboardInterrupt

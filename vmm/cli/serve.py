@@ -26,26 +26,34 @@ def serve_cmd(
     kv_cache_dtype: Annotated[Optional[str], typer.Option("--kv-cache-dtype", help="KV cache dtype, e.g. fp8 (halves the KV bytes per token).")] = None,
     tensor_parallel_size: Annotated[Optional[int], typer.Option("--tensor-parallel-size", "-tp", min=1, help="Force a tensor-parallel size (checked for validity).")] = None,
     host: Annotated[str, typer.Option("--host", help="Address vLLM listens on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port vLLM listens on.")] = 8000,
+    port: Annotated[Optional[int], typer.Option("--port", min=1, max=65535, help="Port vLLM listens on (default: 8000, or the next free one).", show_default=False)] = None,
+    gpu_ids: Annotated[Optional[str], typer.Option("--gpu-ids", help="Serve on these GPUs (e.g. 0,1) instead of the ones vmm chooses.", metavar="IDS", show_default=False)] = None,
     tokenizer: Annotated[Optional[str], typer.Option("--tokenizer", help="Tokenizer repo or path (GGUF: the base model's).")] = None,
     quantization: Annotated[Optional[str], typer.Option("--quantization", help="Must agree with the checkpoint's own quantization_config.")] = None,
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Let vLLM run the model's custom code.")] = False,
     enforce_eager: Annotated[bool, typer.Option("--enforce-eager", help="No CUDA graphs (less memory, slower decode).")] = False,
     detach: Annotated[bool, typer.Option("--detach", help="Return once vLLM is ready; logs go to `vmm logs NAME`.")] = False,
     emit: Annotated[Optional[str], typer.Option("--emit", help="Print a `docker run` or a systemd unit for the same plan instead of starting.", metavar="docker|systemd")] = None,
+    tool_parser: Annotated[Optional[str], typer.Option("--tool-parser", help="vLLM tool-call parser (--enable-auto-tool-choice --tool-call-parser NAME), or none; default: chosen from the model.", metavar="NAME|none")] = None,
+    reasoning_parser: Annotated[Optional[str], typer.Option("--reasoning-parser", help="vLLM reasoning parser, or none; default: chosen from the model.", metavar="NAME|none")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Serve even a model the target vLLM cannot serve (a warning instead of exit 6).")] = False,
     ready_timeout: Annotated[float, typer.Option("--ready-timeout", min=1.0, help="Seconds to wait for vLLM to answer a first request.")] = 900.0,
     root: RootOpt = None,
 ) -> None:
     """Serve a model with vLLM, with parameters computed for the GPUs at hand.
 
+    vmm picks the GPUs with room (free memory, and what its other servers planned) and a free
+    port. With --dry-run a Hub model that is not in the models root is planned from its config
+    and weight headers, read by HTTP Range without downloading the weights.
     Arguments after `--` go to `vllm serve` unchanged and override the computed ones.
-    Exit 6 when the model does not fit or vLLM cannot serve it (also when vLLM fails on its
-    own before it is ready); 127 without vllm; stopped with Ctrl-C/SIGTERM before ready: 130
-    / vLLM's code; once ready, vLLM's own exit code.
+    Tool calling and reasoning parsers are chosen from the model and its chat template.
+    Exit 6 when the model does not fit or vLLM cannot serve it (unless --force), also when
+    vLLM fails on its own before it is ready; 127 without vllm; stopped with Ctrl-C/SIGTERM
+    before ready: 130 / vLLM's code; once ready, vLLM's own exit code.
     """
     from vmm import render
-    from vmm.core.store import catalog
-    from vmm.core.serving import deploy, launcher, planner, vllm_env
+    from vmm.core import settings
+    from vmm.core.serving import deploy, fit, launcher, planner, vllm_env
 
     if device not in ("auto", "cuda", "cpu"):
         from vmm.core.errors import UsageError
@@ -56,18 +64,23 @@ def serve_cmd(
 
         raise UsageError("unknown --emit", emit, "use docker or systemd")
     base = root_of(root)
-    model, quant = catalog.resolve_model(name, base)
+    model = fit.resolve_target(name, base, allow_hub=dry_run and emit is None)
+    quant = model.quant
     install = vllm_env.find_vllm()
     req = launcher.ServeRequest(
-        name=model.name, model_dir=model.path, served_name=model.name, host=host, port=port, device=device,
+        name=model.name, model_dir=model.model_dir, served_name=model.name, host=host, port=port, device=device,
         gpus=gpus, gpu_memory=gpu_memory, nodes=nodes, quant=quant, tokenizer=tokenizer,
         quantization=quantization, trust_remote_code=trust_remote_code,
         options=planner.PlanOptions(max_model_len, min_context, gpu_memory_utilization, tensor_parallel_size,
                                     kv_cache_dtype, enforce_eager),
-        passthrough=list(ctx.args))
+        passthrough=list(ctx.args), gpu_ids=fit.parse_gpu_ids(gpu_ids), root=base, remote=model.remote,
+        tool_parser=tool_parser, reasoning_parser=reasoning_parser, force=force,
+        cache_dir=settings.state_dir(base) / "cache")
     cmd = launcher.build(req, install)
+    for line in cmd.warnings:
+        render.note(f"warning: {line}")
     if emit == "docker":
-        sys.stdout.write(deploy.emit_docker(cmd.argv, base, model.path, install.version if install else None,
+        sys.stdout.write(deploy.emit_docker(cmd.argv, base, model.model_dir, install.version if install else None,
                                              env=cmd.env))
         return
     if emit == "systemd":

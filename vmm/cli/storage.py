@@ -7,20 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from vmm.cli.app import JsonOpt, NameArg, RootOpt, app, root_of
-
-
-def _confirm_or_refuse(yes: bool, dry_run: bool, what: str, question: str) -> None:
-    """rm's rule: a terminal asks, anything else needs --yes (or --dry-run)."""
-    from vmm.core.errors import UsageError
-
-    if yes or dry_run:
-        return
-    if not sys.stdin.isatty():
-        raise UsageError(f"refusing to {what} without confirmation", "stdin is not a terminal",
-                         "pass --yes, or --dry-run to see what would happen")
-    if not typer.confirm(question, default=False, err=True):
-        raise UsageError(f"{what} not confirmed", "", "nothing was changed")
+from vmm.cli.app import JsonOpt, NameArg, RootOpt, app, confirm_or_refuse, refuse_without_terminal, root_of
 
 
 @app.command("dedup")
@@ -68,7 +55,8 @@ def gc_cmd(root: RootOpt = None, json_out: JsonOpt = False,
     else the directory's mtime. Pinned (`vmm pin`) and locked (pulling, serving) models are
     never removed. Files hardlinked into other models (`vmm dedup`) free nothing until their
     last name goes; the report counts only bytes really freed. Without --yes on a terminal
-    it asks; without a terminal it refuses (exit 2) unless --yes or --dry-run.
+    it asks; without a terminal it refuses (exit 2) unless --yes or --dry-run. What it
+    removes is exactly the list it showed: a model pinned, used or locked since is kept.
     """
     from vmm.core.store import gc
 
@@ -76,18 +64,18 @@ def gc_cmd(root: RootOpt = None, json_out: JsonOpt = False,
     unused = gc.parse_duration(unused_for) if unused_for is not None else None
     partials = gc.parse_duration(partials_older_than)
     models_root = root_of(root)
-    if not dry_run and not yes:
-        if not sys.stdin.isatty():
-            _confirm_or_refuse(yes, dry_run, "remove models", "")
-        plan = gc.gc(models_root, keep, unused, partials, dry_run=True)
-        if not plan.removed and not plan.partials:
-            _print_gc(plan, json_out)
-            return
-        _confirm_or_refuse(yes, dry_run, "remove models",
-                           f"Remove {len(plan.removed)} model(s) and {len(plan.partials)} partial file(s) "
-                           f"from {models_root}: {', '.join(m.name for m in plan.removed) or '-'}?")
-    report = gc.gc(models_root, keep, unused, partials, dry_run=dry_run)
-    _print_gc(report, json_out)
+    hint = "pass --yes, or --dry-run to see what would happen"
+    if not dry_run:
+        refuse_without_terminal(yes, "remove models", str(models_root), hint)
+    planned = gc.plan(models_root, keep, unused, partials)
+    if dry_run or planned.empty:
+        _print_gc(planned.report, json_out)
+        return
+    shown = planned.report
+    confirm_or_refuse(f"Remove {len(shown.removed)} model(s) and {len(shown.partials)} partial file(s) "
+                      f"from {models_root}: {', '.join(m.name for m in shown.removed) or '-'}?",
+                      yes, "remove models", str(models_root), hint)
+    _print_gc(gc.apply(planned), json_out)
 
 
 def _print_gc(report, json_out: bool) -> None:
@@ -105,7 +93,7 @@ def _print_gc(report, json_out: bool) -> None:
     for m in report.removed:
         shared = "" if m.bytes_freed >= m.size_bytes else f", {render.human_bytes(m.bytes_freed)} freed (rest shared)"
         sys.stdout.write(f"{verb} {m.name} ({render.human_bytes(m.size_bytes)}{shared}; {m.reason}; "
-                         f"last used {render.human_age(_age(m.last_used))} by {m.last_used_source})\n")
+                         f"last used {render.human_age(_age(m.last_used_epoch))} by {m.last_used_source})\n")
     for p in report.partials:
         sys.stdout.write(f"{verb} partial {p.path} ({render.human_bytes(p.size_bytes)}, "
                          f"{render.human_age(p.age_s)})\n")

@@ -4,7 +4,9 @@ Checks, in order: ``integrity`` (every file against the manifest: sha256 for LFS
 blob sha1 for the others; sizes only with ``fast``; a hand-made dir gets sizes and headers
 and a warning), ``shards`` (index against files), ``weights`` (safetensors headers parse and
 match the file sizes; GGUF files open), ``gguf choice`` and ``pickle`` (warnings),
-``config`` (fields present and sane), ``vllm`` (:mod:`vmm.core.serving.compat`), ``template``.
+``config`` (fields present and sane), ``vllm`` (:mod:`vmm.core.serving.compat`), ``template``,
+``tool calls`` (:mod:`vmm.core.serving.parsers`: the tool-call / reasoning parsers ``vmm serve``
+would pass to the target vLLM; a warning, never a failure, when there is none).
 
 Exit code when something fails (docs/exit-codes.md): 5 when any integrity, format, config
 or template check fails (the files must be repaired first), else 6 when only vLLM
@@ -341,6 +343,23 @@ def _template(model: local.LocalModel, quant: str | None) -> Check:
     return Check("template", "pass", detail)
 
 
+def _tool_calls(model: local.LocalModel, cfg: config_mod.ModelConfig | None, quant: str | None,
+                vllm_version: str | None, cache_dir: Path | None) -> Check:
+    from vmm.core.serving import parsers
+
+    if cfg is None:
+        return Check("tool calls", "warn", "cannot judge tool calling without a readable config")
+    choice = parsers.choose_for_model(model.path, model.name, cfg.model_type, cfg.architectures,
+                                      vllm_version, cache_dir, quant=quant)
+    where = f"vLLM {choice.vllm_version} ({choice.registry_source})"
+    reasoning = (f"; reasoning parser {choice.reasoning_parser}" if choice.reasoning_parser else "")
+    if choice.tool_call_parser:
+        return Check("tool calls", "pass", f"tool-call parser {choice.tool_call_parser} with {where}: "
+                     f"{choice.tool_why}{reasoning}")
+    return Check("tool calls", "warn", f"no tool-call parser with {where}: {choice.tool_why}; requests with "
+                 f"tools and tool_choice \"auto\" get HTTP 400{reasoning}")
+
+
 def check_model(model: local.LocalModel, quant: str | None = None, fast: bool = False,
                 vllm_version: str | None = None, cache_dir: Path | None = None) -> CheckReport:
     """Run every check; never raises for a failed check (the report says), only for bad usage."""
@@ -353,6 +372,7 @@ def check_model(model: local.LocalModel, quant: str | None = None, fast: bool = 
     vllm_check, version = _vllm(cfg, model.name, fmt, vllm_version, cache_dir)
     checks.append(vllm_check)
     checks.append(_template(model, quant))
+    checks.append(_tool_calls(model, cfg, quant, vllm_version or version, cache_dir))
     codes = {c.exit_code for c in checks if c.status == "fail"}
     exit_code = IntegrityError.exit_code if IntegrityError.exit_code in codes else \
         IncompatibleError.exit_code if codes else 0

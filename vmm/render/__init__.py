@@ -134,8 +134,11 @@ def servers_table(statuses) -> None:
     for s in statuses:
         def num(v, fmt="{:.0f}"):
             return "-" if v is None else fmt.format(v)
+        gpus = ",".join(map(str, s.gpu_ids)) if getattr(s, "gpu_ids", None) else "-"
+        gpu_mem = human_bytes(s.gpu_bytes) + (" each" if len(s.gpu_ids or []) > 1 else "") \
+            if getattr(s, "gpu_bytes", None) else "-"
         rows.append([
-            s.model, s.pid, s.url, "up" if s.alive else "dead (cleaned)",
+            s.model, s.pid, s.url, "up" if s.alive else "dead (cleaned)", gpus, gpu_mem,
             human_age(time.time() - s.started_at).replace(" ago", "") if s.alive else "-",
             num(s.running), num(s.waiting),
             "-" if s.kv_cache_usage is None else f"{s.kv_cache_usage * 100:.0f}%",
@@ -145,8 +148,16 @@ def servers_table(statuses) -> None:
     if not rows:
         note("no servers started by vmm on this host")
         return
-    table(None, ["model", "pid", "url", "state", "up", "running", "waiting", "kv cache",
+    table(None, ["model", "pid", "url", "state", "gpus", "gpu mem", "up", "running", "waiting", "kv cache",
                  "gen tok/s", "prompt tok/s", "note"], rows)
+
+
+def _parser_rows(choice) -> list[tuple[str, object]]:
+    if choice is None:
+        return []
+    return [("tool calls", f"{choice.tool_call_parser or 'off'}: {choice.tool_why}"),
+            ("reasoning", f"{choice.reasoning_parser or 'off'}: {choice.reasoning_why}"),
+            ("parsers of", f"vLLM {choice.vllm_version} ({choice.registry_source})")]
 
 
 def serve_plan(cmd) -> None:
@@ -168,7 +179,19 @@ def serve_plan(cmd) -> None:
                      f"{p.kv_cache_tokens} tokens at {p.kv_cache_bytes_per_token} B/token"),
         ("max model len", f"{p.max_model_len} (model: {p.model_max_len})"),
         ("dtype", p.dtype or "auto"),
-    ])
+        *_parser_rows(getattr(cmd, "parsers", None)),
+    ] + ([("GPUs chosen", f"{','.join(map(str, cmd.gpu_ids))} (CUDA_VISIBLE_DEVICES), "
+                          f"{human_bytes(cmd.gpu_bytes)} for vLLM on each")] if cmd.gpu_ids else [])
+      + ([("port", cmd.port)] if getattr(cmd, "port", None) else [])
+      + ([("source", f"Hub {cmd.hub['repo']}@{cmd.hub['commit'][:12]} ({cmd.hub['endpoint']}), "
+                     f"{human_bytes(cmd.hub['bytes_read'])} read of {human_bytes(cmd.hub['repo_bytes'])} "
+                     f"in {cmd.hub['requests']} requests")] if getattr(cmd, "hub", None) else []))
+    if getattr(cmd, "gpus", None):
+        sys.stdout.write("\n")
+        table(None, ["gpu", "name", "total", "free", "vmm servers", "chosen"],
+              [[g["index"], g["name"], human_bytes(g["total_bytes"]), human_bytes(g["free_bytes"]),
+                "; ".join(g["vmm_servers"]) or "-", "yes" if g["index"] in (cmd.gpu_ids or []) else ""]
+               for g in cmd.gpus])
     for line in cmd.notes:
         sys.stdout.write(f"note: {line}\n")
     for line in cmd.ray_commands:

@@ -66,3 +66,10 @@ def test_serve_plans_for_the_gpus_it_finds(fake_smi, root):
     assert doc["tensor_parallel_size"] == 1 and doc["dtype"] == "bfloat16"   # compute capability 9.0
     assert_error_line(run_vmm("serve", "Qwen/Qwen2-7B-Instruct", "--dry-run", "--tensor-parallel-size", "4"),
                       6, "exceeds the GPUs")
+
+
+def test_compute_apps_rows_map_to_gpu_indices_and_skip_what_does_not_parse():
+    gpus = gpu.parse_nvidia_smi(SMI)
+    rows = "GPU-aaaa1111, 4242, 30000\nGPU-bbbb2222, 77, [N/A]\nGPU-zzzz, 1, 5\ngarbage\n"
+    assert [(p.gpu_index, p.pid, p.used_bytes) for p in gpu.parse_compute_apps(rows, gpus)] == [
+        (0, 4242, 30000 << 20)]

@@ -171,9 +171,10 @@ def test_files_on_another_filesystem_are_skipped_and_reported(tmp_path):
     # The same content seen on two devices (a model dir that is a mount point elsewhere).
     entries = [dedup._Entry("org--a", "a.bin", first, st1.st_dev, st1.st_ino, 1, len(SHARD), sha),
                dedup._Entry("org--b", "b.bin", second, st1.st_dev + 1, st2.st_ino, 1, len(SHARD), sha)]
-    report = dedup.DedupReport(root=str(tmp_path), dry_run=False)
-    dedup._link_groups(entries, report, dry_run=False)
-    assert report.groups == []
+    planned = dedup.DedupPlan(dedup.DedupReport(root=str(tmp_path), dry_run=False))
+    dedup._plan_groups(entries, planned)
+    report = dedup.apply(planned)
+    assert planned.links == [] and report.groups == []
     assert any("another filesystem" in s.reason for s in report.skipped)
     assert not os.path.samefile(first, second)
 

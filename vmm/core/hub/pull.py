@@ -313,7 +313,7 @@ class _FileJob:
                 self.part.unlink()
             except FileNotFoundError:
                 pass
-        self.fd = os.open(self.part, os.O_RDWR | os.O_CREAT, 0o644)
+        self.fd = os.open(self.part, os.O_RDWR | os.O_CREAT, 0o666)   # the umask applies
         try:
             if os.fstat(self.fd).st_size != self.rf.size:
                 os.ftruncate(self.fd, self.rf.size)

@@ -409,11 +409,8 @@ def _bad_header(path: Path, why: str) -> IntegrityError:
 def read_safetensors_header(path: Path) -> dict[str, Any]:
     """The JSON header of a safetensors file, validated against the file size.
 
-    Reads the 8-byte little-endian length and the header only, never the data. Checks what
-    the reference loader checks (safetensors 0.5 ``SafeTensors::read_metadata`` /
-    ``Metadata::validate``): length within 100 MB and within the file, JSON object, known
-    dtypes, offsets contiguous from 0, each tensor's byte count equal to its shape's, and the
-    data region ending exactly at the end of the file.
+    Reads the 8-byte little-endian length and the header only, never the data; the checks
+    are :func:`parse_safetensors_header`'s.
     """
     path = Path(path)
     try:
@@ -429,6 +426,32 @@ def read_safetensors_header(path: Path) -> dict[str, Any]:
             raw = handle.read(length)
     except OSError as exc:
         raise IntegrityError("cannot read", str(path), exc.strerror or str(exc)) from exc
+    return parse_safetensors_header(raw, size, str(path))
+
+
+def safetensors_header_length(prefix: bytes, file_size: int, name: str) -> int:
+    """The header length from a file's first 8 bytes, checked against the file size."""
+    if file_size < 8 or len(prefix) < 8:
+        raise _bad_header(Path(name), f"file of {file_size} bytes")
+    (length,) = struct.unpack("<Q", prefix[:8])
+    if length > MAX_SAFETENSORS_HEADER:
+        raise _bad_header(Path(name), f"header length {length} is absurd")
+    if 8 + length > file_size:
+        raise _bad_header(Path(name), f"header of {length} bytes beyond the end of a {file_size}-byte file")
+    return length
+
+
+def parse_safetensors_header(raw: bytes, file_size: int, name: str) -> dict[str, Any]:
+    """Validate the JSON header bytes of a safetensors file of ``file_size`` bytes.
+
+    Checks what the reference loader checks (safetensors 0.5 ``SafeTensors::read_metadata``
+    / ``Metadata::validate``): JSON object, known dtypes, offsets contiguous from 0, each
+    tensor's byte count equal to its shape's, and the data region ending exactly at the end
+    of the file. Used on local files and on headers read from the Hub by HTTP Range.
+    """
+    path = Path(name)
+    length = len(raw)
+    size = file_size
     try:
         header = jsonfile.loads(raw)
     except jsonfile.JsonDepthError as exc:
@@ -470,9 +493,13 @@ def read_safetensors_header(path: Path) -> dict[str, Any]:
 
 
 def _sum_headers(paths: list[Path]) -> WeightSummary:
+    return sum_safetensors_headers([read_safetensors_header(path) for path in paths])
+
+
+def sum_safetensors_headers(headers: list[dict[str, Any]]) -> WeightSummary:
+    """Parameters, bytes and dtypes of parsed safetensors headers (one per shard)."""
     params, nbytes, dtypes = 0, 0, {}
-    for path in paths:
-        header = read_safetensors_header(path)
+    for header in headers:
         for name, info in header.items():
             if name == "__metadata__":
                 continue

@@ -180,25 +180,28 @@ def compile_template(text: str):
         raise TemplateProblem(f"jinja syntax error: {exc.message}", exc.lineno, "syntax") from exc
 
 
-def _variables(messages: list[dict[str, str]], tokens: dict[str, str | None],
-               add_generation_prompt: bool) -> dict[str, Any]:
+def _variables(messages: list[dict[str, str]], tokens: dict[str, str | None], add_generation_prompt: bool,
+               tools: list[dict[str, Any]] | None) -> dict[str, Any]:
     special = {k: v for k, v in tokens.items() if v is not None}
-    return {"messages": messages, "tools": None, "documents": None,
+    return {"messages": messages, "tools": tools, "documents": None,
             "add_generation_prompt": add_generation_prompt, **special}
 
 
 def render_messages(compiled: Any, messages: list[dict[str, str]], tokens: dict[str, str | None],
-                    add_generation_prompt: bool = True, output_limit: int | None = None) -> str:
-    """Render like ``apply_chat_template(tokenize=False)``; :class:`TemplateProblem` when it raises.
+                    add_generation_prompt: bool = True, tools: list[dict[str, Any]] | None = None,
+                    output_limit: int | None = None) -> str:
+    """Render like ``apply_chat_template(tokenize=False)`` (``tools``: OpenAI-style function
+    schemas, as a request's ``tools``); :class:`TemplateProblem` when it raises.
 
     The output is streamed (``Template.generate``); past ``output_limit`` characters the
-    render stops with :class:`_OverLimit`."""
+    render stops with :class:`_OverLimit`. Unbounded in time and memory: untrusted templates
+    go through :func:`render_sample` (a bounded child)."""
     import jinja2
 
     pieces: list[str] = []
     total = 0
     try:
-        for piece in compiled.generate(**_variables(messages, tokens, add_generation_prompt)):
+        for piece in compiled.generate(**_variables(messages, tokens, add_generation_prompt, tools)):
             total += len(piece)
             if output_limit is not None and total > output_limit:
                 raise _OverLimit(f"the sample renders to more than {output_limit} characters")

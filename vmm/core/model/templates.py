@@ -176,11 +176,8 @@ def read_record(model_path: Path) -> dict[str, Any] | None:
 
 
 def _write_template_file(target: Path, text: str) -> None:
-    """Atomic write, readable by the user vLLM runs as (mkstemp creates files 0600)."""
-    import os
-
+    """Atomic write; the mode follows the umask (fsutil), so vLLM's user can read it."""
     fsutil.atomic_write_bytes(target, text.encode("utf-8"))
-    os.chmod(target, 0o644)
 
 
 def _sha256(text: str) -> str:
@@ -199,10 +196,12 @@ def vmm_wrote(record: dict[str, Any] | None, current_text: str | None) -> bool:
 
 def _write_record(model_path: Path, record: dict[str, Any]) -> str:
     """Store the record in the manifest when the model has one; returns where it went."""
-    manifest = manifests.read_manifest(model_path)
-    if manifest is not None:
-        manifest.extra[MANIFEST_KEY] = record
-        manifests.write_manifest(model_path, manifest)
+    def put(manifest: manifests.Manifest | None) -> manifests.Manifest | None:
+        if manifest is not None:
+            manifest.extra[MANIFEST_KEY] = record
+        return manifest
+
+    if manifests.update(model_path, put) is not None:
         return paths.META_DIR + "/" + paths.MANIFEST_NAME
     fsutil.atomic_write_json(model_path / RECORD_FILE, record)
     return RECORD_FILE

@@ -96,6 +96,70 @@ def _from_nvidia_smi() -> list[GpuInfo]:
     return parse_nvidia_smi(proc.stdout)
 
 
+@dataclass
+class GpuProcess:
+    gpu_index: int
+    pid: int
+    used_bytes: int
+
+
+def _processes_nvml() -> list[GpuProcess] | None:
+    try:
+        import pynvml  # nvidia-ml-py
+    except ImportError:
+        return None
+    try:
+        pynvml.nvmlInit()
+    except Exception:  # noqa: BLE001 - no driver
+        return None
+    try:
+        out = []
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(i)
+            for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
+                out.append(GpuProcess(i, int(proc.pid), int(proc.usedGpuMemory or 0)))
+        return out
+    except Exception:  # noqa: BLE001 - a driver without per-process accounting
+        return None
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def parse_compute_apps(text: str, gpus: list[GpuInfo]) -> list[GpuProcess]:
+    """``gpu_uuid, pid, used_memory`` CSV (MiB); rows that do not parse are skipped
+    (``[N/A]`` memory in containers without per-process accounting)."""
+    by_uuid = {g.uuid: g.index for g in gpus if g.uuid}
+    out = []
+    for line in text.strip().splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) != 3 or parts[0] not in by_uuid:
+            continue
+        try:
+            out.append(GpuProcess(by_uuid[parts[0]], int(parts[1]), int(float(parts[2])) * MIB))
+        except ValueError:
+            continue
+    return out
+
+
+def compute_processes(gpus: list[GpuInfo]) -> list[GpuProcess] | None:
+    """Processes holding GPU memory; None when the driver does not say (then vmm assumes
+    none of its own servers' memory is visible yet, the cautious reading)."""
+    found = _processes_nvml()
+    if found is not None:
+        return found
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return None
+    try:
+        proc = subprocess.run([exe, "--query-compute-apps=gpu_uuid,pid,used_memory",
+                               "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if proc.returncode != 0:
+        return None
+    return parse_compute_apps(proc.stdout, gpus)
+
+
 def discover() -> list[GpuInfo]:
     """The GPUs this process may use, best source first."""
     gpus = _from_nvml()

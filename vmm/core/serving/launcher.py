@@ -1,46 +1,24 @@
-"""``vmm serve``: turn a plan into a ``vllm serve`` command and run it until it is healthy.
+"""``vmm serve``: turn a request and a plan into the exact ``vllm serve`` command.
 
-vLLM runs as a child in its own session (its engine and worker processes form one process
-group that signals reach together). The model's shared lock is taken on a file descriptor
-that the child inherits, so the lock lives exactly as long as vLLM does: ``rm`` and ``gc``
-get exit 8 while it serves, attached or ``--detach``ed.
+Running it (start, wait until ready, signals, exit codes, output callbacks) is
+:mod:`vmm.core.serving.supervisor`; :func:`run` and :class:`VllmExited` are re-exported here.
 """
 
 from __future__ import annotations
 
-import fcntl
-import json
-import os
-import signal
-import subprocess
-import threading
-import time
-import urllib.error
-import urllib.request
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from vmm.core import settings
 from vmm.core.model import config as config_mod
 from vmm.core.model import formats
-from vmm.core.serving import gpu, planner, runtime, vllm_env
-from vmm.core.store import locking, manifests, paths
-from vmm.core.errors import BusyError, IncompatibleError, UsageError, VmmError
+from vmm.core.serving import compat, fit, gpu, parsers, planner, vllm_env
+from vmm.core.errors import IncompatibleError, UsageError, VmmError
+from vmm.core.serving.supervisor import HINTS, VllmExited, run  # noqa: F401 - re-exported
 
 # Methods vLLM applies at load time to an unquantized checkpoint (vLLM 0.33 docs: "online"
 # dynamic quantization); every other method needs a checkpoint already in that format.
 ONLINE_QUANTIZATION = ("fp8", "experts_int8", "ptpc_fp8")
-
-HINTS = (
-    ("CUDA out of memory", "lower --gpu-memory-utilization or --max-model-len, or plan more GPUs (--gpus)"),
-    ("out of memory", "lower --max-model-len or free memory"),
-    ("Address already in use", "the port is taken: pass another --port"),
-    ("are not supported for now", "vLLM cannot serve this architecture: run `vmm check NAME`"),
-    ("is not supported", "run `vmm check NAME` for vLLM compatibility"),
-    ("trust_remote_code", "the model needs custom code: add --trust-remote-code if you trust it"),
-)
-
 
 @dataclass
 class ServeRequest:
@@ -48,7 +26,7 @@ class ServeRequest:
     model_dir: Path
     served_name: str
     host: str = "127.0.0.1"
-    port: int = 8000
+    port: int | None = 8000          # None: 8000, or the next free one
     device: str = "auto"             # auto, cuda, cpu
     gpus: int | None = None
     gpu_memory: str | None = None
@@ -59,6 +37,13 @@ class ServeRequest:
     trust_remote_code: bool = False
     options: planner.PlanOptions = field(default_factory=planner.PlanOptions)
     passthrough: list[str] = field(default_factory=list)
+    gpu_ids: list[int] | None = None  # --gpu-ids: placement override
+    root: Path | None = None          # whose runtime records say which GPUs and ports are taken
+    remote: Any = None                # a hub.remote.RemoteModel: plan from the Hub (nothing local)
+    tool_parser: str | None = None       # --tool-parser NAME|none (None: vmm chooses)
+    reasoning_parser: str | None = None  # --reasoning-parser NAME|none (None: vmm chooses)
+    force: bool = False                  # serve even what the target vLLM cannot serve
+    cache_dir: Path | None = None        # where the installed vLLM's registries are cached
 
 
 @dataclass
@@ -70,8 +55,20 @@ class ServeCommand:
     fmt: str
     notes: list[str]
     ray_commands: list[str] = field(default_factory=list)
+    parsers: parsers.ParserChoice | None = None
+    warnings: list[str] = field(default_factory=list)
+    gpu_ids: list[int] | None = None    # chosen by placement (CUDA_VISIBLE_DEVICES)
+    gpu_bytes: int | None = None        # vLLM's budget per chosen GPU
+    gpus: list[dict] = field(default_factory=list)   # the host's GPUs as placement saw them
+    hub: dict | None = None             # plan made from the Hub: repo, commit, bytes read
+    port: int = 8000
 
     def document(self) -> dict:
+        return {"source": "hub" if self.hub else "local", "hub": self.hub, "port": self.port,
+                "gpu_ids": self.gpu_ids, "gpu_bytes": self.gpu_bytes, "gpus": self.gpus,
+                **self._plan_document()}
+
+    def _plan_document(self) -> dict:
         p = self.plan
         return {"command": self.argv, "tensor_parallel_size": p.tensor_parallel_size,
                 "pipeline_parallel_size": p.pipeline_parallel_size, "max_model_len": p.max_model_len,
@@ -81,10 +78,15 @@ class ServeCommand:
                              "kv_cache_bytes": p.kv_cache_bytes, "kv_cache_tokens": p.kv_cache_tokens,
                              "overhead_bytes": p.overhead_bytes},
                 "device": p.device, "dtype": p.dtype, "model_max_len": p.model_max_len,
-                "format": self.fmt, "env": self.env, "notes": self.notes, "ray_commands": self.ray_commands}
+                "format": self.fmt, "env": self.env, "notes": self.notes, "ray_commands": self.ray_commands,
+                "tool_call_parser": self.parsers.tool_call_parser if self.parsers else None,
+                "reasoning_parser": self.parsers.reasoning_parser if self.parsers else None,
+                "parsers": self.parsers.document() if self.parsers else None, "warnings": self.warnings}
 
 
-def hardware_for(req: ServeRequest, install: vllm_env.VllmInstall | None) -> planner.Hardware:
+def hardware_for(req: ServeRequest, install: vllm_env.VllmInstall | None,
+                 found: list[gpu.GpuInfo] | None = None) -> planner.Hardware:
+    """The hardware to plan for; ``found`` receives the GPUs detected (when they are used)."""
     if req.device == "cpu" or (req.device == "auto" and req.gpus is None and install is not None
                                and install.is_cpu):
         memory = planner.parse_size(req.gpu_memory) if req.gpu_memory else planner.host_memory_bytes()
@@ -96,13 +98,15 @@ def hardware_for(req: ServeRequest, install: vllm_env.VllmInstall | None) -> pla
         if req.gpus < 1:
             raise UsageError("--gpus must be at least 1", str(req.gpus), "or use --device cpu")
         return planner.Hardware("cuda", req.gpus, planner.parse_size(req.gpu_memory), None, req.nodes, "given")
-    found = gpu.discover()
-    if not found:
+    detected = gpu.discover()
+    if found is not None:
+        found[:] = detected
+    if not detected:
         raise IncompatibleError("no GPU found", "nvidia-smi/NVML see none (or CUDA_VISIBLE_DEVICES hides them)",
                                 "plan for other hardware with --gpus N --gpu-memory SIZE, or use --device cpu")
-    smallest = min(g.total_bytes for g in found)
-    caps = [g.compute_capability for g in found if g.compute_capability]
-    return planner.Hardware("cuda", len(found), smallest, min(caps) if caps else None, req.nodes)
+    smallest = min(g.total_bytes for g in detected)
+    caps = [g.compute_capability for g in detected if g.compute_capability]
+    return planner.Hardware("cuda", len(detected), smallest, min(caps) if caps else None, req.nodes)
 
 
 def apply_passthrough(argv: list[str], extra: list[str]) -> list[str]:
@@ -140,9 +144,12 @@ def _remove_flag(argv: list[str], flag: str) -> None:
 
 def build(req: ServeRequest, install: vllm_env.VllmInstall | None = None) -> ServeCommand:
     """The plan and the exact argv, without running anything (``--dry-run``)."""
-    cfg = config_mod.read_model_config(req.model_dir)
-    fmt = formats.detect_format(req.model_dir)
-    weights = formats.weight_summary(req.model_dir, req.quant)
+    if req.remote is not None:
+        cfg, fmt, weights = req.remote.cfg, req.remote.fmt, req.remote.weights
+    else:
+        cfg = config_mod.read_model_config(req.model_dir)
+        fmt = formats.detect_format(req.model_dir)
+        weights = formats.weight_summary(req.model_dir, req.quant)
     notes: list[str] = []
     quant_cfg = (cfg.quantization or {}).get("quant_method")
     if req.quantization and quant_cfg and req.quantization.lower() != str(quant_cfg).lower():
@@ -155,16 +162,32 @@ def build(req: ServeRequest, install: vllm_env.VllmInstall | None = None) -> Ser
     opts = req.options
     if install is not None and opts.vllm_version is None:
         opts.vllm_version = install.version
-    hw = hardware_for(req, install)
-    plan = planner.plan(cfg, weights.weight_bytes, hw, opts)
+    warnings = _refuse_unservable(req, cfg, fmt, install)
+    found: list[gpu.GpuInfo] = []
+    hw = hardware_for(req, install, found)
+    placement = None
+    if hw.device == "cuda" and hw.source == "detected" and hw.nodes == 1:
+        if not weights.weight_bytes:
+            planner.plan(cfg, weights.weight_bytes, hw, opts)     # its "cannot size" error
+        placement = fit.place(cfg, weights.weight_bytes, found, req.root, opts, req.gpu_ids)
+        plan = placement.plan
+    else:
+        if req.gpu_ids is not None:
+            raise UsageError("--gpu-ids chooses among this host's GPUs", "with --gpus/--gpu-memory, --nodes or CPU",
+                             "drop --gpu-ids, or plan for the local GPUs")
+        plan = planner.plan(cfg, weights.weight_bytes, hw, opts)
+    port = req.port if req.port is not None else fit.choose_port(req.host, req.root)
     notes += plan.notes
     model_path = str(req.model_dir)
-    if fmt == "gguf":
+    if fmt == "gguf" and req.remote is not None:
+        model_path = str(req.model_dir / req.remote.weight_files[0])
+        notes.append("GGUF: vLLM >= 0.24 serves it only with the vllm-gguf-plugin package installed")
+    elif fmt == "gguf":
         chosen = formats.select_gguf(req.model_dir, req.quant)
         model_path = str(chosen.path)
         notes.append("GGUF: vLLM >= 0.24 serves it only with the vllm-gguf-plugin package installed")
     argv = ["vllm", "serve", model_path, "--served-model-name", req.served_name, "--host", req.host,
-            "--port", str(req.port), "--max-model-len", str(plan.max_model_len)]
+            "--port", str(port), "--max-model-len", str(plan.max_model_len)]
     if plan.device == "cpu":
         argv += ["--kv-cache-memory-bytes", str(plan.kv_cache_bytes), "--enforce-eager"]
     else:
@@ -186,7 +209,7 @@ def build(req: ServeRequest, install: vllm_env.VllmInstall | None = None) -> Ser
     elif cfg.auto_map:
         notes.append("config.json has auto_map (custom code): vLLM may need --trust-remote-code")
     if fmt == "gguf":
-        tokenizer = req.tokenizer or _gguf_base_model(Path(model_path))
+        tokenizer = req.tokenizer or (None if req.remote is not None else _gguf_base_model(Path(model_path)))
         if tokenizer:
             argv += ["--tokenizer", tokenizer]
         else:
@@ -197,6 +220,11 @@ def build(req: ServeRequest, install: vllm_env.VllmInstall | None = None) -> Ser
             argv += ["--chat-template", str(template)]
     elif req.tokenizer:
         argv += ["--tokenizer", req.tokenizer]
+    choice = parsers.choose_for_model(req.model_dir, req.name, cfg.model_type, cfg.architectures,
+                                      install.version if install else None, req.cache_dir,
+                                      req.tool_parser, req.reasoning_parser, req.quant)
+    argv += choice.argv()
+    notes += choice.notes
     argv = apply_passthrough(argv, req.passthrough)
     ray = []
     if plan.pipeline_parallel_size > 1:
@@ -204,7 +232,34 @@ def build(req: ServeRequest, install: vllm_env.VllmInstall | None = None) -> Ser
                *[f"ray start --address <this-node-ip>:6379   # on node {n + 1}"
                  for n in range(1, plan.pipeline_parallel_size)]]
     env = {"VLLM_NO_USAGE_STATS": "1", "HF_HUB_OFFLINE": "1"}
-    return ServeCommand(argv, env, plan, model_path, fmt, notes, ray)
+    cmd = ServeCommand(argv, env, plan, model_path, fmt, notes, ray, choice, warnings, port=port)
+    if placement is not None:
+        # nvidia-smi numbers GPUs in PCI bus order; CUDA's default order is "fastest first".
+        env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in placement.gpu_ids)
+        cmd.gpu_ids, cmd.gpu_bytes = placement.gpu_ids, placement.gpu_bytes
+        cmd.gpus = [{"index": r.index, "name": r.name, "total_bytes": r.total_bytes, "free_bytes": r.free_bytes,
+                     "vmm_bytes": r.vmm_bytes, "vmm_servers": r.vmm_servers} for r in placement.rooms]
+    if req.remote is not None:
+        cmd.hub = req.remote.document()
+        notes.insert(0, f"planned from the Hub without its weights: `vmm pull {req.name}` before serving")
+    return cmd
+
+
+def _refuse_unservable(req: ServeRequest, cfg: config_mod.ModelConfig, fmt: str,
+                       install: vllm_env.VllmInstall | None) -> list[str]:
+    """Exit 6 with ``vmm check``'s finding when the target vLLM cannot serve the model
+    (:mod:`vmm.core.serving.compat`); with ``--force``, a warning instead."""
+    report = compat.compat_report(cfg, req.name, fmt, install.version if install else None, req.cache_dir)
+    if report.supported:
+        return []
+    if not req.force:
+        error = report.error()
+        raise IncompatibleError(error.what, error.which, f"{error.hint}; or --force to try anyway")
+    failed = "; ".join(f.detail for f in report.findings if f.status == "fail")
+    return [f"--force: {failed}; vLLM {report.vllm_version} will probably refuse it "
+            "(for an architecture transformers has, try vLLM's Transformers backend: "
+            "`-- --model-impl transformers`)"]
 
 
 def _gguf_base_model(path: Path) -> str | None:
@@ -219,263 +274,3 @@ def _gguf_base_model(path: Path) -> str | None:
         return url.split("huggingface.co/", 1)[1].strip("/")
     org, name = meta.get("general.base_model.0.organization"), meta.get("general.base_model.0.name")
     return f"{org}/{name}" if isinstance(org, str) and isinstance(name, str) else None
-
-
-# ------------------------------------------------------------------ running
-
-def _hint(lines: list[str]) -> str | None:
-    text = "\n".join(lines)
-    for needle, hint in HINTS:
-        if needle in text:
-            return hint
-    return None
-
-
-class VllmExited(IncompatibleError):
-    """vLLM ended on its own before it was ready: exit 6 (it cannot serve this model here),
-    with vLLM's own exit code and its last lines in the message. vLLM's start-up codes
-    (1, 2, 3, ...) would otherwise read as vmm's own (bug, usage, not found)."""
-
-    def __init__(self, code: int, tail: list[str], log_path: Path | None = None) -> None:
-        self.vllm_exit_code = code
-        which = f"exit code {code}" if code >= 0 else f"killed by {_signal_name(-code)}"
-        last = [" ".join(line.split())[:200] for line in tail if line.strip()][-3:]
-        if last:
-            which += ": " + " | ".join(last)
-        seen = f"see {log_path}" if log_path else "see vLLM's output above"
-        super().__init__("vLLM exited during start-up", which, _hint(tail) or seen)
-
-
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
-
-
-def exit_status(returncode: int) -> int:
-    """A child's return code as a shell reports it (killed by signal N: 128 + N)."""
-    return returncode if returncode >= 0 else 128 - returncode
-
-
-class _Forwarder:
-    """The operator's SIGINT/SIGTERM, forwarded to vLLM's process group: the first signal as
-    it came, a second one as SIGKILL. Installed before vLLM starts, so a signal that arrives
-    while it is being started is not lost."""
-
-    def __init__(self) -> None:
-        self.child: subprocess.Popen | None = None
-        self.first: int | None = None
-        self.count = 0
-        self._previous: dict[int, object] = {}
-
-    def install(self) -> None:
-        self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
-
-    def restore(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-    def attach(self, child: subprocess.Popen) -> None:
-        self.child = child
-        if self.count:
-            self._send()
-
-    def _handle(self, signum, _frame) -> None:
-        self.count += 1
-        if self.first is None:
-            self.first = signum
-        if self.child is not None:
-            self._send()
-
-    def _send(self) -> None:
-        sig = self.first if self.count == 1 else signal.SIGKILL
-        try:
-            os.killpg(self.child.pid, sig)
-        except ProcessLookupError:
-            pass
-
-    def startup_code(self, returncode: int) -> int:
-        """vmm's exit code when the operator stopped vLLM before it was ready."""
-        return 130 if self.first == signal.SIGINT else exit_status(returncode)
-
-
-def _take_lock(root: Path, dir_name: str) -> int:
-    path = paths.lock_path(root, dir_name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        holder = locking.read_lock_info(root, dir_name) or {}
-        raise BusyError("model is locked by another vmm process",
-                        f"{dir_name}: pid {holder.get('pid', '?')} ({holder.get('purpose', '?')})",
-                        "wait for the pull or rm to finish") from None
-    return fd
-
-
-def _first_request(base: str, served: str, timeout_s: float) -> tuple[IncompatibleError | None, bool]:
-    """One real 1-token completion: /health can answer while the engine cannot run a request
-    (on CPU, an unsupported head size dies on the first one). Returns the failure (None when
-    it answered) and whether the connection dropped (a server going away does that)."""
-    body = json.dumps({"model": served, "prompt": "ready?", "max_tokens": 1}).encode()
-    request = urllib.request.Request(f"{base}/v1/completions", data=body,
-                                     headers={"Content-Type": "application/json"})
-    failed = "vLLM is up but a first request failed"
-    try:
-        with urllib.request.urlopen(request, timeout=max(30.0, timeout_s)) as response:
-            if response.status != 200:
-                return IncompatibleError(failed, f"HTTP {response.status}", "see vLLM's output above"), False
-    except urllib.error.HTTPError as exc:
-        return IncompatibleError(failed, f"HTTP {exc.code}", "see vLLM's output above"), False
-    except (OSError, urllib.error.URLError) as exc:
-        return IncompatibleError(failed, str(exc), "see vLLM's output above"), True
-    return None, False
-
-
-def _ready(base: str, served: str, child: subprocess.Popen, timeout_s: float, on_wait,
-           stopping) -> bool:
-    """Wait for /health, then a first request. False when vLLM ended or ``stopping()`` (the
-    operator's signal) made waiting moot; True when it is ready."""
-    deadline = time.monotonic() + timeout_s
-    last_note = 0.0
-    while True:
-        if child.poll() is not None or stopping():
-            return False
-        if time.monotonic() >= deadline:
-            raise IncompatibleError("vLLM did not become healthy in time", base, "see its output; raise --ready-timeout")
-        try:
-            with urllib.request.urlopen(f"{base}/health", timeout=5) as response:
-                if response.status == 200:
-                    break
-        except (OSError, urllib.error.URLError):
-            pass
-        if on_wait and time.monotonic() - last_note > 10:
-            on_wait(f"waiting for {base}/health")
-            last_note = time.monotonic()
-        time.sleep(0.5)
-    failure, dropped = _first_request(base, served, deadline - time.monotonic())
-    if failure is None:
-        return not stopping() and child.poll() is None
-    if stopping():
-        return False
-    if dropped:
-        try:
-            child.wait(timeout=5)        # vLLM ending on its own drops the request first
-            return False
-        except subprocess.TimeoutExpired:
-            pass
-    raise failure
-
-
-def _start(argv: list[str], env: dict[str, str], lock_fd: int, log_path: Path | None) -> subprocess.Popen:
-    """vLLM in its own session (its engine and workers form one process group), holding the lock."""
-    if log_path is not None:
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "ab") as out:
-            return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                    env=env, start_new_session=True, pass_fds=(lock_fd,))
-    return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            env=env, start_new_session=True, pass_fds=(lock_fd,))
-
-
-def _pump(child: subprocess.Popen, tail: deque, on_line) -> threading.Thread:
-    """Hand every line vLLM prints to ``on_line`` (the CLI shows it), keeping the last ones."""
-    def copy_output() -> None:
-        for raw in iter(child.stdout.readline, b""):
-            line = raw.decode("utf-8", "replace").rstrip("\n")
-            tail.append(line)
-            if on_line:
-                on_line(line)
-    thread = threading.Thread(target=copy_output, daemon=True)
-    thread.start()
-    return thread
-
-
-def run(cmd: ServeCommand, req: ServeRequest, root: Path, detach: bool = False, ready_timeout_s: float = 900,
-        on_wait=None, on_ready=None, on_line=None, on_hint=None) -> int:
-    """Start vLLM, wait until it answers a real request, then (attached) wait for it to end;
-    (detached) return 0 once ready. Never writes to a terminal: vLLM's lines go to
-    ``on_line(text)``, a hint about its failure to ``on_hint(text)``, the URL to ``on_ready``.
-
-    Exit codes (docs/exit-codes.md): the operator's SIGINT/SIGTERM is forwarded to vLLM;
-    before ready, vmm then returns vLLM's code (0 on a clean stop), or 130 for SIGINT; vLLM
-    ending on its own before ready raises :class:`VllmExited` (exit 6); after ready, vLLM's
-    own code whatever ended it.
-    """
-    install = vllm_env.require_vllm()
-    argv = [install.executable, *cmd.argv[1:]]
-    env = settings.child_environment(cmd.env)
-    log_path = runtime.logs_dir(root) / f"{req.model_dir.name}-{req.port}.log" if detach else None
-    tail: deque[str] = deque(maxlen=40)
-    forwarder = _Forwarder()
-    lock_fd = _take_lock(root, req.model_dir.name)
-    forwarder.install()
-    try:
-        try:
-            child = _start(argv, env, lock_fd, log_path)
-        except OSError as exc:
-            raise IncompatibleError("cannot start vllm", install.executable, exc.strerror or str(exc)) from exc
-        finally:
-            os.close(lock_fd)      # the child holds the shared lock now, for as long as it runs
-        forwarder.attach(child)
-        pump = None if detach else _pump(child, tail, on_line)
-        record = runtime.record_for(req.name, req.model_dir, child.pid, req.host, req.port, argv, log_path, detach)
-        try:
-            runtime.register(root, record)
-            return _supervise(child, record.url, req, forwarder, pump, tail, log_path, ready_timeout_s,
-                              on_wait, on_ready, on_hint)
-        except BaseException:
-            _stop_child(child)       # never leave a half-started vLLM behind
-            raise
-        finally:
-            if not detach or child.poll() is not None:
-                runtime.unregister(root, record.id)
-    finally:
-        forwarder.restore()
-
-
-def _supervise(child: subprocess.Popen, base: str, req: ServeRequest, forwarder: _Forwarder,
-               pump: threading.Thread | None, tail: deque, log_path: Path | None, ready_timeout_s: float,
-               on_wait, on_ready, on_hint) -> int:
-    """From a started vLLM to vmm's exit code (see :func:`run`)."""
-    def collect_output() -> None:
-        if pump:
-            pump.join(timeout=5)
-        elif log_path:
-            tail.extend(runtime.tail_lines(log_path, 40))
-
-    if not _ready(base, req.served_name, child, ready_timeout_s, on_wait, lambda: forwarder.count > 0):
-        if forwarder.count:
-            code = child.wait()      # a second signal turns into SIGKILL
-            collect_output()
-            return forwarder.startup_code(code)
-        child.wait()
-        collect_output()
-        raise VllmExited(child.returncode, list(tail), log_path)
-    manifests.touch_usage(req.model_dir, "serve")
-    if on_ready:
-        on_ready(base)
-    if log_path is not None:
-        return 0
-    code = child.wait()
-    collect_output()
-    if code and not forwarder.count and on_hint:
-        hint = _hint(list(tail))
-        if hint:
-            on_hint(hint)
-    return exit_status(code)
-
-
-def _stop_child(child: subprocess.Popen) -> None:
-    if child.poll() is not None:
-        return
-    try:
-        os.killpg(child.pid, signal.SIGTERM)
-        child.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(child.pid, signal.SIGKILL)
-        child.wait()
-    except ProcessLookupError:
-        pass

@@ -39,6 +39,8 @@ class RuntimeRecord:
     log_path: str | None = None
     detached: bool = False
     hostname: str = field(default_factory=socket.gethostname)
+    gpu_ids: list[int] | None = None    # the GPUs vmm chose (CUDA_VISIBLE_DEVICES), None on CPU
+    gpu_bytes: int | None = None        # planned per GPU: vLLM's budget (utilization x total)
 
     @property
     def url(self) -> str:
@@ -69,6 +71,15 @@ def process_start_time(pid: int) -> str | None:
     return rest[19] if len(rest) > 19 else None
 
 
+def session_of(pid: int) -> int | None:
+    """Field 6 of /proc/<pid>/stat (session id): vLLM's workers share vmm's child's session."""
+    try:
+        rest = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()
+        return int(rest[3])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def pid_alive(pid: int, start: str | None = None) -> bool:
     try:
         os.kill(pid, 0)
@@ -90,11 +101,13 @@ def pid_alive(pid: int, start: str | None = None) -> bool:
 
 
 def record_for(model: str, model_dir: Path, pid: int, host: str, port: int, command: list[str],
-               log_path: Path | None = None, detached: bool = False) -> RuntimeRecord:
+               log_path: Path | None = None, detached: bool = False, gpu_ids: list[int] | None = None,
+               gpu_bytes: int | None = None) -> RuntimeRecord:
     return RuntimeRecord(
         id=f"{model_dir.name}-{port}", model=model, model_dir=str(model_dir), pid=pid,
         pid_start=process_start_time(pid), host=host, port=port, started_at=time.time(),
         command=list(command), log_path=str(log_path) if log_path else None, detached=detached,
+        gpu_ids=list(gpu_ids) if gpu_ids is not None else None, gpu_bytes=gpu_bytes,
     )
 
 
@@ -129,6 +142,12 @@ def list_records(root: Path) -> list[RuntimeRecord]:
     return records
 
 
+def live_records(root: Path) -> list[RuntimeRecord]:
+    """Records of this host's servers whose process is still alive (GPUs and ports they hold)."""
+    return [r for r in list_records(root)
+            if r.hostname == socket.gethostname() and pid_alive(r.pid, r.pid_start)]
+
+
 @dataclass
 class ServerStatus:
     id: str
@@ -151,6 +170,8 @@ class ServerStatus:
     prompt_tokens_per_s: float | None = None
     generation_tokens_per_s: float | None = None
     metrics_error: str | None = None
+    gpu_ids: list[int] | None = None
+    gpu_bytes: int | None = None
 
 
 def _status(record: RuntimeRecord, interval_s: float) -> ServerStatus:
@@ -160,6 +181,7 @@ def _status(record: RuntimeRecord, interval_s: float) -> ServerStatus:
         url=record.url, alive=alive, started_at=record.started_at,
         uptime_s=time.time() - record.started_at if alive else None,
         detached=record.detached, log_path=record.log_path, command=record.command,
+        gpu_ids=record.gpu_ids, gpu_bytes=record.gpu_bytes,
     )
     if not alive:
         return status

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from vmm.core import hashing, names, settings
-from vmm.core.store import local, locking, manifests
+from vmm.core.store import local, locking, manifests, paths
 from vmm.core.store.dedup import link_or_copy
 from vmm.core.errors import IntegrityError, NotFoundError, UsageError
 
@@ -203,6 +203,27 @@ def _verify(rel: str, real: Path, blob_name: str | None) -> manifests.ManifestFi
     return manifests.ManifestFile(path=rel, size=size, sha256=sha256, git_sha1=None)
 
 
+def _stage(src: Any, files: list, staging: Path) -> tuple[int, int]:
+    """Link (else copy) the verified source files into ``staging``: (linked, copied)."""
+    linked = copied = 0
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        for (rel, real, _b), mf in zip(src.files, files):
+            how = link_or_copy(real, names.safe_repo_path(staging, rel))
+            if how == "link":
+                linked += 1
+            else:
+                copied += 1
+            # A file that changed between hashing and linking is not what the manifest says.
+            if os.stat(names.safe_repo_path(staging, rel)).st_size != mf.size:
+                raise IntegrityError("source file changed while importing", f"{rel} ({real})",
+                                     "import again once nothing writes to the source")
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return linked, copied
+
+
 def import_model(root: Path, source: str, name: str | None = None, move: bool = False,
                  force: bool = False, cache_dir: Path | None = None) -> ImportResult:
     """Adopt ``source`` into ``<root>/org--name`` with a manifest; see the module doc."""
@@ -242,7 +263,7 @@ def import_model(root: Path, source: str, name: str | None = None, move: bool = 
         if in_place:
             staging = target
         elif move and src.kind == "directory":
-            staging = root / f".{dir_name}.import-{os.getpid()}"
+            staging = paths.import_staging(root, dir_name, os.getpid())
             try:
                 os.rename(src.root, staging)
                 moved = True
@@ -251,33 +272,17 @@ def import_model(root: Path, source: str, name: str | None = None, move: bool = 
         else:
             staging = None
         if staging is None:
-            staging = root / f".{dir_name}.import-{os.getpid()}"
-            shutil.rmtree(staging, ignore_errors=True)
-            try:
-                for (rel, real, _b), mf in zip(src.files, files):
-                    how = link_or_copy(real, names.safe_repo_path(staging, rel))
-                    if how == "link":
-                        linked += 1
-                    else:
-                        copied += 1
-                    # A file that changed between hashing and linking is not what the manifest says.
-                    if os.stat(names.safe_repo_path(staging, rel)).st_size != mf.size:
-                        raise IntegrityError("source file changed while importing", f"{rel} ({real})",
-                                             "import again once nothing writes to the source")
-            except BaseException:
-                shutil.rmtree(staging, ignore_errors=True)
-                raise
+            staging = paths.import_staging(root, dir_name, os.getpid())
+            linked, copied = _stage(src, files, staging)
         now = time.time()
         manifest = manifests.Manifest(repo_id=repo_id, revision=src.revision, commit=src.commit, files=files,
                                   pulled_at=now, extra={"imported_from": str(src.root), "imported_at": now,
                                                         "import_kind": src.kind})
-        old = manifests.read_manifest(target) if in_place else None
-        if old is not None:
-            manifest.last_used, manifest.use_counts, manifest.pinned = old.last_used, old.use_counts, old.pinned
-        manifests.write_manifest(staging, manifest)
+        # In place, uses recorded until now (and a pin) carry over; a fresh staging has none.
+        manifests.write_manifest(staging, manifest, carry_usage=in_place)
         if staging != target:
             if target.exists():
-                trash = root / f".{dir_name}.rm-import-{os.getpid()}"
+                trash = paths.trash_path(root, dir_name, f"import-{os.getpid()}")
                 os.rename(target, trash)
                 shutil.rmtree(trash, ignore_errors=True)
             os.rename(staging, target)

@@ -1,7 +1,9 @@
 """What the models root holds: list, inspect, list files, delete.
 
-- ``list_models(root) -> list[ModelSummary]`` (``vmm ls``): manifests and directory entries
-  only, never a weight file's content, so 500 models list in a few milliseconds.
+- ``list_root(root, sort, check_updates=None) -> Listing`` (``vmm ls``): every model, sorted,
+  with the root's totals and, given the Hub's update check, each model's update; built from
+  manifests and directory entries only, never a weight file's content, so 500 models list
+  in a few milliseconds. ``list_models(root)`` is the bare list.
 - ``resolve_model(name_or_path, root) -> (LocalModel, quant)``
 - ``inspect_model(model, quant=None) -> ModelInfo`` (``vmm inspect``): config, parameters and
   bytes from the weights' headers, KV-cache bytes per token.
@@ -11,9 +13,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,15 +26,14 @@ from typing import Any
 from vmm.core.model import config as config_mod
 from vmm.core.model import formats
 from vmm.core import names
-from vmm.core.store import local, locking, paths
-from vmm.core.errors import IntegrityError, NotFoundError, UsageError
+from vmm.core.store import local, locking, paths, usage
+from vmm.core.errors import BusyError, IntegrityError, NotFoundError, UsageError
 
 LS_KEYS = ("name", "path", "format", "size_bytes", "files", "sharded", "shard_count",
            "revision", "managed", "last_used")
 INSPECT_KEYS = ("name", "path", "format", "config", "parameters", "weight_bytes",
                 "kv_cache_bytes_per_token")
 SHARDS_KEYS = ("sharded", "shard_count", "shard_files", "index", "missing", "unindexed")
-_TRASH_MARK = ".rm-"
 
 
 def iso_time(epoch: float | None) -> str | None:
@@ -62,14 +65,34 @@ class ModelSummary:
 
 
 @dataclass
+class ModelUpdateSummary(ModelSummary):
+    """A listed model with the Hub's answer (``vmm ls --updates``); None for hand-made ones."""
+
+    update: Any = None
+
+
+@dataclass
 class Listing:
+    """``vmm ls``: the JSON document is this object, the table is built from it."""
+
     root: str
     models: list[ModelSummary] = field(default_factory=list)
+    totals: usage.RootTotals | None = None
+
+    @property
+    def warnings(self) -> list[str]:
+        """One line per model that could not be read fully or whose update check failed."""
+        lines = [f"{m.name}: {m.problem}" for m in self.models if m.problem]
+        for m in self.models:
+            row = getattr(m, "update", None)
+            if row is not None and getattr(row, "error", None):
+                lines.append(f"{m.name}: update check failed: {row.error}")
+        return lines
 
 
 def _walk_files(model_dir: Path, include_hidden: bool = False,
                 inodes: dict[tuple[int, int], int] | None = None) -> tuple[list[str], int]:
-    """(relative paths, total apparent bytes) of a model dir, hidden top-level dirs excluded.
+    """(relative paths, total apparent bytes) of a model's files (:func:`local.walk_model_entries`).
 
     Directory entries only (``lstat`` through ``scandir``); symlinks are counted as entries,
     never followed.
@@ -114,12 +137,33 @@ def summarize(model_dir: Path, inodes: dict[tuple[int, int], int] | None = None)
     )
 
 
+def list_root(root: Path, sort: str = "name",
+              check_updates: Callable[[Path, list[local.LocalModel]], list[Any]] | None = None) -> Listing:
+    """``vmm ls``: the models sorted (:data:`usage.SORTS`), the root's totals and updates.
+
+    ``check_updates(root, models) -> rows with .name`` is the Hub's update check (the hub
+    layer's ``updates.check_updates``), passed in by the caller; with it every model
+    becomes a :class:`ModelUpdateSummary`.
+    """
+    if sort not in usage.SORTS:
+        raise UsageError("unknown sort order", repr(sort), f"use one of: {', '.join(usage.SORTS)}")
+    root = Path(root)
+    inodes: dict[tuple[int, int], int] = {}
+    models = usage.sort_models(list_models(root, inodes), sort)
+    if check_updates is not None:
+        managed = [local.load_model(Path(m.path)) for m in models if m.managed and not m.problem]
+        rows = {row.name: row for row in check_updates(root, managed)}
+        models = [ModelUpdateSummary(**{f.name: getattr(m, f.name) for f in dataclasses.fields(m)},
+                                     update=rows.get(m.name)) for m in models]
+    return Listing(root=str(root), models=models, totals=usage.totals(root, models, inodes))
+
+
 def list_models(root: Path, inodes: dict[tuple[int, int], int] | None = None) -> list[ModelSummary]:
     """Every model directory in the root, by directory name; an absent root is an empty list.
 
     ``inodes``, when given, collects (device, inode) -> size of every file (root totals).
     """
-    return [summarize(d, inodes) for d in local.model_dirs(Path(root)) if _TRASH_MARK not in d.name]
+    return [summarize(d, inodes) for d in local.model_dirs(Path(root))]
 
 
 # --------------------------------------------------------------------------- inspect
@@ -270,18 +314,43 @@ def delete_model_from_volume(root: Path, name: str) -> RmResult:
     with locking.model_lock(root, ref.dir_name, "rm"):
         if not path.is_dir():   # deleted by another process while we waited for nothing
             raise NotFoundError("model not in the models root", ref.repo_id, "")
-        rels, size = _walk_files(path, include_hidden=True)
-        trash = root / f".{ref.dir_name}{_TRASH_MARK}{os.getpid()}-{int(time.time() * 1000)}"
-        try:
-            os.rename(path, trash)
-        except OSError as exc:
-            raise UsageError("cannot delete the model", str(path),
-                             f"{exc.strerror or exc}; is the models root writable?") from exc
-        shutil.rmtree(trash, ignore_errors=True)
-        for leftover in root.glob(f".{ref.dir_name}{_TRASH_MARK}*"):
-            if leftover.is_dir() and not leftover.is_symlink():
-                shutil.rmtree(leftover, ignore_errors=True)
-    return RmResult(name=model.name, path=str(path), bytes_freed=size, files=len(rels))
+        bytes_freed, files = remove_locked(root, ref.dir_name)
+    return RmResult(name=model.name, path=str(path), bytes_freed=bytes_freed, files=files)
+
+
+def remove_locked(root: Path, dir_name: str) -> tuple[int, int]:
+    """Delete ``<root>/<dir_name>`` while the caller holds its exclusive model lock.
+
+    Returns (bytes, files) of everything removed, hidden directories included. Renamed to
+    a trash name first, so nobody sees a half-deleted model; leftovers of an earlier
+    crash in the middle of a delete of the same model go too.
+    """
+    path = root / dir_name
+    rels, size = _walk_files(path, include_hidden=True)     # what it frees: hidden dirs too
+    trash = paths.trash_path(root, dir_name, f"{os.getpid()}-{int(time.time() * 1000)}")
+    try:
+        os.rename(path, trash)
+    except OSError as exc:
+        raise UsageError("cannot delete the model", str(path),
+                         f"{exc.strerror or exc}; is the models root writable?") from exc
+    shutil.rmtree(trash, ignore_errors=True)
+    for leftover in root.glob(paths.trash_glob(dir_name)):
+        if leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover, ignore_errors=True)
+    return size, len(rels)
+
+
+def rm_preview(root: Path, name: str) -> RmResult:
+    """What ``rm`` would delete (model, bytes, files), for the prompt; exit 3 when absent,
+    8 while locked (checked again under the lock at deletion)."""
+    root = Path(root).absolute()
+    ref = rm_target(name)
+    model = local.locate_model(ref.repo_id, root)
+    if locking.is_locked(root, ref.dir_name):
+        raise BusyError("model is locked by another vmm process", model.name,
+                        "wait for the pull or serve using it to finish, or stop it")
+    size, count = model_size(model)
+    return RmResult(name=model.name, path=str(model.path), bytes_freed=size, files=count)
 
 
 def model_size(model: local.LocalModel) -> tuple[int, int]:

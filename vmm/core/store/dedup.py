@@ -1,12 +1,18 @@
 """Identical files stored once: hardlinks across the models of a root.
 
-- ``dedup(root, dry_run=False) -> DedupReport``: files with the same content (sha256 from
-  manifests; hand-made dirs hashed on demand, only when another file has the same size)
-  become hardlinks of one inode. A file is replaced atomically: a link under a temporary
-  name in the same directory, then ``rename`` over the old name, so a reader always sees
-  a whole file. Before anything is replaced the kept copy is hashed and must match, so a
-  damaged copy is never spread. Locked models (pulling, serving) are skipped; files on
-  another filesystem than the kept copy are skipped and reported.
+- ``plan(root) -> DedupPlan`` finds files with the same content (sha256 from manifests;
+  hand-made dirs hashed on demand, only when another file has the same size) and chooses
+  for each group the copy to keep, hashed now and required to match, so a damaged copy is
+  never spread. Nothing is changed; ``plan.report`` is the dry-run report. Locked models
+  (pulling, serving) are skipped; files on another filesystem than the kept copy are
+  skipped and reported.
+- ``apply(plan) -> DedupReport`` replaces exactly the planned names with hardlinks of the
+  kept copy, holding the exclusive lock of every model involved (taken without waiting:
+  a model locked since the plan is skipped) and re-checking under it that both files are
+  still the ones the plan hashed (same inode, size, mtime). A file is replaced atomically:
+  a link under a temporary name in the same directory, then ``rename`` over the old name,
+  so a reader always sees a whole file.
+- ``dedup(root, dry_run=False)``: plan, then apply (only plan with ``dry_run``).
 - ``find_verified_blob(root, sha256, size) -> Path | None``: a file of the root with that
   content, re-hashed, for pull to link instead of downloading.
 - ``link_or_copy(src, dst) -> "link" | "copy"``: atomic hardlink, else copy.
@@ -19,8 +25,8 @@ from __future__ import annotations
 
 import errno
 import os
+import secrets
 import shutil
-import tempfile
 from collections import defaultdict
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -30,8 +36,8 @@ from vmm.core import hashing
 from vmm.core.store import local, locking, manifests
 from vmm.core.errors import BusyError
 
-TRASH_MARK = ".rm-"
 MIN_SIZE_BYTES = 64 << 10     # below this a file saves less than the metadata it costs to link
+LOCKED = "locked by another vmm process (pull, serve or rm)"
 
 
 @dataclass
@@ -69,6 +75,30 @@ class _Entry:
     nlink: int
     size: int
     sha256: str | None
+    mtime_ns: int = 0
+
+    def unchanged(self) -> bool:
+        """Still the file the plan saw (checked under the model's lock before linking)."""
+        try:
+            st = os.lstat(self.path)
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) == (self.dev, self.ino, self.size, self.mtime_ns)
+
+
+@dataclass
+class _Link:
+    group: DedupGroup
+    keep: _Entry
+    names: list[_Entry]          # every name of one old inode, replaced together
+
+
+@dataclass
+class DedupPlan:
+    """What dedup will link, chosen by :func:`plan`; ``report`` is what the operator sees."""
+
+    report: DedupReport
+    links: list[_Link] = field(default_factory=list)
 
 
 def _model_files(model_dir: Path) -> list[tuple[str, Path]]:
@@ -84,7 +114,7 @@ def _model_files(model_dir: Path) -> list[tuple[str, Path]]:
 
 
 def _tmp_name(dst: Path) -> Path:
-    return dst.parent / f".{dst.name}.{os.getpid()}.{next(tempfile._get_candidate_names())}.tmp"
+    return dst.parent / f".{dst.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp"
 
 
 def replace_with_link(keep: Path, dst: Path) -> None:
@@ -135,49 +165,106 @@ def link_or_copy(src: Path | str, dst: Path | str) -> str:
 
 
 def _managed_dirs(root: Path) -> list[Path]:
-    return [d for d in local.model_dirs(root) if TRASH_MARK not in d.name]
+    return list(local.model_dirs(root))
 
 
-def dedup(root: Path, dry_run: bool = False, min_size_bytes: int = MIN_SIZE_BYTES) -> DedupReport:
+def plan(root: Path, min_size_bytes: int = MIN_SIZE_BYTES) -> DedupPlan:
+    """Choose what to link; nothing is changed. ``plan.report`` is the dry-run report."""
     root = Path(root).absolute()
-    report = DedupReport(root=str(root), dry_run=dry_run)
-    with ExitStack() as locks:
-        entries: list[_Entry] = []
-        for model_dir in _managed_dirs(root):
-            name = model_dir.name
-            if dry_run:
-                if locking.is_locked(root, name):
-                    report.skipped.append(Skipped(name, "locked by another vmm process (pull, serve or rm)"))
-                    continue
-            else:
-                try:
-                    locks.enter_context(locking.model_lock(root, name, "dedup"))
-                except BusyError:
-                    report.skipped.append(Skipped(name, "locked by another vmm process (pull, serve or rm)"))
-                    continue
+    planned = DedupPlan(DedupReport(root=str(root), dry_run=True))
+    entries: list[_Entry] = []
+    for model_dir in _managed_dirs(root):
+        name = model_dir.name
+        if locking.is_locked(root, name):
+            planned.report.skipped.append(Skipped(name, LOCKED))
+            continue
+        try:
+            manifest = manifests.read_manifest(model_dir)
+        except Exception:   # noqa: BLE001 - a corrupt manifest: hash the files instead
+            manifest = None
+        known = {f.path: f for f in (manifest.files if manifest else [])}
+        for rel, path in _model_files(model_dir):
             try:
-                manifest = manifests.read_manifest(model_dir)
-            except Exception:   # noqa: BLE001 - a corrupt manifest: hash the files instead
-                manifest = None
-            known = {f.path: f for f in (manifest.files if manifest else [])}
-            for rel, path in _model_files(model_dir):
-                try:
-                    st = os.lstat(path)
-                except OSError:
-                    continue
-                if st.st_size < min_size_bytes:
-                    continue
-                mf = known.get(rel)
-                sha = mf.sha256 if mf is not None and mf.size == st.st_size and mf.sha256 else None
-                entries.append(_Entry(name, rel, path, st.st_dev, st.st_ino, st.st_nlink, st.st_size, sha))
-        _link_groups(entries, report, dry_run)
+                st = os.lstat(path)
+            except OSError:
+                continue
+            if st.st_size < min_size_bytes:
+                continue
+            mf = known.get(rel)
+            sha = mf.sha256 if mf is not None and mf.size == st.st_size and mf.sha256 else None
+            entries.append(_Entry(name, rel, path, st.st_dev, st.st_ino, st.st_nlink, st.st_size, sha,
+                                  st.st_mtime_ns))
+    _plan_groups(entries, planned)
+    _total(planned.report)
+    return planned
+
+
+def _total(report: DedupReport) -> None:
+    report.groups = [g for g in report.groups if g.linked]
     report.groups.sort(key=lambda g: -g.bytes_saved)
     report.bytes_saved = sum(g.bytes_saved for g in report.groups)
     report.linked = sum(g.linked for g in report.groups)
+
+
+def apply(planned: DedupPlan) -> DedupReport:
+    """Link what ``planned`` lists, under the lock of every model involved, re-checked there."""
+    seen = planned.report
+    root = Path(seen.root)
+    report = DedupReport(root=seen.root, dry_run=False, skipped=list(seen.skipped))
+    groups: dict[int, DedupGroup] = {}
+    with ExitStack() as stack:
+        held: dict[str, bool] = {}
+        for link in planned.links:
+            for model in {link.keep.model, *(e.model for e in link.names)}:
+                if model not in held:
+                    try:
+                        stack.enter_context(locking.model_lock(root, model, "dedup"))
+                        held[model] = True
+                    except BusyError:
+                        held[model] = False
+                        report.skipped.append(Skipped(model, LOCKED))
+        for link in planned.links:
+            group = groups.setdefault(id(link.group), DedupGroup(
+                link.group.sha256, link.group.size_bytes, [f"{link.keep.model}/{link.keep.rel}"]))
+            _apply_link(link, group, held, report)
+    report.groups = list(groups.values())
+    _total(report)
     return report
 
 
-def _link_groups(entries: list[_Entry], report: DedupReport, dry_run: bool) -> None:
+def _apply_link(link: _Link, group: DedupGroup, held: dict[str, bool], report: DedupReport) -> None:
+    keep = link.keep
+    if not held.get(keep.model) or not keep.unchanged():
+        for e in link.names:
+            report.skipped.append(Skipped(e.model, f"{e.rel}: {keep.model}/{keep.rel} "
+                                                   + ("is locked" if not held.get(keep.model) else "changed since the plan")))
+        return
+    replaced = 0
+    for e in link.names:
+        if not held.get(e.model):
+            continue      # listed once as locked
+        if not e.unchanged():
+            report.skipped.append(Skipped(e.model, f"{e.rel}: changed since the plan"))
+            continue
+        try:
+            replace_with_link(keep.path, e.path)
+        except OSError as exc:
+            report.skipped.append(Skipped(e.model, f"{e.rel}: {exc.strerror or exc}"))
+            continue
+        group.files.append(f"{e.model}/{e.rel}")
+        replaced += 1
+    group.linked += replaced
+    if replaced == link.names[0].nlink:
+        group.bytes_saved += group.size_bytes
+
+
+def dedup(root: Path, dry_run: bool = False, min_size_bytes: int = MIN_SIZE_BYTES) -> DedupReport:
+    """Plan, then apply (only plan with ``dry_run``)."""
+    planned = plan(root, min_size_bytes)
+    return planned.report if dry_run else apply(planned)
+
+
+def _plan_groups(entries: list[_Entry], planned: DedupPlan) -> None:
     by_size: dict[int, list[_Entry]] = defaultdict(list)
     for e in entries:
         by_size[e.size].append(e)
@@ -200,11 +287,11 @@ def _link_groups(entries: list[_Entry], report: DedupReport, dry_run: bool) -> N
             inodes = {(e.dev, e.ino) for e in group}
             if len(inodes) < 2:
                 continue
-            _link_group(sha, size, group, hashed, report, dry_run)
+            _plan_group(sha, size, group, hashed, planned)
 
 
-def _link_group(sha: str, size: int, group: list[_Entry], hashed: dict, report: DedupReport,
-                dry_run: bool) -> None:
+def _plan_group(sha: str, size: int, group: list[_Entry], hashed: dict, planned: DedupPlan) -> None:
+    report = planned.report
     # The kept inode: the one with most names already (fewest renames), then by path.
     by_inode: dict[tuple[int, int], list[_Entry]] = defaultdict(list)
     for e in group:
@@ -241,23 +328,14 @@ def _link_group(sha: str, size: int, group: list[_Entry], hashed: dict, report: 
                 report.skipped.append(Skipped(e.model, f"{e.rel}: on another filesystem than "
                                                        f"{keep.model}/{keep.rel}; cannot hardlink"))
             continue
-        replaced = 0
-        for e in names:
-            result.files.append(f"{e.model}/{e.rel}")
-            if not dry_run:
-                try:
-                    replace_with_link(keep.path, e.path)
-                except OSError as exc:
-                    report.skipped.append(Skipped(e.model, f"{e.rel}: {exc.strerror or exc}"))
-                    continue
-            replaced += 1
-        result.linked += replaced
+        planned.links.append(_Link(result, keep, names))
+        result.files.extend(f"{e.model}/{e.rel}" for e in names)
+        result.linked += len(names)
         # The old inode is freed only when every name it has is gone: names outside the
         # models root (an HF cache, a backup) keep it alive, and then nothing is saved.
-        if replaced == names[0].nlink:
+        if len(names) == names[0].nlink:
             result.bytes_saved += size
-    if result.linked:
-        report.groups.append(result)
+    report.groups.append(result)
 
 
 def find_verified_blob(root: Path, sha256: str, size: int) -> Path | None:

@@ -12,6 +12,7 @@ from pathlib import Path
 from vmm.core import names
 from vmm.core.errors import DiskSpaceError, NotFoundError, UsageError
 from vmm.core.store.manifests import Manifest, read_manifest
+from vmm.core.store import paths
 from vmm.core.store.paths import META_DIR
 
 
@@ -27,7 +28,11 @@ class LocalModel:
 
 
 def model_dirs(root: Path) -> Iterator[Path]:
-    """Every model directory in the root (hidden entries and plain files skipped)."""
+    """Every model directory in the root, by name.
+
+    Hidden entries are never models: vmm's state (``.vmm``), deletes in progress
+    (:func:`paths.is_trash`) and import staging; plain files and symlinks are skipped too.
+    """
     try:
         entries = sorted(os.scandir(root), key=lambda e: e.name)
     except FileNotFoundError:
@@ -35,7 +40,7 @@ def model_dirs(root: Path) -> Iterator[Path]:
     except OSError as exc:
         raise UsageError("cannot read models root", str(root), exc.strerror or str(exc)) from exc
     for entry in entries:
-        if entry.name.startswith(".") or not entry.is_dir(follow_symlinks=False):
+        if entry.name.startswith(".") or paths.is_trash(entry.name) or not entry.is_dir(follow_symlinks=False):
             continue
         yield Path(entry.path)
 
@@ -86,17 +91,14 @@ def ensure_root(root: Path) -> Path:
 
 
 def dir_size_bytes(path: Path) -> tuple[int, int]:
-    """(bytes on disk by apparent size, file count) of a model dir, excluding vmm metadata."""
+    """(apparent bytes, file count) of a model dir: :func:`walk_model_entries`'s files."""
     total, count = 0, 0
-    for dirpath, dirnames, filenames in os.walk(path):
-        if Path(dirpath) == path and META_DIR in dirnames:
-            dirnames.remove(META_DIR)
-        for name in filenames:
-            try:
-                total += os.lstat(os.path.join(dirpath, name)).st_size
-            except OSError:
-                continue
-            count += 1
+    for _rel, entry in walk_model_entries(path):
+        try:
+            total += entry.stat(follow_symlinks=False).st_size
+        except OSError:
+            continue
+        count += 1
     return total, count
 
 
@@ -108,9 +110,15 @@ def free_bytes(path: Path) -> int:
 
 
 def walk_model_entries(model_dir: Path, include_hidden: bool = False) -> Iterator[tuple[str, os.DirEntry]]:
-    """(relative path, entry) of every non-directory entry under a model dir, never
-    following symlinks. Hidden top-level dirs (.vmm ours, .cache of `hf --local-dir`, .git)
-    are skipped unless ``include_hidden``. Shared by listing, sizes and dedup."""
+    """(relative '/'-path, entry) of every non-directory entry under a model dir.
+
+    The one rule for what a model's files are, used by ``ls`` (size, file count), ``gc``
+    (size, bytes freed), ``dedup``, ``rm`` and the file list: everything in the directory
+    except hidden top-level directories: vmm's ``.vmm`` (manifest, partial downloads,
+    locks), ``.cache`` of ``hf download --local-dir``, ``.git``; vLLM never loads from them.
+    ``include_hidden`` adds them, for what a deletion frees (they go with the model).
+    Hidden files (``.gitattributes``) count. Symbolic links are entries, never followed.
+    """
     stack = [(model_dir, "")]
     while stack:
         directory, prefix = stack.pop()
@@ -124,8 +132,13 @@ def walk_model_entries(model_dir: Path, include_hidden: bool = False) -> Iterato
             except OSError:
                 continue
             if is_dir:
-                if not prefix and entry.name.startswith(".") and not include_hidden:
+                if not include_hidden and in_hidden_dir(prefix + entry.name + "/"):
                     continue
                 stack.append((Path(entry.path), f"{prefix}{entry.name}/"))
             else:
                 yield prefix + entry.name, entry
+
+
+def in_hidden_dir(rel: str) -> bool:
+    """Whether a relative path lies in a hidden top-level directory (not a model file)."""
+    return rel.startswith(".") and "/" in rel

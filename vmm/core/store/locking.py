@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from vmm.core import fsutil
 from vmm.core.errors import BusyError, UsageError
 from vmm.core.store.local import ensure_root
 from vmm.core.store.paths import lock_path
@@ -40,7 +41,14 @@ def model_lock(root: Path, dir_name: str, purpose: str, shared: bool = False,
     path = lock_path(root, dir_name)
     ensure_root(root)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, fsutil.FILE_MODE)
+        writable = True
+    except PermissionError:
+        # A lock file another user made without group write (an older vmm, umask 022):
+        # flock works on a read-only descriptor; only the holder note cannot be written.
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        writable = False
     try:
         mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
         try:
@@ -59,7 +67,7 @@ def model_lock(root: Path, dir_name: str, purpose: str, shared: bool = False,
         except OSError as exc:
             raise UsageError("cannot lock the model (filesystem without lock support?)",
                              str(path), exc.strerror or str(exc)) from exc
-        if not shared:
+        if not shared and writable:
             info = {"pid": os.getpid(), "host": socket.gethostname(),
                     "started": time.time(), "purpose": purpose}
             os.ftruncate(fd, 0)

@@ -1,0 +1,77 @@
+"""docs/contract.md is the contract scripts rely on: every key it lists is in the real output.
+
+The keys are read from the page itself (each `<!-- contract: CMD -->` block), so a key added
+to the docs without the code, or dropped from the code, fails here.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+import builders as b
+from conftest import REPO, run_vmm
+from hubserver import HubServer
+
+DOC = (REPO / "docs" / "contract.md").read_text()
+
+
+def contract_keys(command: str) -> set[str]:
+    """Backticked names of the block after `<!-- contract: command -->`, flags and values aside."""
+    block = DOC.split(f"<!-- contract: {command} -->", 1)[1].split("<!--", 1)[0]
+    names = set(re.findall(r"`([a-z_]+)`", block))
+    return names - {"null", "safetensors", "pytorch", "gguf", "mixed", "unknown", "pass", "warn", "fail",
+                    "family", "chat_template", "tokenizer_config"}
+
+
+def nested_keys(doc, prefix="") -> set[str]:
+    keys = set()
+    if isinstance(doc, dict):
+        for key, value in doc.items():
+            keys.add(key)
+            keys |= nested_keys(value)
+    elif isinstance(doc, list):
+        for item in doc:
+            keys |= nested_keys(item)
+    return keys
+
+
+def test_every_documented_command_has_a_block():
+    assert set(re.findall(r"<!-- contract: (\w+) -->", DOC)) == {
+        "ls", "shards", "inspect", "check", "template", "serve", "pull"}
+
+
+@pytest.fixture
+def model(root):
+    b.make_model(root, "Qwen/Qwen2-7B-Instruct", cfg=b.QWEN2_7B_INSTRUCT, shards=2,
+                 extra_files={"tokenizer_config.json": '{"chat_template": "{% for m in messages %}'
+                              '{{ m.role }}: {{ m.content }}\\n{% endfor %}", "eos_token": "</s>"}'})
+    return "Qwen/Qwen2-7B-Instruct"
+
+
+@pytest.mark.parametrize("command,args", [
+    ("ls", []),
+    ("shards", ["{model}"]),
+    ("inspect", ["{model}"]),
+    ("check", ["{model}", "--fast", "--vllm-version", "0.32.0"]),
+    ("template", ["{model}"]),
+    ("serve", ["{model}", "--dry-run", "--gpus", "1", "--gpu-memory", "80GiB"]),
+])
+def test_documented_keys_are_in_the_output(model, command, args):
+    run = run_vmm(command, *[a.format(model=model) for a in args], "--json")
+    assert run.exit_code == 0, run.stderr
+    doc = run.json()
+    assert doc["schema_version"] == 1
+    missing = contract_keys(command) - nested_keys(doc)
+    assert not missing, f"docs/contract.md lists {sorted(missing)} for {command}, the output lacks them"
+
+
+def test_documented_pull_keys_are_in_the_output(root, monkeypatch):
+    with HubServer() as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        server.add_repo("org/tiny", {"config.json": b'{"model_type": "llama"}', "model.safetensors": b"x" * 1000})
+        run = run_vmm("pull", "org/tiny", "--json")
+    assert run.exit_code == 0, run.stderr
+    missing = contract_keys("pull") - set(run.json())
+    assert not missing, missing
