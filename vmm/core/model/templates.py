@@ -13,7 +13,7 @@ Resolution, in the order transformers' tokenizer loading applies (transformers 5
 3. GGUF ``tokenizer.chat_template`` metadata (transformers' GGUF tokenizer mapping,
    ``integrations/gguf/gguf_tokenizer_mapping.py``, carries it over as ``chat_template``).
 4. A family default shipped with vmm (``vmm/data/<family>.jinja``), chosen by
-   :data:`FAMILY_RULES`. vLLM itself has no such fallback for text models (a chat request to
+   :data:`FAMILY_RULES` (:mod:`vmm.core.model.template_families`). vLLM itself has no such fallback for text models (a chat request to
    a model without a template fails), which is why ``setup_chat_template`` writes it into
    the model dir as ``chat_template.jinja`` where vLLM's tokenizer picks it up.
 
@@ -22,9 +22,7 @@ Rendering (bounded in time, memory and output) lives in :mod:`vmm.core.model.tem
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +40,13 @@ from vmm.core.model.template_render import (  # noqa: F401 - the rendering API, 
     render_sample_here,
     sample_messages,
 )
+from vmm.core.model.template_families import (  # noqa: F401 - re-exported
+    FAMILIES,
+    FAMILY_RULES,
+    Family,
+    choose_family,
+    family_template,
+)
 from vmm.core.store import local, locking, manifests, paths
 
 CHAT_TEMPLATE_FILE = "chat_template.jinja"          # transformers utils/hub.py CHAT_TEMPLATE_FILE
@@ -53,58 +58,6 @@ MANIFEST_KEY = "chat_template"                                  # Manifest.extra
 
 SOURCES = ("chat_template.jinja", "tokenizer_config.json", "gguf", "family")
 TEMPLATE_KEYS = ("source", "family", "template", "rendered")
-
-
-# --------------------------------------------------------------------------- families
-
-@dataclass(frozen=True)
-class Family:
-    name: str
-    file: str                     # under vmm/data
-    description: str
-    bos_token: str | None         # used only when the model supplies none
-    eos_token: str | None
-
-
-FAMILIES: dict[str, Family] = {
-    "chatml": Family("chatml", "chatml.jinja", "ChatML <|im_start|>role ... <|im_end|> (Qwen, Yi)",
-                     None, "<|im_end|>"),
-    "mistral": Family("mistral", "mistral.jinja", "Mistral <s>[INST] ... [/INST] answer</s> (no system role)",
-                      "<s>", "</s>"),
-    "dialogpt": Family("dialogpt", "dialogpt.jinja", "DialoGPT: turns joined by EOS",
-                       None, "<|endoftext|>"),
-    "generic": Family("generic", "generic.jinja", "### Human: / ### Assistant: turns",
-                      None, None),
-}
-
-# The one table that picks a family: (family, what is matched, regular expression).
-# Checked in order: model_type, then architectures, then the model's name; the first match
-# wins, and no match means ``generic``. Yi checkpoints say model_type "llama" and
-# LlamaForCausalLM (01-ai/Yi-6B config.json), so Yi is recognised by its name.
-FAMILY_RULES: tuple[tuple[str, str, str], ...] = (
-    ("chatml", "model_type", r"^(qwen|qwen2|qwen2_moe|qwen3|qwen3_moe|qwen3_next|yi)$"),
-    ("mistral", "model_type", r"^(mistral|mixtral)$"),
-    ("chatml", "architectures", r"^(QWen|Qwen2|Qwen3|Yi)[A-Za-z0-9]*ForCausalLM$|^QWenLMHeadModel$"),
-    ("mistral", "architectures", r"^(Mistral|Mixtral)ForCausalLM$"),
-    ("dialogpt", "name", r"dialogpt"),
-    ("chatml", "name", r"qwen|(^|[/_.-])yi([/_.-]|$)"),
-    ("mistral", "name", r"mistral|mixtral"),
-)
-
-
-def choose_family(model_type: str | None, architectures: list[str] | None, name: str | None) -> str:
-    """The family default for a model, by :data:`FAMILY_RULES`."""
-    subjects = {"model_type": [model_type or ""], "architectures": list(architectures or []),
-                "name": [(name or "").lower()]}
-    for family, what, pattern in FAMILY_RULES:
-        if any(re.search(pattern, s, flags=re.I if what == "name" else 0) for s in subjects[what] if s):
-            return family
-    return "generic"
-
-
-def family_template(family: str) -> str:
-    spec = FAMILIES[family]
-    return resources.files("vmm").joinpath("data", spec.file).read_text(encoding="utf-8")
 
 
 # --------------------------------------------------------------------------- tokenizer files

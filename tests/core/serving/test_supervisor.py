@@ -1,4 +1,4 @@
-"""Running vLLM (with the fake one): exit codes at each phase of start-up, the operator's
+"""Running vLLM (supervisor.py, with the fake vLLM): exit codes at each phase of start-up, the
 signals, vLLM failing on its own, and output handed to callbacks rather than printed."""
 
 from __future__ import annotations
