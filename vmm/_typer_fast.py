@@ -5,12 +5,17 @@ for every parameter it coerces, so any command with a ``str`` or ``Path`` option
 pydantic and pydantic-core: ~140 ms on this box, more than all of ``vmm ls`` otherwise
 costs (measured with ``python -X importtime``; see docs/benchmarks.md). ``str`` and
 ``Path`` parameters without path checks need no validation beyond ``Path(value)``; this
-module gives them a plain coercion and leaves every other parameter to typer. If typer's
-internals move, :func:`install` does nothing and typer behaves as shipped.
+module gives them a plain coercion and leaves every other parameter to typer.
+
+It reaches into typer's internals, so: pyproject.toml pins typer to the range it was tested
+on (0.29.x), :func:`install` checks the signatures it relies on and does nothing when one
+differs (typer then behaves as shipped, only slower), and tests/cli/test_startup.py asserts
+that it applied and that ``vmm ls`` imports no pydantic. Measured worth: docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
+import inspect
 import typing
 from pathlib import Path
 from typing import Any
@@ -28,14 +33,40 @@ def _simple_type(annotation: Any) -> type | None:
     return None
 
 
+def _signatures_match(original: Any, base: Any, resolve: Any) -> bool:
+    """typer 0.29's shapes: ``build_runtime_param(descriptor)``, ``RuntimeParam(parameter_info,
+    annotation)``, ``RuntimeParam._coerce_value(self, value, param, ctx)``,
+    ``resolve_type_descriptor(annotation, parameter_info)``."""
+    try:
+        shapes = [list(inspect.signature(f).parameters) for f in
+                  (original, base, getattr(base, "_coerce_value"), resolve)]
+    except (TypeError, ValueError, AttributeError):
+        return False
+    return shapes == [["descriptor"], ["parameter_info", "annotation"], ["self", "value", "param", "ctx"],
+                      ["annotation", "parameter_info"]]
+
+
+def installed() -> bool:
+    """Whether typer's parameter building is vmm's (``install`` applied)."""
+    try:
+        from typer import core
+    except ImportError:
+        return False
+    return bool(getattr(getattr(core, "build_runtime_param", None), "_vmm_fast", False))
+
+
 def install() -> bool:
+    """Patch typer when its internals have the shapes this was written for; True when applied."""
     try:
         from typer import _coercion, core
     except ImportError:
         return False
     original = getattr(core, "build_runtime_param", None)
     base = getattr(_coercion, "RuntimeParam", None)
+    resolve = getattr(_coercion, "resolve_type_descriptor", None)
     if original is None or base is None or getattr(original, "_vmm_fast", False):
+        return False
+    if not _signatures_match(original, base, resolve):
         return False
 
     class SimpleRuntimeParam(base):  # type: ignore[misc, valid-type]

@@ -202,3 +202,43 @@ def test_serve_chat_stream_metrics_and_sigterm(env, pulled):
             proc.wait(timeout=30)
         for path in set(glob.glob("/tmp/vllm_dist_*")) - before:
             shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.unlink(path)
+
+
+@pytest.mark.parametrize("phase", ["loading", "health"])
+def test_sigterm_during_start_up_is_a_stop_not_a_failure(env, pulled, phase):
+    """SIGTERM while vLLM loads, or once /health answers but before vmm says ready: vmm exits
+    with vLLM's own code (no `error:` line, never 6) and leaves no vLLM process behind."""
+    before = set(glob.glob("/tmp/vllm_dist_*"))
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "vmm", "serve", REPO_ID, "--device", "cpu", "--port", str(port),
+                             "--max-model-len", "256"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **env}, start_new_session=True)
+    seen: list[str] = []
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            assert line, ("vmm ended before the phase", proc.poll(), seen[-20:])
+            seen.append(line.rstrip("\n"))
+            if phase == "loading" and "Starting vLLM" in line:
+                break
+            if phase == "health" and ("Application startup complete" in line or "/health" in line):
+                break
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+        seen += err.splitlines()
+        assert not [ln for ln in seen if ln.startswith("error:")], seen[-20:]
+        assert proc.returncode not in (1, 6), (proc.returncode, seen[-20:])
+        deadline = time.monotonic() + 20
+        while _group_alive(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _group_alive(proc.pid), "vLLM processes were left running"
+    finally:
+        if proc.poll() is None or _group_alive(proc.pid):
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait(timeout=30)
+        for path in set(glob.glob("/tmp/vllm_dist_*")) - before:
+            shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.unlink(path)

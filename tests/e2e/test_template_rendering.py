@@ -5,7 +5,7 @@ vLLM renders chat templates through transformers (``apply_chat_template`` ->
 vLLM venv is the oracle: for every template under tests/data/real_templates/ (verbatim, with
 its source in tests/data/SOURCES.md) and each conversation below (with and without a system
 message, with and without ``tools``, ``add_generation_prompt=True``), vmm's
-:func:`vmm.core.model.templates.render_messages` must give the same text, or both must refuse.
+:func:`vmm.core.model.template_render.render_messages` must give the same text, or both must refuse.
 
 This lives in the e2e lane, not the fast one: transformers is already in the vLLM venv (the
 version vLLM renders with), while adding it to the ``test`` extra would pull transformers,
@@ -61,9 +61,9 @@ def _vllm_python() -> str:
 
 
 def _conversations() -> dict[str, tuple[list[dict], list | None]]:
-    from vmm.core.model import templates
+    from vmm.core.model import template_render
 
-    sample = templates.sample_messages()
+    sample = template_render.sample_messages()
     return {
         "system": (sample, None),
         "no system": (sample[1:], None),
@@ -74,13 +74,13 @@ def _conversations() -> dict[str, tuple[list[dict], list | None]]:
 
 
 def _vmm_render(text: str, messages, tools, tokens) -> dict:
-    from vmm.core.model import templates
+    from vmm.core.model import template_render
 
     try:
-        compiled = templates.compile_template(text)
-        return {"ok": templates.render_messages(compiled, messages, tokens, add_generation_prompt=True,
+        compiled = template_render.compile_template(text)
+        return {"ok": template_render.render_messages(compiled, messages, tokens, add_generation_prompt=True,
                                                 tools=tools)}
-    except templates.TemplateProblem as exc:
+    except template_render.TemplateProblem as exc:
         return {"error": exc.describe()}
 
 

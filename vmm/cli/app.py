@@ -87,6 +87,15 @@ def confirm_or_refuse(question: str, yes: bool, action: str, subject: str, hint:
 
 
 
+class ExitQuietly(Exception):
+    """A command that ends with an exit code and has nothing to add on stderr (``vmm serve``
+    passing on vLLM's code). ``typer.Exit(130)`` would read as Ctrl-C and print a line."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
 def _usage_line(exc: Exception) -> str:
     message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
     ctx = getattr(exc, "ctx", None)
@@ -116,6 +125,8 @@ def main(argv: list[str] | None = None) -> None:
             traceback.print_exc()
         sys.stderr.write(exc.line() + "\n")
         code = exc.exit_code
+    except ExitQuietly as exc:
+        code = exc.code
     except typer.Exit as exc:
         code = exc.exit_code
     except (typer.Abort, KeyboardInterrupt):

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from vmm.cli.app import JsonOpt, NameArg, RootOpt, app, root_of
+from vmm.cli.app import ExitQuietly, JsonOpt, NameArg, RootOpt, app, root_of
 
 
 @app.command("serve", context_settings={"allow_extra_args": True})
@@ -47,12 +47,13 @@ def serve_cmd(
     and weight headers, read by HTTP Range without downloading the weights.
     Arguments after `--` go to `vllm serve` unchanged and override the computed ones.
     Tool calling and reasoning parsers are chosen from the model and its chat template.
-    Exit 6 when the model does not fit or vLLM cannot serve it (unless --force); 127 without
-    vllm; once vLLM has started, vLLM's own exit code.
+    Exit 6 when the model does not fit or vLLM cannot serve it (unless --force), also when
+    vLLM fails on its own before it is ready; 127 without vllm; stopped with Ctrl-C/SIGTERM
+    before ready: 130 / vLLM's code; once ready, vLLM's own exit code.
     """
     from vmm import render
     from vmm.core import settings
-    from vmm.core.serving import deploy, fit, launcher, planner, vllm_env
+    from vmm.core.serving import deploy, fit, launcher, planner, supervisor, vllm_env
 
     if device not in ("auto", "cuda", "cpu"):
         from vmm.core.errors import UsageError
@@ -92,10 +93,11 @@ def serve_cmd(
         else:
             render.serve_plan(cmd)
         return
-    code = launcher.run(cmd, req, base, detach=detach, ready_timeout_s=ready_timeout,
-                        on_wait=render.note, on_ready=lambda url: (sys.stdout.write(url + "\n"), sys.stdout.flush()))
+    code = supervisor.run(cmd, req, base, detach=detach, ready_timeout_s=ready_timeout,
+                        on_wait=render.note, on_ready=lambda url: (sys.stdout.write(url + "\n"), sys.stdout.flush()),
+                        on_line=render.note, on_hint=lambda text: render.note(f"hint: {text}"))
     if code:
-        raise typer.Exit(code)
+        raise ExitQuietly(code)      # vLLM's code (or 130 for Ctrl-C at start-up): no error line
 
 
 @app.command("ps")
@@ -153,27 +155,10 @@ def logs_cmd(
     root: RootOpt = None,
 ) -> None:
     """Print the log of a server started with `vmm serve --detach`."""
-    import time
-
     from vmm.core.serving import runtime
 
     path = runtime.log_path_for(root_of(root), target)
-    try:
-        for line in runtime.tail_lines(path, lines):
-            sys.stdout.write(line + "\n")
+    shown = runtime.follow(path, lines) if follow else runtime.follow(path, lines, stop=lambda: True)
+    for line in shown:
+        sys.stdout.write(line + "\n")
         sys.stdout.flush()
-        if not follow:
-            return
-        with open(path, "rb") as handle:
-            handle.seek(0, 2)
-            while True:
-                chunk = handle.readline()
-                if chunk:
-                    sys.stdout.write(chunk.decode("utf-8", "replace"))
-                    sys.stdout.flush()
-                else:
-                    time.sleep(0.2)
-    except FileNotFoundError:
-        from vmm.core.errors import NotFoundError
-
-        raise NotFoundError("log file is gone", str(path), "the server's state dir was cleaned") from None

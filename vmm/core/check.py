@@ -318,6 +318,8 @@ def _vllm(cfg: config_mod.ModelConfig | None, name: str, fmt: str, vllm_version:
 def _template(model: local.LocalModel, quant: str | None) -> Check:
     try:
         result = templates.show_template(model.path, model.name, quant)
+    except templates.TemplateLimitError as exc:
+        return Check("template", "warn", f"{exc.what}: {exc.which}; vLLM would hang or fail on chat requests")
     except IntegrityError as exc:
         return Check("template", "fail", f"{exc.what}: {exc.which}", IntegrityError.exit_code)
     if result.source == "family":

@@ -21,11 +21,14 @@ ENVIRONMENT: dict[str, str] = {
     "HF_ENDPOINT": "Hub endpoint (mirrors, test servers); default https://huggingface.co",
     "HF_TOKEN": "Hub access token; sent only to the endpoint's host",
     "HF_TOKEN_PATH": "file holding the token written by `hf auth login` (default $HF_HOME/token)",
-    "HF_HOME": "Hugging Face home (default ~/.cache/huggingface)",
+    "HF_HOME": "Hugging Face home (default $XDG_CACHE_HOME/huggingface)",
+    "XDG_CACHE_HOME": "base of the default HF_HOME (default ~/.cache)",
     "HF_HUB_CACHE": "Hugging Face cache whose verified blobs pull may reuse",
     "HF_HUB_OFFLINE": "1 forbids any network access (same as --offline)",
     "CUDA_VISIBLE_DEVICES": "GPUs that serve plans for and vLLM sees",
-    "NO_COLOR": "disables colour in tables and progress",
+    "VLLM_TARGET_DEVICE": "cpu: take the vLLM on PATH for a CPU build (vLLM itself then picks its CPU platform)",
+    "NO_COLOR": "disables colour in tables and progress (read by rich)",
+    "COLUMNS": "table width; unset, piped output is not cut (one row per line)",
 }
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -83,3 +86,24 @@ def hub_token() -> str | None:
     except OSError:
         return None
     return token or None
+
+
+def cuda_visible_devices() -> str | None:
+    """``CUDA_VISIBLE_DEVICES`` as set (None when unset; an empty value hides every GPU)."""
+    return os.environ.get("CUDA_VISIBLE_DEVICES")
+
+
+def vllm_target_device() -> str | None:
+    """``VLLM_TARGET_DEVICE``, lower-cased, as vLLM reads it (vllm/envs.py, vLLM 0.32.0)."""
+    raw = os.environ.get("VLLM_TARGET_DEVICE")
+    return raw.strip().lower() if raw else None
+
+
+def child_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment a child (vLLM, its argument parser) runs with: vmm's own, plus ``extra``."""
+    return {**os.environ, **(extra or {})}
+
+
+def columns() -> str | None:
+    """``COLUMNS`` as set (rich reads it too); None when unset."""
+    return os.environ.get("COLUMNS")

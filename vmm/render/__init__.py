@@ -26,11 +26,11 @@ def out():
     if _stdout is None:
         from rich.console import Console
 
-        import os
+        from vmm.core import settings
 
         # Piped output is not cut to 80 columns (rich's default without a terminal): a
         # table row stays one line for grep and awk. COLUMNS, when set, still wins.
-        wide = not sys.stdout.isatty() and "COLUMNS" not in os.environ
+        wide = not sys.stdout.isatty() and settings.columns() is None
         _stdout = Console(soft_wrap=True, width=1000 if wide else None)
     return _stdout
 

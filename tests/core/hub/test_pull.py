@@ -15,7 +15,7 @@ import pytest
 from conftest import REPO, assert_error_line, run_vmm
 from hubserver import HubServer
 
-from vmm.core.hub import partial, pull, transfer
+from vmm.core.hub import partial, transfer
 from vmm.core.store import local, locking, manifests
 
 PULL_KEYS = {"schema_version", "name", "path", "revision", "files", "bytes_downloaded", "bytes_total", "verified"}

@@ -19,11 +19,11 @@ from builders import (
 )
 from conftest import assert_error_line, run_vmm
 
-from vmm.core.model import templates
+from vmm.core.model import template_render, templates
 from vmm.core.store import locking, manifests
 
 CARD = "You are Zed the lighthouse keeper; you speak only in riddles and remember every ship."
-TURNS = [c for _, c in templates.SAMPLE_TURNS]
+TURNS = [c for _, c in template_render.SAMPLE_TURNS]
 
 # Mistral-7B-Instruct-v0.2's own tokenizer_config.json chat_template (public repo).
 MISTRAL_REAL = (
@@ -94,7 +94,7 @@ def test_mistral_family_refuses_system_so_it_is_folded_into_first_user_turn(root
 
 def test_mistral_family_template_raises_like_the_real_one():
     with pytest.raises(templates.TemplateProblem, match="alternate"):
-        templates.render_messages(templates.compile_template(templates.family_template("mistral")),
+        template_render.render_messages(template_render.compile_template(templates.family_template("mistral")),
                                   [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}],
                                   {"bos_token": "<s>", "eos_token": "</s>"})
     real = templates.render_sample(MISTRAL_REAL, {"bos_token": "<s>", "eos_token": "</s>"}, CARD)
@@ -120,7 +120,7 @@ def test_generic_family_uses_human_assistant_markers(root):
 def test_default_sample_has_a_character_card(root):
     make_model(root, "acme/base-7b", cfg=TINY_LLAMA)
     doc = run_vmm("template", "acme/base-7b", "--json").json()
-    assert templates.DEFAULT_SYSTEM in doc["rendered"]
+    assert template_render.DEFAULT_SYSTEM in doc["rendered"]
     assert set(doc) >= {"schema_version", "source", "family", "template", "rendered"}
 
 
@@ -141,7 +141,7 @@ def test_chat_template_jinja_wins_over_tokenizer_config(root):
                extra_files={"chat_template.jinja": jinja})
     doc = run_vmm("template", "acme/both", "--json").json()
     assert doc["source"] == "chat_template.jinja" and doc["template"] == jinja
-    assert doc["rendered"].startswith(f"<<system>>{templates.DEFAULT_SYSTEM}\n<<user>>")
+    assert doc["rendered"].startswith(f"<<system>>{template_render.DEFAULT_SYSTEM}\n<<user>>")
 
 
 def test_list_of_named_templates_uses_default_and_names_the_others(root):
@@ -170,7 +170,7 @@ def test_added_token_dicts_give_bos_and_eos(root):
     make_model(root, "acme/added", cfg=TINY_LLAMA, tokenizer_config=tok)
     doc = run_vmm("template", "acme/added", "--json").json()
     assert (doc["bos_token"], doc["eos_token"]) == ("<|begin|>", "<|end|>")
-    assert doc["rendered"].startswith("<|begin|>" + templates.DEFAULT_SYSTEM + "<|end|>")
+    assert doc["rendered"].startswith("<|begin|>" + template_render.DEFAULT_SYSTEM + "<|end|>")
 
 
 def test_gguf_metadata_template_and_tokens(root):
@@ -180,7 +180,7 @@ def test_gguf_metadata_template_and_tokens(root):
     assert doc["source"] == "gguf"
     assert doc["template"] == gguf_template
     assert (doc["bos_token"], doc["eos_token"]) == ("<t1>", "<t2>")
-    assert doc["rendered"].startswith(f"<t1>system: {templates.DEFAULT_SYSTEM}<t2>")
+    assert doc["rendered"].startswith(f"<t1>system: {template_render.DEFAULT_SYSTEM}<t2>")
 
 
 def test_gguf_without_template_falls_back_to_family(root):
@@ -315,3 +315,54 @@ def test_set_refuses_while_another_vmm_holds_the_model(root):
     with locking.model_lock(root, "acme--base-7b", "pull"):
         assert_error_line(run_vmm("template", "acme/base-7b", "--set", "chatml"), 8, "locked")
     assert not (root / "acme--base-7b" / "chat_template.jinja").exists()
+
+
+# --------------------------------------------------------------------------- hostile templates (bounded rendering)
+
+LOOP_BOMB = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"   # 10**10 steps
+SIZE_BOMB = "{{ 'x' * 10**12 }}"
+OUTPUT_BOMB = "{% for i in range(100000) %}{{ 'y' * 1000 }}{% endfor %}"                      # 100 MB, in pieces
+RECURSION_BOMB = "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}"
+PARSE_BOMB = "{{ " + "(" * 50_000 + "1" + ")" * 50_000 + " }}"
+
+
+@pytest.mark.parametrize("bomb, says", [
+    (LOOP_BOMB, "took longer than"), (SIZE_BOMB, "memory"), (OUTPUT_BOMB, "more than"),
+    (RECURSION_BOMB, "recurses too deeply"), (PARSE_BOMB, "nests or recurses"),
+])
+def test_hostile_template_is_exit_5_naming_the_file_never_a_hang(root, bomb, says):
+    make_model(root, "acme/bomb", cfg=TINY_LLAMA, extra_files={"chat_template.jinja": bomb})
+    run = run_vmm("template", "acme/bomb")
+    assert_error_line(run, 5, "exceeds a rendering limit", says, "chat_template.jinja")
+    assert "MemoryError" not in run.stderr and "RecursionError" not in run.stderr
+
+
+def test_hostile_template_is_a_check_warning_naming_the_file(root):
+    make_model(root, "acme/bomb", cfg=TINY_LLAMA, tokenizer_config={"chat_template": SIZE_BOMB})
+    run = run_vmm("check", "acme/bomb", "--json")
+    [template] = [c for c in run.json()["checks"] if c["name"] == "template"]
+    assert template["status"] == "warn", template
+    assert "exceeds a rendering limit" in template["detail"] and "tokenizer_config.json" in template["detail"]
+
+
+def test_set_refuses_a_hostile_template_and_writes_nothing(root, tmp_path):
+    path = make_model(root, "acme/base-7b", cfg=TINY_LLAMA)
+    bomb = tmp_path / "bomb.jinja"
+    bomb.write_text(LOOP_BOMB)
+    assert_error_line(run_vmm("template", "acme/base-7b", "--set", str(bomb)), 5, "bomb.jinja", "rendering limit")
+    assert not (path / "chat_template.jinja").exists()
+
+
+def test_oversized_template_text_is_refused_before_rendering():
+    with pytest.raises(templates.TemplateProblem, match="characters is over") as caught:
+        templates.render_sample("x" * (template_render.MAX_TEMPLATE_CHARS + 1), {})
+    assert caught.value.kind == "limit"
+
+
+def test_bounded_and_in_process_rendering_agree():
+    text = templates.family_template("chatml")
+    tokens = {"eos_token": "<|im_end|>"}
+    assert templates.render_sample(text, tokens, CARD) == template_render.render_sample_here(text, tokens, CARD)
+    with pytest.raises(templates.TemplateProblem, match="alternate") as caught:
+        templates.render_sample("{{ raise_exception('roles must alternate') }}", {})
+    assert caught.value.kind == "raise"

@@ -7,11 +7,13 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 
 from conftest import assert_error_line, run_vmm
+from vmm.core.errors import NotFoundError
 from vmm.core.serving import deploy, metrics, runtime
 
 # A stand-in for a vLLM server's /metrics: counters grow by 50 tokens per second.
@@ -222,3 +224,21 @@ def test_emit_systemd_unit_restarts_and_stops_gracefully():
     words = _systemd_words(fields["ExecStart"])
     assert words[0] == "/opt/v/bin/vllm" and words[1:] == ARGV[1:] + ["--x", "50%"]
     assert "Environment=VLLM_NO_USAGE_STATS=1" in lines
+
+
+def test_follow_yields_the_tail_then_appended_lines_whole(tmp_path):
+    log = tmp_path / "x.log"
+    log.write_text("one\ntwo\nthree\n")
+    done = threading.Event()
+    lines = runtime.follow(log, 2, stop=done.is_set, poll_s=0.01)
+    assert [next(lines), next(lines)] == ["two", "three"]
+    with open(log, "ab") as handle:
+        handle.write(b"four\nfive\n")
+    assert [next(lines), next(lines)] == ["four", "five"]
+    done.set()
+    assert list(lines) == []
+
+
+def test_follow_of_a_vanished_log_is_not_found(tmp_path):
+    with pytest.raises(NotFoundError, match="log file is gone"):
+        list(runtime.follow(tmp_path / "gone.log", 5, stop=lambda: True))

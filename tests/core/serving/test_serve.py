@@ -251,10 +251,11 @@ def test_vllm_exit_code_passes_through(fake_env):
 def test_vllm_dying_at_start_up_is_reported_with_a_hint(fake_env):
     proc, _ = _serve({**fake_env, "FAKE_VLLM_FAIL": "7"})
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 7 and out == ""
+    assert proc.returncode == 6 and out == ""              # vLLM's own code is in the line
     assert "CUDA out of memory" in err                      # vLLM's own output first
     lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1 and "exited during start-up" in lines[0] and "gpu-memory-utilization" in lines[0]
+    assert len(lines) == 1 and "exited during start-up: exit code 7" in lines[0]
+    assert "gpu-memory-utilization" in lines[0]
 
 
 def test_missing_vllm_is_exit_127(models, monkeypatch, tmp_path):

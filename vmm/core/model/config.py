@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vmm.core import jsonfile
 from vmm.core.errors import IntegrityError, NotFoundError
 
 DTYPE_BYTES: dict[str, float] = {
@@ -336,14 +337,9 @@ def from_config_dict(doc: dict[str, Any], tokenizer_config: dict[str, Any] | Non
 
 
 def load_json_file(path: Path) -> dict[str, Any]:
-    """Parse a JSON object file; a malformed one is an integrity error naming the file."""
-    try:
-        doc = json.loads(path.read_bytes())
-    except OSError as exc:
-        raise IntegrityError("cannot read", str(path), exc.strerror or str(exc)) from exc
-    except ValueError as exc:
-        raise IntegrityError(f"malformed JSON ({exc})", str(path),
-                             "re-download it with `vmm pull`, or fix the file") from exc
+    """Parse a JSON object file; malformed or nested too deep (:mod:`vmm.core.jsonfile`) is an
+    integrity error naming the file."""
+    doc = jsonfile.load_file(path)
     if not isinstance(doc, dict):
         raise IntegrityError("malformed JSON (not an object)", str(path),
                              "re-download it with `vmm pull`, or fix the file")

@@ -14,7 +14,6 @@ Interface (shared by ls, inspect, check, pull and serve):
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -23,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vmm.core import jsonfile
 from vmm.core.errors import IntegrityError, NotFoundError, UsageError
 
 FORMATS = ("safetensors", "pytorch", "gguf", "mixed", "unknown")
@@ -184,7 +184,7 @@ def detect_format(model_dir: Path, top: list[str] | None = None) -> str:
 def _read_index(path: Path) -> dict[str, Any]:
     """Parse a ``*.index.json``; its ``weight_map`` must map tensor names to file names."""
     try:
-        doc = json.loads(path.read_bytes())
+        doc = jsonfile.loads(path.read_bytes())
     except OSError as exc:
         raise IntegrityError("cannot read shard index", str(path), exc.strerror or str(exc)) from exc
     except ValueError as exc:
@@ -453,7 +453,9 @@ def parse_safetensors_header(raw: bytes, file_size: int, name: str) -> dict[str,
     length = len(raw)
     size = file_size
     try:
-        header = json.loads(raw)
+        header = jsonfile.loads(raw)
+    except jsonfile.JsonDepthError as exc:
+        raise _bad_header(path, f"JSON {exc}") from None
     except ValueError:
         raise _bad_header(path, "not JSON") from None
     if not isinstance(header, dict):

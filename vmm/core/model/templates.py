@@ -13,31 +13,24 @@ Resolution, in the order transformers' tokenizer loading applies (transformers 5
 3. GGUF ``tokenizer.chat_template`` metadata (transformers' GGUF tokenizer mapping,
    ``integrations/gguf/gguf_tokenizer_mapping.py``, carries it over as ``chat_template``).
 4. A family default shipped with vmm (``vmm/data/<family>.jinja``), chosen by
-   :data:`FAMILY_RULES`. vLLM itself has no such fallback for text models (a chat request to
+   :data:`FAMILY_RULES` (:mod:`vmm.core.model.template_families`). vLLM itself has no such fallback for text models (a chat request to
    a model without a template fails), which is why ``setup_chat_template`` writes it into
    the model dir as ``chat_template.jinja`` where vLLM's tokenizer picks it up.
 
-Rendering mirrors transformers' ``_compile_jinja_template`` (5.24.0,
-``utils/chat_template_utils.py``): ``ImmutableSandboxedEnvironment(trim_blocks=True,
-lstrip_blocks=True, extensions=[<generation tag>, loopcontrols])``, a ``tojson`` filter that
-does not HTML-escape, and the globals ``raise_exception``, ``strftime_now``, ``dict`` and a
-``namespace`` that refuses underscore attributes. Special tokens are passed as variables
-(``bos_token``, ``eos_token``, ...), as ``apply_chat_template`` passes
-``special_tokens_map``.
+Rendering (bounded in time, memory and output) lives in :mod:`vmm.core.model.template_render`.
 """
 
 from __future__ import annotations
 
-import json
-import re
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from vmm.core import fsutil
-from vmm.core.store import local, locking, manifests, paths
+from vmm.core import fsutil, jsonfile
 from vmm.core.errors import IntegrityError, UsageError, VmmError
+from vmm.core.model.template_render import TemplateProblem, render_sample
+from vmm.core.model.template_families import FAMILIES, choose_family, family_template
+from vmm.core.store import local, locking, manifests, paths
 
 CHAT_TEMPLATE_FILE = "chat_template.jinja"          # transformers utils/hub.py CHAT_TEMPLATE_FILE
 CHAT_TEMPLATE_DIR = "additional_chat_templates"     # transformers utils/hub.py CHAT_TEMPLATE_DIR
@@ -48,239 +41,6 @@ MANIFEST_KEY = "chat_template"                                  # Manifest.extra
 
 SOURCES = ("chat_template.jinja", "tokenizer_config.json", "gguf", "family")
 TEMPLATE_KEYS = ("source", "family", "template", "rendered")
-
-
-# --------------------------------------------------------------------------- families
-
-@dataclass(frozen=True)
-class Family:
-    name: str
-    file: str                     # under vmm/data
-    description: str
-    bos_token: str | None         # used only when the model supplies none
-    eos_token: str | None
-
-
-FAMILIES: dict[str, Family] = {
-    "chatml": Family("chatml", "chatml.jinja", "ChatML <|im_start|>role ... <|im_end|> (Qwen, Yi)",
-                     None, "<|im_end|>"),
-    "mistral": Family("mistral", "mistral.jinja", "Mistral <s>[INST] ... [/INST] answer</s> (no system role)",
-                      "<s>", "</s>"),
-    "dialogpt": Family("dialogpt", "dialogpt.jinja", "DialoGPT: turns joined by EOS",
-                       None, "<|endoftext|>"),
-    "generic": Family("generic", "generic.jinja", "### Human: / ### Assistant: turns",
-                      None, None),
-}
-
-# The one table that picks a family: (family, what is matched, regular expression).
-# Checked in order: model_type, then architectures, then the model's name; the first match
-# wins, and no match means ``generic``. Yi checkpoints say model_type "llama" and
-# LlamaForCausalLM (01-ai/Yi-6B config.json), so Yi is recognised by its name.
-FAMILY_RULES: tuple[tuple[str, str, str], ...] = (
-    ("chatml", "model_type", r"^(qwen|qwen2|qwen2_moe|qwen3|qwen3_moe|qwen3_next|yi)$"),
-    ("mistral", "model_type", r"^(mistral|mixtral)$"),
-    ("chatml", "architectures", r"^(QWen|Qwen2|Qwen3|Yi)[A-Za-z0-9]*ForCausalLM$|^QWenLMHeadModel$"),
-    ("mistral", "architectures", r"^(Mistral|Mixtral)ForCausalLM$"),
-    ("dialogpt", "name", r"dialogpt"),
-    ("chatml", "name", r"qwen|(^|[/_.-])yi([/_.-]|$)"),
-    ("mistral", "name", r"mistral|mixtral"),
-)
-
-
-def choose_family(model_type: str | None, architectures: list[str] | None, name: str | None) -> str:
-    """The family default for a model, by :data:`FAMILY_RULES`."""
-    subjects = {"model_type": [model_type or ""], "architectures": list(architectures or []),
-                "name": [(name or "").lower()]}
-    for family, what, pattern in FAMILY_RULES:
-        if any(re.search(pattern, s, flags=re.I if what == "name" else 0) for s in subjects[what] if s):
-            return family
-    return "generic"
-
-
-def family_template(family: str) -> str:
-    spec = FAMILIES[family]
-    return resources.files("vmm").joinpath("data", spec.file).read_text(encoding="utf-8")
-
-
-# --------------------------------------------------------------------------- sample conversation
-
-DEFAULT_SYSTEM = (
-    "You are Captain Mara Vex, the sharp-tongued captain of the airship Kestrel. Stay in "
-    "character: speak in short, salty sentences, never mention being an AI, and remember "
-    "what your crew told you earlier."
-)
-SAMPLE_TURNS: tuple[tuple[str, str], ...] = (
-    ("user", "Captain, a storm is closing in from the east. What are your orders?"),
-    ("assistant", "Reef the sails and lash down the cargo, Tomas. We ride it out above the clouds."),
-    ("user", "Aye. And what of the stowaway we found in the hold this morning?"),
-)
-
-
-def sample_messages(system: str | None = None) -> list[dict[str, str]]:
-    """System (a role-play character card), user, assistant, user."""
-    return [{"role": "system", "content": DEFAULT_SYSTEM if system is None else system},
-            *({"role": r, "content": c} for r, c in SAMPLE_TURNS)]
-
-
-def fold_system(messages: list[dict[str, str]]) -> list[dict[str, str]]:
-    """The system text prepended to the first user turn (for templates without a system role)."""
-    system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
-    rest = [dict(m) for m in messages if m["role"] != "system"]
-    for message in rest:
-        if message["role"] == "user":
-            message["content"] = f"{system}\n\n{message['content']}" if system else message["content"]
-            break
-    return rest
-
-
-# --------------------------------------------------------------------------- rendering
-
-class TemplateProblem(Exception):
-    """A template that does not compile or raises; ``line`` is the template line when known."""
-
-    def __init__(self, message: str, line: int | None, kind: str) -> None:
-        super().__init__(message)
-        self.message, self.line, self.kind = message, line, kind
-
-    def describe(self) -> str:
-        where = f"line {self.line}: " if self.line else ""
-        return f"{where}{self.message}"
-
-
-def _environment():
-    """The sandbox transformers renders chat templates in (5.24.0 ``_cached_compile_jinja_template``)."""
-    from datetime import datetime
-
-    import jinja2
-    import jinja2.ext
-    import jinja2.nodes
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    class GenerationTag(jinja2.ext.Extension):
-        # transformers' AssistantTracker: ``{% generation %}...{% endgeneration %}`` marks
-        # assistant text; outside its mask tracking it renders the body unchanged.
-        tags = {"generation"}
-
-        def parse(self, parser):
-            lineno = next(parser.stream).lineno
-            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
-            return jinja2.nodes.CallBlock(self.call_method("_body"), [], [], body).set_lineno(lineno)
-
-        def _body(self, caller):
-            return caller()
-
-    def raise_exception(message):
-        raise jinja2.exceptions.TemplateError(message)
-
-    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
-        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
-                          sort_keys=sort_keys)
-
-    def strftime_now(fmt):
-        return datetime.now().strftime(fmt)
-
-    class TemplateDict:
-        def __call__(self, *args, **kwargs):
-            return dict(*args, **kwargs)
-
-        def fromkeys(self, *args, **kwargs):
-            return dict.fromkeys(*args, **kwargs)
-
-    class TemplateNamespace(jinja2.utils.Namespace):
-        def __init__(*args, **kwargs):
-            self, args = args[0], args[1:]
-            attrs = dict(*args, **kwargs)
-            for key in attrs:
-                TemplateNamespace._check_name(key)
-            jinja2.utils.Namespace.__init__(self, attrs)
-
-        def __setitem__(self, key, value):
-            TemplateNamespace._check_name(key)
-            jinja2.utils.Namespace.__setitem__(self, key, value)
-
-        @staticmethod
-        def _check_name(key):
-            if isinstance(key, str) and key.startswith("_"):
-                raise jinja2.exceptions.SecurityError(
-                    f"Chat templates cannot store underscore-prefixed attributes on a namespace, but got {key!r}.")
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                        extensions=[GenerationTag, jinja2.ext.loopcontrols])
-    env.filters["tojson"] = tojson
-    env.globals["raise_exception"] = raise_exception
-    env.globals["strftime_now"] = strftime_now
-    env.globals["dict"] = TemplateDict()
-    env.globals["namespace"] = TemplateNamespace
-    return env
-
-
-def _template_line(exc: BaseException) -> int | None:
-    """The template line a render error happened on (jinja rewrites tracebacks to it)."""
-    line = None
-    tb = exc.__traceback__
-    while tb is not None:
-        if tb.tb_frame.f_code.co_filename == "<template>":
-            line = tb.tb_lineno
-        tb = tb.tb_next
-    return line
-
-
-def compile_template(text: str):
-    """Compile in the sandbox; :class:`TemplateProblem` on a syntax error."""
-    import jinja2
-
-    try:
-        return _environment().from_string(text)
-    except jinja2.TemplateSyntaxError as exc:
-        raise TemplateProblem(f"jinja syntax error: {exc.message}", exc.lineno, "syntax") from exc
-
-
-def render_messages(compiled: Any, messages: list[dict[str, str]], tokens: dict[str, str | None],
-                    add_generation_prompt: bool = True, tools: list[dict[str, Any]] | None = None) -> str:
-    """Render like ``apply_chat_template(tokenize=False)`` (``tools``: OpenAI-style function
-    schemas, as a request's ``tools``); :class:`TemplateProblem` when it raises."""
-    import jinja2
-
-    variables = {k: v for k, v in tokens.items() if v is not None}
-    try:
-        return compiled.render(messages=messages, tools=tools, documents=None,
-                               add_generation_prompt=add_generation_prompt, **variables)
-    except jinja2.TemplateError as exc:
-        message = getattr(exc, "message", None) or str(exc)
-        verb = "failed" if isinstance(exc, jinja2.UndefinedError) else "raised"
-        raise TemplateProblem(f"template {verb}: {message}", _template_line(exc), "raise") from exc
-    except (TypeError, ValueError, KeyError, IndexError, AttributeError, ZeroDivisionError,
-            RecursionError, OverflowError) as exc:
-        raise TemplateProblem(f"template failed: {type(exc).__name__}: {exc}", _template_line(exc),
-                              "error") from exc
-
-
-@dataclass
-class Rendering:
-    rendered: str
-    messages: list[dict[str, str]]   # what was rendered (after folding)
-    system_folded: bool
-    fold_reason: str | None          # "raised: ..." or "dropped"
-
-
-def render_sample(text: str, tokens: dict[str, str | None], system: str | None = None) -> Rendering:
-    """Render the sample conversation; fold the system text into the first user turn when the
-    template refuses a system role or drops its text. :class:`TemplateProblem` when even the
-    plain (folded) conversation fails."""
-    compiled = compile_template(text)
-    messages = sample_messages(system)
-    system_text = messages[0]["content"]
-    try:
-        rendered = render_messages(compiled, messages, tokens)
-    except TemplateProblem as exc:
-        reason = f"the template refused the system role ({exc.describe()})"
-    else:
-        if system_text in rendered:
-            return Rendering(rendered, messages, False, None)
-        reason = "the template dropped the system message"
-    folded = fold_system(messages)
-    rendered = render_messages(compiled, folded, tokens)
-    return Rendering(rendered, folded, True, reason)
 
 
 # --------------------------------------------------------------------------- tokenizer files
@@ -345,7 +105,7 @@ def read_record(model_path: Path) -> dict[str, Any] | None:
         record = manifest.extra.get(MANIFEST_KEY)
         return record if isinstance(record, dict) else None
     try:
-        record = json.loads((model_path / RECORD_FILE).read_text(encoding="utf-8"))
+        record = jsonfile.loads((model_path / RECORD_FILE).read_bytes())
     except (OSError, ValueError):
         return None
     return record if isinstance(record, dict) else None
@@ -419,8 +179,6 @@ def _model_identity(model_path: Path, model_name: str | None, quant: str | None)
         if (model_path / "config.json").is_file():
             cfg = config_mod.read_model_config(model_path)
         elif gguf_path is not None:
-            pass
-
             cfg = config_mod.config_from_gguf(gguf_path)
         else:
             cfg = None
@@ -515,11 +273,18 @@ class TemplateResult:
     action: str | None = None        # what --set did
 
 
+class TemplateLimitError(IntegrityError):
+    """A template that exceeds a rendering limit (time, memory, output): exit 5 in
+    ``vmm template``, a warning in ``vmm check``."""
+
+
 def _problem_error(problem: TemplateProblem, where: str) -> IntegrityError:
+    hint = "fix the template, or replace it with `vmm template NAME --set FAMILY|FILE`"
+    if problem.kind == "limit":
+        return TemplateLimitError(f"chat template exceeds a rendering limit ({problem.describe()})", where, hint)
     what = ("chat template has a syntax error" if problem.kind == "syntax"
             else "chat template fails on a plain conversation")
-    return IntegrityError(f"{what} ({problem.describe()})", where,
-                          "fix the template, or replace it with `vmm template NAME --set FAMILY|FILE`")
+    return IntegrityError(f"{what} ({problem.describe()})", where, hint)
 
 
 def _where(model_path: Path, resolved: ResolvedTemplate) -> str:

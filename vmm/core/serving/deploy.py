@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import shlex
 from pathlib import Path
 
+from vmm.core import settings
 from vmm.core.errors import UsageError
 
 DOCKER_IMAGE = "vllm/vllm-openai"
@@ -56,7 +56,7 @@ def emit_docker(argv: list[str], root: Path, model_dir: Path, vllm_version: str 
     port = _flag_value(flags, "--port") or "8000"
     flags = _set_flag(flags, "--host", "0.0.0.0")
     tag = f"v{vllm_version}" if vllm_version else "latest"
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    visible = settings.cuda_visible_devices()
     gpus = "all" if not visible else f'"device={visible}"'
     lines = [
         "docker run -d",
@@ -101,7 +101,7 @@ def emit_systemd(argv: list[str], model: str, root: Path, vllm_path: str | None 
     command = list(argv)
     command[0] = vllm_path or command[0]
     environment = {"VLLM_NO_USAGE_STATS": "1", "HF_HUB_OFFLINE": "1", **(env or {})}
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    visible = settings.cuda_visible_devices()
     if visible is not None:
         environment.setdefault("CUDA_VISIBLE_DEVICES", visible)
     lines = [

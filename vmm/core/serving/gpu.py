@@ -3,11 +3,11 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from dataclasses import dataclass
 
+from vmm.core import settings
 from vmm.core.errors import IncompatibleError
 
 MIB = 1 << 20
@@ -24,7 +24,7 @@ class GpuInfo:
 
 
 def _visible(gpus: list[GpuInfo]) -> list[GpuInfo]:
-    raw = os.environ.get("CUDA_VISIBLE_DEVICES")
+    raw = settings.cuda_visible_devices()
     if raw is None:
         return gpus
     wanted = [w.strip() for w in raw.split(",") if w.strip()]

@@ -1,47 +1,23 @@
-"""``vmm serve``: turn a plan into a ``vllm serve`` command and run it until it is healthy.
+"""``vmm serve``: turn a request and a plan into the exact ``vllm serve`` command.
 
-vLLM runs as a child in its own session (its engine and worker processes form one process
-group that signals reach together). The model's shared lock is taken on a file descriptor
-that the child inherits, so the lock lives exactly as long as vLLM does: ``rm`` and ``gc``
-get exit 8 while it serves, attached or ``--detach``ed.
+Running it (start, wait until ready, signals, exit codes, output callbacks) is
+:mod:`vmm.core.serving.supervisor`; :func:`run` and :class:`VllmExited` are re-exported here.
 """
 
 from __future__ import annotations
 
-import fcntl
-import json
-import os
-import signal
-import subprocess
-import sys
-import threading
-import time
-import urllib.error
-import urllib.request
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from vmm.core.model import config as config_mod
 from vmm.core.model import formats
-from vmm.core.serving import compat, fit, gpu, parsers, planner, runtime, vllm_env
-from vmm.core.store import locking, manifests, paths
-from vmm.core.errors import BusyError, IncompatibleError, UsageError, VmmError
+from vmm.core.serving import compat, fit, gpu, parsers, planner, vllm_env
+from vmm.core.errors import IncompatibleError, UsageError, VmmError
 
 # Methods vLLM applies at load time to an unquantized checkpoint (vLLM 0.33 docs: "online"
 # dynamic quantization); every other method needs a checkpoint already in that format.
 ONLINE_QUANTIZATION = ("fp8", "experts_int8", "ptpc_fp8")
-
-HINTS = (
-    ("CUDA out of memory", "lower --gpu-memory-utilization or --max-model-len, or plan more GPUs (--gpus)"),
-    ("out of memory", "lower --max-model-len or free memory"),
-    ("Address already in use", "the port is taken: pass another --port"),
-    ("are not supported for now", "vLLM cannot serve this architecture: run `vmm check NAME`"),
-    ("is not supported", "run `vmm check NAME` for vLLM compatibility"),
-    ("trust_remote_code", "the model needs custom code: add --trust-remote-code if you trust it"),
-)
-
 
 @dataclass
 class ServeRequest:
@@ -300,171 +276,3 @@ def _gguf_base_model(path: Path) -> str | None:
         return url.split("huggingface.co/", 1)[1].strip("/")
     org, name = meta.get("general.base_model.0.organization"), meta.get("general.base_model.0.name")
     return f"{org}/{name}" if isinstance(org, str) and isinstance(name, str) else None
-
-
-# ------------------------------------------------------------------ running
-
-def _hint(lines: list[str]) -> str | None:
-    text = "\n".join(lines)
-    for needle, hint in HINTS:
-        if needle in text:
-            return hint
-    return None
-
-
-class VllmExited(VmmError):
-    """vLLM ended before it was ready: vmm exits with vLLM's own code."""
-
-    def __init__(self, code: int, tail: list[str]) -> None:
-        self.exit_code = code if 0 < code < 256 else 1
-        super().__init__("vLLM exited during start-up", f"exit code {code}",
-                         _hint(tail) or "see vLLM's output above")
-
-
-def _take_lock(root: Path, dir_name: str) -> int:
-    path = paths.lock_path(root, dir_name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)      # the umask applies
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        holder = locking.read_lock_info(root, dir_name) or {}
-        raise BusyError("model is locked by another vmm process",
-                        f"{dir_name}: pid {holder.get('pid', '?')} ({holder.get('purpose', '?')})",
-                        "wait for the pull or rm to finish") from None
-    return fd
-
-
-def _ready(base: str, served: str, child: subprocess.Popen, timeout_s: float, on_wait) -> None:
-    deadline = time.monotonic() + timeout_s
-    last_note = 0.0
-    while time.monotonic() < deadline:
-        if child.poll() is not None:
-            return
-        try:
-            with urllib.request.urlopen(f"{base}/health", timeout=5) as response:
-                if response.status == 200:
-                    break
-        except (OSError, urllib.error.URLError):
-            pass
-        if on_wait and time.monotonic() - last_note > 10:
-            on_wait(f"waiting for {base}/health")
-            last_note = time.monotonic()
-        time.sleep(0.5)
-    else:
-        raise IncompatibleError("vLLM did not become healthy in time", base, "see its output; raise --ready-timeout")
-    # /health can answer while the engine cannot run a request (on CPU, an unsupported head
-    # size dies on the first one): one real 1-token completion before saying "ready".
-    body = json.dumps({"model": served, "prompt": "ready?", "max_tokens": 1}).encode()
-    request = urllib.request.Request(f"{base}/v1/completions", data=body,
-                                     headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=max(30.0, deadline - time.monotonic())) as response:
-            if response.status != 200:
-                raise IncompatibleError("vLLM is up but a first request failed", f"HTTP {response.status}",
-                                        "see vLLM's output above")
-    except urllib.error.HTTPError as exc:
-        raise IncompatibleError("vLLM is up but a first request failed", f"HTTP {exc.code}",
-                                "see vLLM's output above") from None
-    except (OSError, urllib.error.URLError) as exc:
-        if child.poll() is not None:
-            return
-        raise IncompatibleError("vLLM is up but a first request failed", str(exc), "see vLLM's output above") from None
-
-
-def run(cmd: ServeCommand, req: ServeRequest, root: Path, detach: bool = False, ready_timeout_s: float = 900,
-        on_wait=None, on_ready=None) -> int:
-    """Start vLLM, wait until it answers a real request, then (attached) wait for it to end and
-    return its exit code, forwarding SIGINT/SIGTERM; (detached) return 0 once ready."""
-    install = vllm_env.require_vllm()
-    argv = [install.executable, *cmd.argv[1:]]
-    env = {**os.environ, **cmd.env}
-    lock_fd = _take_lock(root, req.model_dir.name)
-    log_path = None
-    tail: deque[str] = deque(maxlen=40)
-    try:
-        if detach:
-            log_path = runtime.logs_dir(root) / f"{req.model_dir.name}-{cmd.port}.log"
-            log_path.parent.mkdir(parents=True, exist_ok=True)
-            out = open(log_path, "ab")
-            child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                     env=env, start_new_session=True, pass_fds=(lock_fd,))
-            out.close()
-        else:
-            child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                                     pass_fds=(lock_fd,))
-    except OSError as exc:
-        os.close(lock_fd)
-        raise IncompatibleError("cannot start vllm", install.executable, exc.strerror or str(exc)) from exc
-    os.close(lock_fd)      # the child holds the shared lock now, for as long as it runs
-
-    pump = None
-    if not detach:
-        def copy_output() -> None:
-            for raw in iter(child.stdout.readline, b""):
-                line = raw.decode("utf-8", "replace")
-                tail.append(line.rstrip("\n"))
-                sys.stderr.write(line)
-                sys.stderr.flush()
-        pump = threading.Thread(target=copy_output, daemon=True)
-        pump.start()
-
-    signals = {"count": 0}
-
-    def forward(signum, _frame) -> None:
-        signals["count"] += 1
-        sig = signum if signals["count"] == 1 else signal.SIGKILL
-        try:
-            os.killpg(child.pid, sig)
-        except ProcessLookupError:
-            pass
-
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
-    record = runtime.record_for(req.name, req.model_dir, child.pid, req.host, cmd.port, argv, log_path, detach,
-                                cmd.gpu_ids, cmd.gpu_bytes)
-    base = record.url
-    try:
-        runtime.register(root, record)
-        _ready(base, req.served_name, child, ready_timeout_s, on_wait)
-        if child.poll() is not None:
-            if pump:
-                pump.join(timeout=5)
-            elif log_path:
-                tail.extend(runtime.tail_lines(log_path, 40))
-            raise VllmExited(child.returncode, list(tail))
-        manifests.touch_usage(req.model_dir, "serve")
-        if on_ready:
-            on_ready(base)
-        if detach:
-            return 0
-        code = child.wait()
-        if pump:
-            pump.join(timeout=5)
-        if code and signals["count"] == 0:
-            hint = _hint(list(tail))
-            if hint:
-                sys.stderr.write(f"hint: {hint}\n")
-        return code if code >= 0 else 128 - code
-    except BaseException:
-        _stop_child(child)       # never leave a half-started vLLM behind
-        raise
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-        if not detach or child.poll() is not None:
-            runtime.unregister(root, record.id)
-
-
-def _stop_child(child: subprocess.Popen) -> None:
-    if child.poll() is not None:
-        return
-    try:
-        os.killpg(child.pid, signal.SIGTERM)
-        child.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(child.pid, signal.SIGKILL)
-        child.wait()
-    except ProcessLookupError:
-        pass

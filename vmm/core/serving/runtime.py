@@ -9,7 +9,6 @@ unrelated process after a crash is recognised as dead, and its record is cleaned
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -21,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from vmm.core import settings
-from vmm.core import fsutil
+from vmm.core import fsutil, jsonfile
 from vmm.core.errors import NotFoundError, UsageError
 from vmm.core.serving.metrics import scrape
 
@@ -134,7 +133,7 @@ def list_records(root: Path) -> list[RuntimeRecord]:
         return []
     for path in paths:
         try:
-            doc = json.loads(path.read_text())
+            doc = jsonfile.loads(path.read_bytes())
             records.append(RuntimeRecord(**{k: v for k, v in doc.items()
                                             if k in RuntimeRecord.__dataclass_fields__}))
         except (OSError, ValueError, TypeError):
@@ -347,3 +346,26 @@ def tail_lines(path: Path, lines: int) -> list[str]:
             data = handle.read(step) + data
     text = data.decode("utf-8", "replace").splitlines()
     return text[-lines:] if lines > 0 else []
+
+
+def follow(path: Path, lines: int = 100, stop=None, poll_s: float = 0.2):
+    """The last ``lines`` lines of a log, then every line appended to it, as they come
+    (``vmm logs --follow``). Ends when ``stop()`` returns true (checked while idle), else
+    runs until the caller stops iterating; a line still being written is held back until its
+    newline arrives. :class:`NotFoundError` when the file is gone."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)     # before the tail: nothing appended meanwhile is lost
+            yield from tail_lines(path, lines)
+            pending = b""
+            while stop is None or not stop():
+                chunk = handle.readline()
+                if not chunk:
+                    time.sleep(poll_s)
+                    continue
+                pending += chunk
+                if pending.endswith(b"\n"):
+                    yield pending[:-1].decode("utf-8", "replace")
+                    pending = b""
+    except FileNotFoundError:
+        raise NotFoundError("log file is gone", str(path), "the server's state dir was cleaned") from None

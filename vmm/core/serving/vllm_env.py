@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from vmm.core import settings
 from vmm.core.errors import IncompatibleError, VllmMissingError
 
 INSTALL_HINT = "pip install 'vmm[vllm]' (or scripts/vllm-cpu-env for the CPU build), then put `vllm` on PATH"
@@ -86,7 +87,7 @@ def find_vllm() -> VllmInstall | None:
     found = _probe(python) if python else {}
     dist = "vllm-cpu" if "vllm-cpu" in found else ("vllm" if "vllm" in found else None)
     raw = found.get(dist) if dist else None
-    is_cpu = dist == "vllm-cpu" or bool(raw and "cpu" in raw) or os.environ.get("VLLM_TARGET_DEVICE") == "cpu"
+    is_cpu = dist == "vllm-cpu" or bool(raw and "cpu" in raw) or settings.vllm_target_device() == "cpu"
     version = raw.split("+", 1)[0] if raw else None
     return VllmInstall(exe, python, version, dist, is_cpu)
 
@@ -154,7 +155,7 @@ def serve_arg_errors(argvs: list[list[str]], vllm_python: str | None = None,
         if len(words) >= 2 and Path(words[0]).name == "vllm" and words[1] == "serve":
             words = words[2:]
         stripped.append(words)
-    env = {**os.environ, "VLLM_NO_USAGE_STATS": "1"}
+    env = settings.child_environment({"VLLM_NO_USAGE_STATS": "1"})
     try:
         proc = subprocess.run([python, "-c", _VALIDATE, json.dumps(stripped)], capture_output=True,
                               text=True, timeout=timeout_s, env=env)

@@ -11,7 +11,6 @@ is apart from the model lock, so a serve holding the model's shared lock still r
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import threading
 import time
@@ -21,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vmm.core import jsonfile
 from vmm.core.errors import IntegrityError
 from vmm.core.fsutil import FILE_MODE, atomic_write_json
 from vmm.core.store.paths import manifest_lock_path, manifest_path
@@ -103,7 +103,7 @@ def read_manifest(model_dir: Path) -> Manifest | None:
     except OSError as exc:
         raise IntegrityError("cannot read manifest", str(path), exc.strerror or str(exc)) from exc
     try:
-        return Manifest.from_json(json.loads(raw))
+        return Manifest.from_json(jsonfile.loads(raw))
     except (ValueError, TypeError, AttributeError) as exc:
         raise IntegrityError(
             "corrupt manifest", str(path), "run `vmm pull` again to rewrite it, or delete it"
