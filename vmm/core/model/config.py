@@ -131,7 +131,8 @@ def kv_cache_bytes_per_token(cfg: ModelConfig, tp: int = 1, kv_dtype: str | None
 
     Standard attention: 2 (K and V) x layers x max(1, kv_heads // tp) x head_dim x dtype bytes.
     MLA (DeepSeek V2/V3): (kv_lora_rank + qk_rope_head_dim) x layers x dtype bytes, not split
-    by TP (vLLM's MLA cache is replicated). Source: vLLM 0.33 cache spec / FIELD-NOTES.md.
+    by TP (vLLM's MLA cache is replicated). Source: vllm/v1/kv_cache_interface.py
+    (``AttentionSpec``, ``MLAAttentionSpec``), vLLM 0.32.0.
     """
     layers = cfg.num_hidden_layers
     if not layers:
@@ -374,7 +375,7 @@ def read_model_config(model_path: Path) -> ModelConfig:
 
 
 def get_model_config(model_path: Path) -> dict[str, Any]:
-    """SPEC.md's core function: the config fields as a plain dict."""
+    """The original design's core function (docs/architecture.md): the config fields as a plain dict."""
     return dataclasses.asdict(read_model_config(Path(model_path)))
 
 

@@ -326,7 +326,7 @@ class SetupResult:
 
 
 def setup_chat_template(model_path: Path, model_name: str | None = None) -> SetupResult:
-    """SPEC.md's core function: give a model without a template of its own its family's.
+    """The original design's core function (docs/architecture.md): give a model without a template of its own its family's.
 
     A model's own template (chat_template.jinja, tokenizer_config.json, GGUF metadata) is
     kept untouched. Otherwise the family template is written to ``chat_template.jinja``
@@ -363,7 +363,7 @@ def operator_template(model_path: Path) -> str | None:
 def after_pull(model_path: Path, model_name: str, operator_text: str | None) -> SetupResult:
     """Pull's last step, under the model lock: keep the operator's ``--set`` template (the
     freshly pulled original goes to ``.vmm/``), then give a model without a template of its
-    own its family's (SPEC.md: pull sets up the chat template)."""
+    own its family's (the design's download lifecycle: pull sets up the chat template)."""
     target = model_path / CHAT_TEMPLATE_FILE
     if operator_text is not None:
         try:
