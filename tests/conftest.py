@@ -87,3 +87,16 @@ def root(tmp_path, monkeypatch) -> Path:
     path.mkdir()
     monkeypatch.setenv("VMM_ROOT", str(path))
     return path
+
+
+@pytest.fixture
+def hub(monkeypatch):
+    """The local Hub (tests/hubserver.py) as HF_ENDPOINT, with fast retries for fault tests."""
+    from hubserver import HubServer
+
+    from vmm.core.hub import transfer
+
+    with HubServer() as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        monkeypatch.setattr(transfer, "BACKOFF_BASE_S", 0.01)
+        yield server

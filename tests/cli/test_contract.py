@@ -12,7 +12,6 @@ import pytest
 
 import builders as b
 from conftest import REPO, run_vmm
-from hubserver import HubServer
 
 DOC = (REPO / "docs" / "contract.md").read_text()
 
@@ -67,11 +66,9 @@ def test_documented_keys_are_in_the_output(model, command, args):
     assert not missing, f"docs/contract.md lists {sorted(missing)} for {command}, the output lacks them"
 
 
-def test_documented_pull_keys_are_in_the_output(root, monkeypatch):
-    with HubServer() as server:
-        monkeypatch.setenv("HF_ENDPOINT", server.url)
-        server.add_repo("org/tiny", {"config.json": b'{"model_type": "llama"}', "model.safetensors": b"x" * 1000})
-        run = run_vmm("pull", "org/tiny", "--json")
+def test_documented_pull_keys_are_in_the_output(root, hub):
+    hub.add_repo("org/tiny", {"config.json": b'{"model_type": "llama"}', "model.safetensors": b"x" * 1000})
+    run = run_vmm("pull", "org/tiny", "--json")
     assert run.exit_code == 0, run.stderr
     missing = contract_keys("pull") - set(run.json())
     assert not missing, missing

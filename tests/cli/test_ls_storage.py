@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import time
 
-import pytest
 from conftest import assert_error_line, run_vmm
 from hubserver import HubServer
 from storage_helpers import COMMIT, blob, make_model
@@ -78,13 +77,6 @@ def test_ls_shows_pins(root):
 
 
 # --------------------------------------------------------------------------- --updates
-
-@pytest.fixture
-def hub(monkeypatch):
-    with HubServer() as server:
-        monkeypatch.setenv("HF_ENDPOINT", server.url)
-        yield server
-
 
 def _managed_at(root, repo, commit):
     model = make_model(root, repo, {"w.bin": b"x"})

@@ -6,7 +6,6 @@ import json
 
 import pytest
 from conftest import assert_error_line, run_vmm
-from hubserver import HubServer
 
 from vmm.core.hub import client, pull
 
@@ -40,11 +39,10 @@ MALFORMED = {
 
 
 @pytest.fixture
-def hub(monkeypatch):
-    with HubServer() as server:
-        monkeypatch.setenv("HF_ENDPOINT", server.url)
-        server.add_repo("org/tiny", FILES)
-        yield server
+def hub(hub):
+    """The shared local Hub (conftest.py) holding one small repo."""
+    hub.add_repo("org/tiny", FILES)
+    return hub
 
 
 @pytest.mark.parametrize("shape", sorted(MALFORMED))

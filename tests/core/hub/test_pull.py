@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, assert_error_line, run_vmm
-from hubserver import HubServer
 
 from vmm.core.hub import partial, transfer
 from vmm.core.store import local, locking, manifests
@@ -40,14 +39,6 @@ BASE_FILES = {
     "pytorch_model.bin": _rand(50_000, 3),
     "original/consolidated.00.pth": _rand(40_000, 4),
 }
-
-
-@pytest.fixture
-def hub(monkeypatch):
-    with HubServer() as server:
-        monkeypatch.setenv("HF_ENDPOINT", server.url)
-        monkeypatch.setattr(transfer, "BACKOFF_BASE_S", 0.01)
-        yield server
 
 
 def _files(root: Path, dir_name: str = "org--tiny", with_template: bool = False) -> dict[str, bytes]:

@@ -9,17 +9,9 @@ import pytest
 import builders as b
 import fakegpu
 from conftest import assert_error_line, run_vmm
-from hubserver import HubServer
 from vmm.core.hub import remote
 from vmm.core.model import formats
 from vmm.core.serving import gpu
-
-
-@pytest.fixture
-def hub(monkeypatch):
-    with HubServer() as server:
-        monkeypatch.setenv("HF_ENDPOINT", server.url)
-        yield server
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,7 @@ from pathlib import Path
 import pytest
 from builders import make_safetensors_model
 from conftest import run_vmm
-from hubserver import HubServer
 
-from vmm.core.hub import transfer
 from vmm.core.store import manifests
 
 SHARD1 = "model-00001-of-00002.safetensors"
@@ -32,14 +30,6 @@ def _tiny_repo(tmp_path: Path) -> dict[str, bytes]:
         raw[start:] = rng.randbytes(len(raw) - start)
         path.write_bytes(bytes(raw))
     return {p.name: p.read_bytes() for p in src.iterdir() if p.is_file()}
-
-
-@pytest.fixture
-def hub(monkeypatch):
-    with HubServer() as server:
-        monkeypatch.setenv("HF_ENDPOINT", server.url)
-        monkeypatch.setattr(transfer, "BACKOFF_BASE_S", 0.01)
-        yield server
 
 
 @pytest.fixture

@@ -6,12 +6,9 @@ import subprocess
 import sys
 import threading
 
-import pytest
 from conftest import REPO, run_vmm, run_vmm_subprocess
-from hubserver import HubServer
 from storage_helpers import blob, make_model
 
-from vmm.core.hub import transfer
 from vmm.core.store import manifests, paths
 
 # Usage bookkeeping exactly as `vmm inspect` and `vmm serve` do it, as fast as it can go,
@@ -27,14 +24,6 @@ while not stop.exists():
     n += 1
 print(n)
 """
-
-
-@pytest.fixture
-def hub(monkeypatch):
-    with HubServer() as server:
-        monkeypatch.setenv("HF_ENDPOINT", server.url)
-        monkeypatch.setattr(transfer, "BACKOFF_BASE_S", 0.01)
-        yield server
 
 
 def _revision(i: int) -> dict[str, bytes]:
