@@ -177,31 +177,10 @@ print("VMM-REGISTRY:" + json.dumps({
 def installed_registry(version: str, cache_dir: Path | None) -> Registry:
     """The installed vLLM's registry, from a subprocess (``import vllm`` is slow and noisy),
     cached per version in ``cache_dir``. :class:`RuntimeError` when the probe fails."""
-    cache = cache_dir / f"vllm-registry-{re.sub(r'[^A-Za-z0-9._+-]', '_', version)}.json" if cache_dir else None
-    doc = None
-    if cache is not None:
-        try:
-            doc = json.loads(cache.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            doc = None
-    if doc is None:
-        try:
-            proc = subprocess.run([vllm_python() or sys.executable, "-c", _PROBE], capture_output=True,
-                                  text=True, timeout=INSTALLED_PROBE_TIMEOUT_S)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise RuntimeError(f"reading the installed vLLM's registry failed: {exc}") from exc
-        line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("VMM-REGISTRY:")), None)
-        if proc.returncode != 0 or line is None:
-            tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-            raise RuntimeError(f"reading the installed vLLM's registry failed: {tail}")
-        doc = json.loads(line.removeprefix("VMM-REGISTRY:"))
-        if cache is not None:
-            try:
-                from vmm.core import fsutil
+    from vmm.core.serving import vllm_env
 
-                fsutil.atomic_write_json(cache, doc)
-            except OSError:
-                pass
+    doc = vllm_env.cached_probe(vllm_python() or sys.executable, _PROBE, "VMM-REGISTRY:", "registry", version,
+                                cache_dir, INSTALLED_PROBE_TIMEOUT_S)
     return Registry(version=version, source=f"installed vllm {version}",
                     architectures={a: "registered" for a in doc["architectures"]},
                     previously_supported=dict(doc.get("previously_supported", {})),

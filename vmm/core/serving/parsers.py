@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
@@ -36,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from vmm.core.errors import UsageError
+from vmm.core.serving import vllm_env
 
 PROBE_TIMEOUT_S = 120
 NONE = "none"                     # the operator's "no parser" value
@@ -102,31 +102,8 @@ print("VMM-PARSERS:" + json.dumps({
 
 def installed_registry(python: str, version: str, cache_dir: Path | None) -> ParserRegistry:
     """The installed vLLM's parser names (subprocess; cached per version). RuntimeError on failure."""
-    safe = re.sub(r"[^A-Za-z0-9._+-]", "_", version)
-    cache = cache_dir / f"vllm-parsers-{safe}.json" if cache_dir else None
-    doc = None
-    if cache is not None:
-        try:
-            doc = json.loads(cache.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            doc = None
-    if not isinstance(doc, dict) or not isinstance(doc.get("tool_parsers"), list):
-        try:
-            proc = subprocess.run([python, "-c", _PROBE], capture_output=True, text=True, timeout=PROBE_TIMEOUT_S)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise RuntimeError(f"reading the installed vLLM's parsers failed: {exc}") from exc
-        line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("VMM-PARSERS:")), None)
-        if proc.returncode != 0 or line is None:
-            tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-            raise RuntimeError(f"reading the installed vLLM's parsers failed: {tail}")
-        doc = json.loads(line.removeprefix("VMM-PARSERS:"))
-        if cache is not None:
-            try:
-                from vmm.core import fsutil
-
-                fsutil.atomic_write_json(cache, doc)
-            except OSError:
-                pass
+    doc = vllm_env.cached_probe(python, _PROBE, "VMM-PARSERS:", "parsers", version, cache_dir, PROBE_TIMEOUT_S,
+                                valid=lambda d: isinstance(d, dict) and isinstance(d.get("tool_parsers"), list))
     return ParserRegistry(version, f"installed vllm {version}", list(doc["tool_parsers"]),
                           list(doc["reasoning_parsers"]))
 

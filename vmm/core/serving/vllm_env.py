@@ -183,3 +183,40 @@ def validate_serve_args(argv: list[str], vllm_python: str | None = None, timeout
             f"vLLM{' ' + version if version else ''} refuses the serve arguments", error,
             "a flag may have been renamed in this vLLM version; check `vllm serve --help`",
         )
+
+
+def cached_probe(python: str, code: str, marker: str, what: str, version: str, cache_dir: Path | None,
+                 timeout_s: float, valid=lambda doc: isinstance(doc, dict)) -> dict:
+    """Run ``code`` in the installed vLLM's Python and parse the JSON it prints after ``marker``
+    on one line; cached per vLLM version as ``<cache_dir>/vllm-<what>-<version>.json`` (vLLM's
+    import costs seconds). :class:`RuntimeError` naming ``what`` when the probe fails."""
+    import re
+
+    safe = re.sub(r"[^A-Za-z0-9._+-]", "_", version)
+    cache = cache_dir / f"vllm-{what}-{safe}.json" if cache_dir else None
+    if cache is not None:
+        try:
+            doc = json.loads(cache.read_text(encoding="utf-8"))
+            if valid(doc):
+                return doc
+        except (OSError, ValueError):
+            pass
+    try:
+        proc = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=timeout_s)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise RuntimeError(f"reading the installed vLLM's {what} failed: {exc}") from exc
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith(marker)), None)
+    if proc.returncode != 0 or line is None:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"reading the installed vLLM's {what} failed: {tail}")
+    doc = json.loads(line.removeprefix(marker))
+    if not valid(doc):
+        raise RuntimeError(f"reading the installed vLLM's {what} failed: unexpected answer")
+    if cache is not None:
+        from vmm.core import fsutil
+
+        try:
+            fsutil.atomic_write_json(cache, doc)
+        except OSError:
+            pass
+    return doc
