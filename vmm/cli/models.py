@@ -282,7 +282,9 @@ def check_cmd(
     if json_out:
         render.emit_json(report.contract() | {"name": report.name, "path": report.path,
                                                "vllm_version": report.vllm_version,
-                                               "exit_code": report.exit_code})
+                                               "exit_code": report.exit_code,
+                                               "manifest_digest": report.manifest_digest,
+                                               "commit": report.commit})
     else:
         render.table(None, ["CHECK", "STATUS", "DETAIL"],
                      [[c.name, c.status.upper() if c.status != "pass" else "pass", c.detail] for c in report.checks])

@@ -33,7 +33,10 @@ def serve_cmd(
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Let vLLM run the model's custom code.")] = False,
     enforce_eager: Annotated[bool, typer.Option("--enforce-eager", help="No CUDA graphs (less memory, slower decode).")] = False,
     detach: Annotated[bool, typer.Option("--detach", help="Return once vLLM is ready; logs go to `vmm logs NAME`.")] = False,
-    emit: Annotated[Optional[str], typer.Option("--emit", help="Print a `docker run` or a systemd unit for the same plan instead of starting.", metavar="docker|systemd")] = None,
+    emit: Annotated[Optional[str], typer.Option("--emit", help="Print a `docker run`, a systemd unit or Kubernetes manifests for the same plan instead of starting (kubernetes-pull: the Job that fills the models volume).", metavar="docker|systemd|kubernetes|kubernetes-pull")] = None,
+    k8s_volume: Annotated[str, typer.Option("--k8s-volume", help="Kubernetes: the models root is a PersistentVolumeClaim (pvc) or the node's own directory (hostpath).", metavar="pvc|hostpath")] = "pvc",
+    k8s_claim: Annotated[str, typer.Option("--k8s-claim", help="Kubernetes: the PersistentVolumeClaim holding the models root.")] = "vmm-models",
+    k8s_vmm_image: Annotated[str, typer.Option("--k8s-vmm-image", help="Kubernetes: image running `vmm check` before vLLM starts and `vmm pull` in the Job (pip-installs vmm when it lacks it).")] = "python:3.12-slim",
     tool_parser: Annotated[Optional[str], typer.Option("--tool-parser", help="vLLM tool-call parser (--enable-auto-tool-choice --tool-call-parser NAME), or none; default: chosen from the model.", metavar="NAME|none")] = None,
     reasoning_parser: Annotated[Optional[str], typer.Option("--reasoning-parser", help="vLLM reasoning parser, or none; default: chosen from the model.", metavar="NAME|none")] = None,
     force: Annotated[bool, typer.Option("--force", help="Serve even a model the target vLLM cannot serve (a warning instead of exit 6).")] = False,
@@ -59,10 +62,10 @@ def serve_cmd(
         from vmm.core.errors import UsageError
 
         raise UsageError("unknown --device", device, "use auto, cuda or cpu")
-    if emit not in (None, "docker", "systemd"):
+    if emit not in (None, "docker", "systemd", "kubernetes", "kubernetes-pull"):
         from vmm.core.errors import UsageError
 
-        raise UsageError("unknown --emit", emit, "use docker or systemd")
+        raise UsageError("unknown --emit", emit, "use docker, systemd, kubernetes or kubernetes-pull")
     base = root_of(root)
     model = fit.resolve_target(name, base, allow_hub=dry_run and emit is None)
     quant = model.quant
@@ -75,7 +78,7 @@ def serve_cmd(
                                     kv_cache_dtype, enforce_eager),
         passthrough=list(ctx.args), gpu_ids=fit.parse_gpu_ids(gpu_ids), root=base, remote=model.remote,
         tool_parser=tool_parser, reasoning_parser=reasoning_parser, force=force,
-        cache_dir=settings.state_dir(base) / "cache")
+        cache_dir=settings.state_dir(base) / "cache", on_this_host=emit not in ("kubernetes", "kubernetes-pull"))
     cmd = launcher.build(req, install)
     for line in cmd.warnings:
         render.note(f"warning: {line}")
@@ -86,6 +89,15 @@ def serve_cmd(
     if emit == "systemd":
         sys.stdout.write(deploy.emit_systemd(cmd.argv, model.name, base, install.executable if install else None,
                                               env=cmd.env))
+        return
+    if emit in ("kubernetes", "kubernetes-pull"):
+        from vmm.core.serving import kubernetes
+
+        plan = kubernetes.plan_from(cmd, name, model.name, model.model_dir, base, nodes,
+                                    install.version if install else None)
+        opts = kubernetes.K8sOptions(volume=k8s_volume, claim=k8s_claim, vmm_image=k8s_vmm_image)
+        emitter = kubernetes.emit_kubernetes if emit == "kubernetes" else kubernetes.emit_kubernetes_pull
+        sys.stdout.write(emitter(plan, opts))
         return
     if dry_run:
         if json_out:

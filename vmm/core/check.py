@@ -23,6 +23,7 @@ from pathlib import Path
 from vmm.core.model import config as config_mod
 from vmm.core.model import formats, templates
 from vmm.core import hashing
+from vmm.core.serving import multinode
 from vmm.core.store import local, manifests
 from vmm.core.errors import IncompatibleError, IntegrityError, NotFoundError, UsageError, VmmError
 
@@ -49,6 +50,10 @@ class CheckReport:
     managed: bool = False
     vllm_version: str | None = None
     fast: bool = False
+    # Comparable across hosts (multi-node preflight): equal digests + a passing integrity
+    # check = the same files; see vmm.core.serving.multinode.manifest_digest.
+    manifest_digest: str | None = None
+    commit: str | None = None
 
     def contract(self) -> dict:
         return {"ok": self.ok, "checks": [{"name": c.name, "status": c.status, "detail": c.detail}
@@ -367,4 +372,6 @@ def check_model(model: local.LocalModel, quant: str | None = None, fast: bool = 
     exit_code = IntegrityError.exit_code if IntegrityError.exit_code in codes else \
         IncompatibleError.exit_code if codes else 0
     return CheckReport(name=model.name, path=str(path), ok=not codes, checks=checks, exit_code=exit_code,
-                       managed=model.manifest is not None, vllm_version=version, fast=fast)
+                       managed=model.manifest is not None, vllm_version=version, fast=fast,
+                       manifest_digest=multinode.manifest_digest(model.manifest),
+                       commit=model.manifest.commit if model.manifest else None)

@@ -29,7 +29,11 @@ ENVIRONMENT: dict[str, str] = {
     "VLLM_TARGET_DEVICE": "cpu: take the vLLM on PATH for a CPU build (vLLM itself then picks its CPU platform)",
     "NO_COLOR": "disables colour in tables and progress (read by rich)",
     "COLUMNS": "table width; unset, piped output is not cut (one row per line)",
+    "NCCL_SOCKET_IFNAME": "multi-node plans: NCCL's network interface, shown and passed on (same on every node)",
+    "GLOO_SOCKET_IFNAME": "multi-node plans: Gloo's network interface, shown and passed on (same on every node)",
 }
+
+MULTINODE_ENV = ("NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME")
 
 _TRUE = {"1", "true", "yes", "on"}
 
@@ -47,6 +51,11 @@ def models_root(cli_root: str | os.PathLike[str] | None = None) -> Path:
 def state_dir(root: Path) -> Path:
     raw = os.environ.get("VMM_STATE_DIR")
     return Path(raw).expanduser().absolute() if raw else root / ".vmm"
+
+
+def multinode_env() -> dict[str, str | None]:
+    """The interface variables a multi-node plan needs equal on every node (None: unset)."""
+    return {key: os.environ.get(key) or None for key in MULTINODE_ENV}
 
 
 def debug() -> bool:

@@ -201,3 +201,6 @@ def serve_plan(cmd) -> None:
         sys.stdout.write(f"note: {line}\n")
     for line in cmd.ray_commands:
         sys.stdout.write(f"ray: {line}\n")
+    if getattr(cmd, "identical", None) is not None:
+        for line in cmd.identical.lines():
+            sys.stdout.write(f"same on every node: {line}\n")

@@ -1,20 +1,18 @@
-"""ps / stop / logs and deployment output, against real processes vmm did not fake itself."""
+"""ps / stop / logs, against real processes vmm did not fake itself."""
 
 from __future__ import annotations
 
 import os
-import shlex
 import signal
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import pytest
 
 from conftest import assert_error_line, run_vmm
 from vmm.core.errors import NotFoundError
-from vmm.core.serving import deploy, metrics, runtime
+from vmm.core.serving import metrics, runtime
 
 # A stand-in for a vLLM server's /metrics: counters grow by 50 tokens per second.
 METRICS_SERVER = r'''
@@ -187,43 +185,6 @@ def test_prometheus_parser_sums_label_sets_and_skips_garbage():
 def test_v0_kv_cache_metric_name_is_understood():
     picked = metrics.pick_metrics(metrics.parse_prometheus("vllm:gpu_cache_usage_perc 0.5\n"))
     assert picked["kv_cache_usage"] == 0.5
-
-
-ARGV = ["vllm", "serve", "/models/org--m", "--served-model-name", "org/m", "--host", "127.0.0.1",
-        "--port", "8123", "--tensor-parallel-size", "2", "--chat-template", "/models/org--m/a b.jinja"]
-
-
-def test_emit_docker_runs_the_same_plan_in_the_official_image(monkeypatch):
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
-    text = deploy.emit_docker(ARGV, Path("/models"), Path("/models/org--m"), vllm_version="0.33.0")
-    words = shlex.split(text.replace("\\\n", " "))
-    assert words[:3] == ["docker", "run", "-d"]
-    assert words[words.index("-v") + 1] == "/models:/models:ro"
-    assert words[words.index("--gpus") + 1] == '"device=0,1"'
-    assert words[words.index("-p") + 1] == "8123:8123"
-    image = words.index("vllm/vllm-openai:v0.33.0")
-    rest = words[image + 1:]
-    assert rest[:2] == ["--model", "/models/org--m"]
-    assert rest[rest.index("--host") + 1] == "0.0.0.0"
-    assert rest[rest.index("--tensor-parallel-size") + 1] == "2"
-    assert rest[rest.index("--chat-template") + 1] == "/models/org--m/a b.jinja"
-
-
-def _systemd_words(value: str) -> list[str]:
-    # systemd's quoting for these simple cases matches POSIX shell double quotes.
-    return shlex.split(value.replace("%%", "%").replace("$$", "$"))
-
-
-def test_emit_systemd_unit_restarts_and_stops_gracefully():
-    text = deploy.emit_systemd(ARGV + ["--x", "50%"], "org/m", Path("/models"), vllm_path="/opt/v/bin/vllm")
-    lines = text.splitlines()
-    assert lines[0] == "[Unit]" and "[Service]" in lines and "[Install]" in lines
-    fields = dict(line.split("=", 1) for line in lines if "=" in line and not line.startswith("Environment"))
-    assert fields["Restart"] == "on-failure" and fields["KillSignal"] == "SIGTERM"
-    assert "50%%" in fields["ExecStart"]
-    words = _systemd_words(fields["ExecStart"])
-    assert words[0] == "/opt/v/bin/vllm" and words[1:] == ARGV[1:] + ["--x", "50%"]
-    assert "Environment=VLLM_NO_USAGE_STATS=1" in lines
 
 
 def test_follow_yields_the_tail_then_appended_lines_whole(tmp_path):

@@ -1,4 +1,5 @@
-"""The same serve plan as something to deploy: a `docker run` command or a systemd unit."""
+"""The same serve plan as something to deploy: a `docker run` command or a systemd unit
+(Kubernetes manifests: :mod:`vmm.core.serving.kubernetes`)."""
 
 from __future__ import annotations
 
@@ -11,14 +12,14 @@ from vmm.core.errors import UsageError
 DOCKER_IMAGE = "vllm/vllm-openai"
 
 
-def _split_serve_argv(argv: list[str]) -> tuple[str, list[str]]:
+def split_serve_argv(argv: list[str]) -> tuple[str, list[str]]:
     """``[vllm, serve, MODEL, flags...]`` -> (MODEL, flags)."""
     if len(argv) < 3 or Path(argv[0]).name != "vllm" or argv[1] != "serve":
         raise UsageError("not a `vllm serve` command", shlex.join(argv[:3]), "this is a bug in vmm")
     return argv[2], list(argv[3:])
 
 
-def _set_flag(flags: list[str], name: str, value: str) -> list[str]:
+def set_flag(flags: list[str], name: str, value: str) -> list[str]:
     out, i, done = [], 0, False
     while i < len(flags):
         if flags[i] == name and i + 1 < len(flags):
@@ -34,7 +35,7 @@ def _set_flag(flags: list[str], name: str, value: str) -> list[str]:
     return out if done else out + [name, value]
 
 
-def _flag_value(flags: list[str], name: str) -> str | None:
+def flag_value(flags: list[str], name: str) -> str | None:
     for i, flag in enumerate(flags):
         if flag == name and i + 1 < len(flags):
             return flags[i + 1]
@@ -52,12 +53,13 @@ def emit_docker(argv: list[str], root: Path, model_dir: Path, vllm_version: str 
     -m vllm.entrypoints.openai.api_server`` in older images, ``vllm serve`` in newer), and
     both take ``--model PATH``, so the model goes there rather than as a positional.
     """
-    model, flags = _split_serve_argv(argv)
-    port = _flag_value(flags, "--port") or "8000"
-    flags = _set_flag(flags, "--host", "0.0.0.0")
+    model, flags = split_serve_argv(argv)
+    port = flag_value(flags, "--port") or "8000"
+    flags = set_flag(flags, "--host", "0.0.0.0")
     tag = f"v{vllm_version}" if vllm_version else "latest"
     visible = settings.cuda_visible_devices()
     gpus = "all" if not visible else f'"device={visible}"'
+    environment = {"VLLM_NO_USAGE_STATS": "1", "HF_HUB_OFFLINE": "1", **(env or {})}
     lines = [
         "docker run -d",
         f"--name {shlex.quote(name or 'vmm-' + model_dir.name.lower())}",
@@ -66,10 +68,8 @@ def emit_docker(argv: list[str], root: Path, model_dir: Path, vllm_version: str 
         "--ipc=host",
         f"-p {port}:{port}",
         f"-v {shlex.quote(f'{root}:{root}:ro')}",
-        "-e VLLM_NO_USAGE_STATS=1",
-        "-e HF_HUB_OFFLINE=1",
     ]
-    for key, value in sorted((env or {}).items()):
+    for key, value in sorted(environment.items()):
         lines.append(f"-e {shlex.quote(f'{key}={value}')}")
     lines.append(f"{DOCKER_IMAGE}:{tag}")
     lines.append(f"--model {shlex.quote(model)}")

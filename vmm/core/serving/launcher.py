@@ -12,8 +12,11 @@ from typing import Any
 
 from vmm.core.model import config as config_mod
 from vmm.core.model import formats
-from vmm.core.serving import compat, fit, gpu, parsers, planner, vllm_env
+from vmm.core.serving import compat, fit, gpu, multinode, parsers, planner, vllm_env
+from vmm.core.store import manifests
 from vmm.core.errors import IncompatibleError, UsageError, VmmError
+
+DEFAULT_PORT = 8000
 
 # Methods vLLM applies at load time to an unquantized checkpoint (vLLM 0.33 docs: "online"
 # dynamic quantization); every other method needs a checkpoint already in that format.
@@ -39,6 +42,7 @@ class ServeRequest:
     gpu_ids: list[int] | None = None  # --gpu-ids: placement override
     root: Path | None = None          # whose runtime records say which GPUs and ports are taken
     remote: Any = None                # a hub.remote.RemoteModel: plan from the Hub (nothing local)
+    on_this_host: bool = True         # False (Kubernetes manifests): no GPU placement or port choice here
     tool_parser: str | None = None       # --tool-parser NAME|none (None: vmm chooses)
     reasoning_parser: str | None = None  # --reasoning-parser NAME|none (None: vmm chooses)
     force: bool = False                  # serve even what the target vLLM cannot serve
@@ -61,6 +65,7 @@ class ServeCommand:
     gpus: list[dict] = field(default_factory=list)   # the host's GPUs as placement saw them
     hub: dict | None = None             # plan made from the Hub: repo, commit, bytes read
     port: int = 8000
+    identical: multinode.NodeRequirements | None = None   # multi-node: what every node must share
 
     def document(self) -> dict:
         return {"source": "hub" if self.hub else "local", "hub": self.hub, "port": self.port,
@@ -83,7 +88,8 @@ class ServeCommand:
                 "format": self.fmt, "env": self.env, "notes": self.notes, "ray_commands": self.ray_commands,
                 "tool_call_parser": self.parsers.tool_call_parser if self.parsers else None,
                 "reasoning_parser": self.parsers.reasoning_parser if self.parsers else None,
-                "parsers": self.parsers.document() if self.parsers else None, "warnings": self.warnings}
+                "parsers": self.parsers.document() if self.parsers else None, "warnings": self.warnings,
+                "identical_on_every_node": self.identical.document() if self.identical else None}
 
 
 def hardware_for(req: ServeRequest, install: vllm_env.VllmInstall | None,
@@ -168,7 +174,7 @@ def build(req: ServeRequest, install: vllm_env.VllmInstall | None = None) -> Ser
     found: list[gpu.GpuInfo] = []
     hw = hardware_for(req, install, found)
     placement = None
-    if hw.device == "cuda" and hw.source == "detected" and hw.nodes == 1:
+    if hw.device == "cuda" and hw.source == "detected" and hw.nodes == 1 and req.on_this_host:
         if not weights.weight_bytes:
             planner.plan(cfg, weights.weight_bytes, hw, opts)     # its "cannot size" error
         placement = fit.place(cfg, weights.weight_bytes, found, req.root, opts, req.gpu_ids)
@@ -178,7 +184,8 @@ def build(req: ServeRequest, install: vllm_env.VllmInstall | None = None) -> Ser
             raise UsageError("--gpu-ids chooses among this host's GPUs", "with --gpus/--gpu-memory, --nodes or CPU",
                              "drop --gpu-ids, or plan for the local GPUs")
         plan = planner.plan(cfg, weights.weight_bytes, hw, opts)
-    port = req.port if req.port is not None else fit.choose_port(req.host, req.root)
+    port = req.port if req.port is not None else (
+        fit.choose_port(req.host, req.root) if req.on_this_host else DEFAULT_PORT)
     notes += plan.notes
     model_path = str(req.model_dir)
     if fmt == "gguf" and req.remote is not None:
@@ -234,7 +241,13 @@ def build(req: ServeRequest, install: vllm_env.VllmInstall | None = None) -> Ser
                *[f"ray start --address <this-node-ip>:6379   # on node {n + 1}"
                  for n in range(1, plan.pipeline_parallel_size)]]
     env = {"VLLM_NO_USAGE_STATS": "1", "HF_HUB_OFFLINE": "1"}
-    cmd = ServeCommand(argv, env, plan, model_path, fmt, notes, ray, choice, warnings, port=port)
+    identical = None
+    if plan.pipeline_parallel_size > 1 or req.nodes > 1:
+        identical = multinode.requirements(req.nodes, model_path, manifests.read_manifest(req.model_dir),
+                                           opts.vllm_version)
+        env.update({k: v for k, v in identical.env.items() if v})
+    cmd = ServeCommand(argv, env, plan, model_path, fmt, notes, ray, choice, warnings, port=port,
+                       identical=identical)
     if placement is not None:
         # nvidia-smi numbers GPUs in PCI bus order; CUDA's default order is "fastest first".
         env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
