@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import builders as b
-from vmm.core.model import formats
+from vmm.core.model import weights
 from vmm.core.store import manifests
 
 
@@ -21,7 +21,7 @@ def test_shards_and_index_agree(tmp_path):
     d = b.make_safetensors_model(tmp_path / "m", b.LLAMA3_8B_INSTRUCT, shards=4)
     index = json.loads((d / "model.safetensors.index.json").read_text())
     assert sorted(set(index["weight_map"].values())) == [f"model-0000{i}-of-00004.safetensors" for i in range(1, 5)]
-    assert formats.weight_summary(d).parameters == b.LLAMA3_8B_INSTRUCT_PARAMETERS
+    assert weights.weight_summary(d).parameters == b.LLAMA3_8B_INSTRUCT_PARAMETERS
     assert sum(f.stat().st_blocks for f in d.iterdir()) * 512 < 1 << 20      # sparse
 
 

@@ -6,12 +6,8 @@ venv's ``vllm`` first on PATH. Marked ``e2e``: the fast suite does not collect t
 
 from __future__ import annotations
 
-import glob
 import json
-import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,39 +21,23 @@ TESTS = HERE.parent
 sys.path.insert(0, str(TESTS))
 
 import builders  # noqa: E402
+from .lane import assert_group_gone, free_port, reaped, start_serve, vllm_python, vmm  # noqa: E402
 
 pytestmark = pytest.mark.e2e
 REPO_ID = "vmm-test/tiny-llama"
 
 
-def _vllm_python() -> str:
-    from vmm.core.serving import vllm_env
-
-    found = vllm_env.find_vllm()
-    if found is None or not found.python:
-        pytest.fail("no `vllm` on PATH: run this lane through scripts/test-e2e")
-    return found.python
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
-def vmm(*args, env=None, timeout=300, check=True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "vmm", *map(str, args)], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=timeout, stdin=subprocess.DEVNULL)
-    if check:
-        assert proc.returncode == 0, (args, proc.returncode, proc.stdout, proc.stderr[-3000:])
-    return proc
 
 
 @pytest.fixture(scope="module")
 def tiny_repo(tmp_path_factory) -> Path:
     """The tiny model, built by the vLLM venv's Python (it has `tokenizers`)."""
     out = tmp_path_factory.mktemp("repo") / "tiny"
-    subprocess.run([_vllm_python(), str(TESTS / "tinymodel.py"), str(out)], check=True,
+    subprocess.run([vllm_python(), str(TESTS / "tinymodel.py"), str(out)], check=True,
                    capture_output=True, timeout=120)
     return out
 
@@ -132,21 +112,12 @@ def _post(url: str, body: dict, timeout: float = 120):
     return urllib.request.urlopen(request, timeout=timeout)
 
 
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-        return True
-    except ProcessLookupError:
-        return False
 
 
 def test_serve_chat_stream_metrics_and_sigterm(env, pulled):
-    before = set(glob.glob("/tmp/vllm_dist_*"))
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "vmm", "serve", REPO_ID, "--device", "cpu", "--port", str(port),
-                             "--max-model-len", "256"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, **env}, start_new_session=True)
-    try:
+    port = free_port()
+    proc = start_serve(REPO_ID, env, port, "--max-model-len", "256")
+    with reaped(proc):
         line = proc.stdout.readline()     # vmm prints the URL once vLLM answered a real request
         assert proc.poll() is None, proc.stderr.read()[-4000:]
         base = line.strip()
@@ -189,32 +160,17 @@ def test_serve_chat_stream_metrics_and_sigterm(env, pulled):
 
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0, proc.stderr.read()[-4000:]
-        deadline = time.monotonic() + 20
-        while _group_alive(proc.pid) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert not _group_alive(proc.pid), "vLLM processes were left running"
-    finally:
-        if proc.poll() is None or _group_alive(proc.pid):
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait(timeout=30)
-        for path in set(glob.glob("/tmp/vllm_dist_*")) - before:
-            shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.unlink(path)
+        assert_group_gone(proc)
 
 
 @pytest.mark.parametrize("phase", ["loading", "health"])
 def test_sigterm_during_start_up_is_a_stop_not_a_failure(env, pulled, phase):
     """SIGTERM while vLLM loads, or once /health answers but before vmm says ready: vmm exits
     with vLLM's own code (no `error:` line, never 6) and leaves no vLLM process behind."""
-    before = set(glob.glob("/tmp/vllm_dist_*"))
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "vmm", "serve", REPO_ID, "--device", "cpu", "--port", str(port),
-                             "--max-model-len", "256"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, **env}, start_new_session=True)
+    port = free_port()
+    proc = start_serve(REPO_ID, env, port, "--max-model-len", "256")
     seen: list[str] = []
-    try:
+    with reaped(proc):
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
             line = proc.stderr.readline()
@@ -229,16 +185,4 @@ def test_sigterm_during_start_up_is_a_stop_not_a_failure(env, pulled, phase):
         seen += err.splitlines()
         assert not [ln for ln in seen if ln.startswith("error:")], seen[-20:]
         assert proc.returncode not in (1, 6), (proc.returncode, seen[-20:])
-        deadline = time.monotonic() + 20
-        while _group_alive(proc.pid) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert not _group_alive(proc.pid), "vLLM processes were left running"
-    finally:
-        if proc.poll() is None or _group_alive(proc.pid):
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait(timeout=30)
-        for path in set(glob.glob("/tmp/vllm_dist_*")) - before:
-            shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.unlink(path)
+        assert_group_gone(proc)

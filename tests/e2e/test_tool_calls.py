@@ -10,12 +10,9 @@ asserts status codes and the response's shape, never a parsed tool call.
 
 from __future__ import annotations
 
-import glob
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import urllib.error
@@ -29,6 +26,7 @@ TESTS = HERE.parent
 sys.path.insert(0, str(TESTS))
 
 import tinymodel  # noqa: E402
+from .lane import free_port, reaped, start_serve, vllm_python, vmm  # noqa: E402
 
 pytestmark = pytest.mark.e2e
 REPO_ID = "vmm-test/tiny-tools"
@@ -37,32 +35,16 @@ TOOLS = [{"type": "function", "function": {
     "parameters": {"type": "object", "properties": {"location": {"type": "string"}}, "required": ["location"]}}}]
 
 
-def _vllm_python() -> str:
-    from vmm.core.serving import vllm_env
-
-    found = vllm_env.find_vllm()
-    if found is None or not found.python:
-        pytest.fail("no `vllm` on PATH: run this lane through scripts/test-e2e")
-    return found.python
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
-def vmm(*args, env=None, timeout=300) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "vmm", *map(str, args)], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=timeout, stdin=subprocess.DEVNULL)
-    assert proc.returncode == 0, (args, proc.returncode, proc.stdout, proc.stderr[-3000:])
-    return proc
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     repo = tmp_path_factory.mktemp("repo") / "tiny-tools"
-    subprocess.run([_vllm_python(), str(TESTS / "tinymodel.py"), str(repo), "--template",
+    subprocess.run([vllm_python(), str(TESTS / "tinymodel.py"), str(repo), "--template",
                     str(tinymodel.TOOLS_TEMPLATE)], check=True, capture_output=True, timeout=120)
     hub = subprocess.Popen([sys.executable, str(TESTS / "hubserver.py"), "--repo", f"{REPO_ID}={repo}",
                             "--port", "0"], stdout=subprocess.PIPE, text=True)
@@ -90,24 +72,19 @@ def _chat_with_tools(base: str, served: str) -> tuple[int, dict]:
 
 
 def _serve_and_ask(env: dict, *extra: str) -> tuple[int, dict]:
-    before = set(glob.glob("/tmp/vllm_dist_*"))
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "vmm", "serve", REPO_ID, "--device", "cpu", "--port", str(port),
-                             "--max-model-len", "4096", *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, **env}, start_new_session=True)
-    try:
+    port = free_port()
+    proc = start_serve(REPO_ID, env, port, "--max-model-len", "4096", *extra)
+    with reaped(proc):
         line = proc.stdout.readline()     # the URL, once vLLM answered a real request
         assert proc.poll() is None, proc.stderr.read()[-4000:]
-        return _chat_with_tools(line.strip(), REPO_ID)
-    finally:
         try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=60)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
-        for path in set(glob.glob("/tmp/vllm_dist_*")) - before:
-            shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.unlink(path)
+            return _chat_with_tools(line.strip(), REPO_ID)
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)  # a graceful stop first; reaped() kills what is left
+                proc.wait(timeout=60)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                pass
 
 
 def test_plan_and_check_choose_hermes_from_the_installed_vllm(env):

@@ -8,6 +8,7 @@ of line with exit 2. ``VMM_DEBUG=1`` shows the traceback of unexpected errors.
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -94,6 +95,25 @@ class ExitQuietly(Exception):
     def __init__(self, code: int) -> None:
         super().__init__(code)
         self.code = code
+
+
+@contextmanager
+def sigterm_interrupts():
+    """SIGTERM ends the command like Ctrl-C (exit 130, resumable state kept)."""
+    import signal
+
+    def _term(_signum, _frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, _term)
+    except ValueError:  # not the main thread (embedding)
+        previous = None
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _usage_line(exc: Exception) -> str:

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from vmm.cli.app import JsonOpt, NameArg, RootOpt, app, root_of
+from vmm.cli.app import JsonOpt, NameArg, RootOpt, app, root_of, sigterm_interrupts
 
 
 @app.command()
@@ -37,8 +37,6 @@ def pull(
 
     On a host with GPUs, a model that will not fit them is pulled with a warning (--fit refuses it).
     """
-    import signal
-
     from vmm import render
     from vmm.core.hub import pull
     from vmm.core.units import parse_size
@@ -53,32 +51,13 @@ def pull(
             render.note(f"warning: {name} will not fit this host's GPUs ({verdict.reason})"
                         + (f"; what would fit: {', '.join(verdict.alternatives)}" if verdict.alternatives else ""))
 
-    def _term(_signum, _frame):
-        raise KeyboardInterrupt
-
-    try:
-        previous = signal.signal(signal.SIGTERM, _term)
-    except ValueError:  # not the main thread (embedding)
-        previous = None
-    try:
-        with PullProgress(name) as progress:
-            result = pull.download_model_to_path(
-                name, root=root_of(root), include=include, exclude=exclude, revision=revision,
-                all_files=all_files, offline=True if offline else None, wait=not no_wait,
-                workers=workers, chunk_size=size, progress=progress, verify=verify)
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+    with sigterm_interrupts(), PullProgress(name) as progress:
+        result = pull.download_model_to_path(
+            name, root=root_of(root), include=include, exclude=exclude, revision=revision,
+            all_files=all_files, offline=True if offline else None, wait=not no_wait,
+            workers=workers, chunk_size=size, progress=progress, verify=verify)
     if json_out:
-        render.emit_json({"name": result.name, "path": result.path, "revision": result.revision,
-                          "files": result.files, "bytes_downloaded": result.bytes_downloaded,
-                          "bytes_total": result.bytes_total, "verified": result.verified,
-                          "kept_files": result.kept_files, "quant": result.quant,
-                          "previous_revision": result.previous_revision,
-                          "reused_files": result.reused_files,
-                          "chat_template": result.chat_template,
-                          "chat_template_written": result.chat_template_written,
-                          "repaired": result.repaired, "hashed_files": result.hashed_files})
+        render.emit_json(result.document())
         return
     what = "up to date" if not result.bytes_downloaded and not result.fetched_files else "pulled"
     if result.repaired:

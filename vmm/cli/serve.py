@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from vmm.cli.app import ExitQuietly, JsonOpt, NameArg, RootOpt, app, root_of
+
+
+DEVICES = ("auto", "cuda", "cpu")
+EMITS = ("docker", "systemd", "kubernetes", "kubernetes-pull")
+
+
+def _check_choice(flag: str, value: str | None, choices: tuple[str, ...]) -> None:
+    if value is not None and value not in choices:
+        from vmm.core.errors import UsageError
+
+        raise UsageError(f"unknown {flag}", value, f"use {', '.join(choices[:-1])} or {choices[-1]}")
 
 
 @app.command("serve", context_settings={"allow_extra_args": True})
@@ -56,16 +68,10 @@ def serve_cmd(
     """
     from vmm import render
     from vmm.core import settings
-    from vmm.core.serving import deploy, fit, launcher, planner, supervisor, vllm_env
+    from vmm.core.serving import fit, launcher, planner, supervisor, vllm_env
 
-    if device not in ("auto", "cuda", "cpu"):
-        from vmm.core.errors import UsageError
-
-        raise UsageError("unknown --device", device, "use auto, cuda or cpu")
-    if emit not in (None, "docker", "systemd", "kubernetes", "kubernetes-pull"):
-        from vmm.core.errors import UsageError
-
-        raise UsageError("unknown --emit", emit, "use docker, systemd, kubernetes or kubernetes-pull")
+    _check_choice("--device", device, DEVICES)
+    _check_choice("--emit", emit, EMITS)
     base = root_of(root)
     model = fit.resolve_target(name, base, allow_hub=dry_run and emit is None)
     quant = model.quant
@@ -82,22 +88,9 @@ def serve_cmd(
     cmd = launcher.build(req, install)
     for line in cmd.warnings:
         render.note(f"warning: {line}")
-    if emit == "docker":
-        sys.stdout.write(deploy.emit_docker(cmd.argv, base, model.model_dir, install.version if install else None,
-                                             env=cmd.env))
-        return
-    if emit == "systemd":
-        sys.stdout.write(deploy.emit_systemd(cmd.argv, model.name, base, install.executable if install else None,
-                                              env=cmd.env))
-        return
-    if emit in ("kubernetes", "kubernetes-pull"):
-        from vmm.core.serving import kubernetes
-
-        plan = kubernetes.plan_from(cmd, name, model.name, model.model_dir, base, nodes,
-                                    install.version if install else None)
-        opts = kubernetes.K8sOptions(volume=k8s_volume, claim=k8s_claim, vmm_image=k8s_vmm_image)
-        emitter = kubernetes.emit_kubernetes if emit == "kubernetes" else kubernetes.emit_kubernetes_pull
-        sys.stdout.write(emitter(plan, opts))
+    if emit:
+        sys.stdout.write(_emitted(emit, cmd, model, base, nodes, name, install,
+                                  k8s_volume=k8s_volume, k8s_claim=k8s_claim, k8s_vmm_image=k8s_vmm_image))
         return
     if dry_run:
         if json_out:
@@ -110,6 +103,24 @@ def serve_cmd(
                         on_line=render.note, on_hint=lambda text: render.note(f"hint: {text}"))
     if code:
         raise ExitQuietly(code)      # vLLM's code (or 130 for Ctrl-C at start-up): no error line
+
+
+def _emitted(emit: str, cmd, model, base: Path, nodes: int, name: str, install, *, k8s_volume: str,
+             k8s_claim: str, k8s_vmm_image: str) -> str:
+    """The same plan as a `docker run`, a systemd unit or Kubernetes manifests."""
+    from vmm.core.serving import deploy
+
+    version = install.version if install else None
+    if emit == "docker":
+        return deploy.emit_docker(cmd.argv, base, model.model_dir, version, env=cmd.env)
+    if emit == "systemd":
+        return deploy.emit_systemd(cmd.argv, model.name, base, install.executable if install else None, env=cmd.env)
+    from vmm.core.serving import kubernetes
+
+    plan = kubernetes.plan_from(cmd, name, model.name, model.model_dir, base, nodes, version)
+    opts = kubernetes.K8sOptions(volume=k8s_volume, claim=k8s_claim, vmm_image=k8s_vmm_image)
+    emitter = kubernetes.emit_kubernetes if emit == "kubernetes" else kubernetes.emit_kubernetes_pull
+    return emitter(plan, opts)
 
 
 @app.command("ps")

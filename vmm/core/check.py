@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vmm.core.model import config as config_mod
-from vmm.core.model import formats, templates
+from vmm.core.model import formats, templates, weights
 from vmm.core import hashing
 from vmm.core.serving import multinode
 from vmm.core.store import local, manifests
@@ -192,7 +192,7 @@ def _weights(model_dir: Path, fmt: str, quant: str | None, fast: bool) -> list[C
     safetensors = [n for n in names if n.endswith(".safetensors")]
     for name in safetensors:
         try:
-            formats.read_safetensors_header(model_dir / name)
+            weights.read_safetensors_header(model_dir / name)
         except IntegrityError as exc:
             problems.append(f"{name}: {exc.what}")
     if safetensors:

@@ -10,7 +10,7 @@ import builders as b
 import fakegpu
 from conftest import assert_error_line, run_vmm
 from vmm.core.hub import remote
-from vmm.core.model import formats
+from vmm.core.model import weights
 from vmm.core.serving import gpu
 
 
@@ -31,7 +31,7 @@ def h100x2(tmp_path, monkeypatch):
 def test_a_sharded_plan_reads_under_one_percent_of_the_repo_in_parallel(hub, qwen_dir):
     commit = hub.add_repo("Qwen/Qwen2-7B-Instruct", qwen_dir, fake_hashes=True)
     found = remote.read_remote_model("Qwen/Qwen2-7B-Instruct")
-    local = formats.weight_summary(qwen_dir)
+    local = weights.weight_summary(qwen_dir)
     assert found.commit == commit and found.fmt == "safetensors"
     assert (found.weights.weight_bytes, found.weights.parameters) == (local.weight_bytes, local.parameters)
     assert found.weights.parameters == b.QWEN2_7B_INSTRUCT_PARAMETERS
@@ -63,7 +63,7 @@ def test_gguf_plan_grows_the_range_until_the_tensor_infos_parse(hub, tmp_path, m
                       2, "several quantizations")
     found = remote.read_remote_model("org/tiny-GGUF:Q8_0")
     assert found.fmt == "gguf" and found.quant == "Q8_0" and found.weight_files == ["model-Q8_0.gguf"]
-    local = formats.weight_summary(d, "Q8_0")
+    local = weights.weight_summary(d, "Q8_0")
     assert found.weights.weight_bytes == local.weight_bytes and found.cfg.num_hidden_layers == 2
     ranges = [r.headers["Range"] for r in hub.requests if r.path.endswith("Q8_0.gguf")]
     assert len(ranges) >= 3 and ranges[:2] == ["bytes=0-1023", "bytes=1024-4095"]   # 1 KiB, then x4

@@ -8,7 +8,7 @@ import struct
 import pytest
 
 import builders as b
-from vmm.core.model import formats, gguf_meta
+from vmm.core.model import formats, gguf_meta, weights
 from vmm.core.model.config import config_from_gguf, kv_cache_bytes_per_token, read_model_config
 from vmm.core.errors import IntegrityError, NotFoundError, UsageError
 
@@ -46,7 +46,7 @@ def test_gguf_in_a_quant_subfolder_is_found(tmp_path):
 def test_qwen2_7b_four_shards_sum_to_the_real_parameter_count(tmp_path):
     d = b.make_safetensors_model(tmp_path / "qwen", b.QWEN2_7B_INSTRUCT, shards=4)
     assert formats.check_model_sharding(d) == (True, 4, [f"model-0000{i}-of-00004.safetensors" for i in range(1, 5)])
-    summary = formats.weight_summary(d)
+    summary = weights.weight_summary(d)
     assert summary.parameters == b.QWEN2_7B_INSTRUCT_PARAMETERS == 7_615_616_512
     index = json.loads((d / "model.safetensors.index.json").read_text())
     assert summary.weight_bytes == index["metadata"]["total_size"] == 2 * 7_615_616_512
@@ -80,7 +80,7 @@ def test_index_reports_missing_and_unindexed_shards(tmp_path):
     report = formats.shard_report(d)
     assert report.missing == ["model-00002-of-00003.safetensors"]
     assert report.unindexed == ["model-00009-of-00009.safetensors"]
-    summary = formats.weight_summary(d)          # falls back to the index's total_size
+    summary = weights.weight_summary(d)          # falls back to the index's total_size
     assert summary.parameters is None and summary.source == "index total_size"
     assert summary.weight_bytes == b.tensor_bytes(b.llama_like_tensors(b.TINY_LLAMA))
 
@@ -163,7 +163,7 @@ def test_bad_safetensors_headers_are_refused_naming_the_file(tmp_path, case, why
     elif case == "trailing":
         hdr({"a": {"dtype": "U8", "shape": [2], "data_offsets": [0, 2]}}, 10)
     with pytest.raises(IntegrityError) as info:
-        formats.read_safetensors_header(p)
+        weights.read_safetensors_header(p)
     assert why in info.value.what and str(p) in info.value.which
     assert info.value.exit_code == 5
 
@@ -175,7 +175,7 @@ def test_safetensors_header_matches_what_the_reference_writer_produces(tmp_path)
     raw = p.read_bytes()
     (n,) = struct.unpack("<Q", raw[:8])
     assert n % 8 == 0 and size == 8 + n + 3 * 5 * 2 + 3 * 4 == len(raw)
-    header = formats.read_safetensors_header(p)
+    header = weights.read_safetensors_header(p)
     assert header["__metadata__"] == {"format": "pt"}
     assert header["b"]["data_offsets"] == [30, 42]
 
@@ -191,7 +191,7 @@ def test_pytorch_weights_are_never_unpickled(tmp_path):
             return (os.system, (f"touch {marker}",))
 
     (d / "pytorch_model.bin").write_bytes(pickle.dumps(Evil()))
-    summary = formats.weight_summary(d)
+    summary = weights.weight_summary(d)
     assert summary.weight_bytes == (d / "pytorch_model.bin").stat().st_size
     assert summary.parameters is None
     assert not marker.exists()
@@ -199,7 +199,7 @@ def test_pytorch_weights_are_never_unpickled(tmp_path):
 
 def test_pytorch_weight_bytes_come_from_the_index_total_size(tmp_path):
     d = b.make_pytorch_model(tmp_path / "m", b.LLAMA3_8B_INSTRUCT, shards=4)
-    assert formats.weight_summary(d).weight_bytes == 2 * b.LLAMA3_8B_INSTRUCT_PARAMETERS
+    assert weights.weight_summary(d).weight_bytes == 2 * b.LLAMA3_8B_INSTRUCT_PARAMETERS
 
 
 # --------------------------------------------------------------------------- GGUF
@@ -209,7 +209,7 @@ def test_split_gguf_parts_are_grouped_and_summed(tmp_path):
     files = formats.find_gguf_files(tmp_path)
     assert len(files) == 1 and files[0].path == first and len(files[0].parts) == 3
     assert formats.check_model_sharding(tmp_path)[:2] == (True, 3)
-    summary = formats.weight_summary(tmp_path)
+    summary = weights.weight_summary(tmp_path)
     assert summary.parameters == 3 * 1024 and summary.dtypes == {"Q4_K": 3 * 1024}
 
 
@@ -282,7 +282,7 @@ def test_truncated_gguf_is_an_integrity_error(tmp_path):
     for cut in (30, len(raw) // 2, len(raw) - 1):
         p.write_bytes(raw[:cut])
         with pytest.raises(IntegrityError, match="GGUF"):
-            formats.weight_summary(tmp_path)
+            weights.weight_summary(tmp_path)
 
 
 def test_deepseek_v2_lite_uses_the_mla_kv_cache_formula(tmp_path):
@@ -290,7 +290,7 @@ def test_deepseek_v2_lite_uses_the_mla_kv_cache_formula(tmp_path):
     cfg = read_model_config(d)
     assert cfg.is_mla and cfg.rope_scaling["type"] == "yarn"
     assert kv_cache_bytes_per_token(cfg) == 27 * (512 + 64) * 2
-    assert formats.weight_summary(d).parameters == b.count_parameters(b.llama_like_tensors(b.DEEPSEEK_V2_LITE))
+    assert weights.weight_summary(d).parameters == b.count_parameters(b.llama_like_tensors(b.DEEPSEEK_V2_LITE))
 
 
 def test_gguf_quant_names_from_file_names():

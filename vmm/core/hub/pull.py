@@ -9,6 +9,8 @@ docs/pull.md has the operator's view.
 
 from __future__ import annotations
 
+import dataclasses
+
 import os
 import time
 from dataclasses import dataclass, field
@@ -52,6 +54,12 @@ class PullResult:
     chat_template_written: bool = False  # vmm wrote its family template (the repo has none)
     repaired: list[str] = field(default_factory=list)   # damaged on disk (after a verified pull): fetched again
     hashed_files: int = 0                # files whose hash was checked in this run
+
+    def document(self) -> dict:
+        """`vmm pull --json`: the contract's keys (docs/contract.md) and the rest of the story."""
+        doc = dataclasses.asdict(self)
+        doc.pop("fetched_files")
+        return doc
 
 
 # --------------------------------------------------------------------------- the pull

@@ -11,7 +11,7 @@ What is read, for ``org/name[:QUANT][@REV]`` at the commit the revision resolves
 - GGUF: the first bytes of the chosen quantization's file(s) by Range, 1 MiB then x4 until the
   header, key/values and tensor infos parse (never the tensor data).
 
-The same parsers as for local files do the reading (``formats.parse_safetensors_header``,
+The same parsers as for local files do the reading (``weights.parse_safetensors_header``,
 ``gguf_meta.parse_gguf_prefix``). Requests go to ``{endpoint}/{repo}/resolve/{commit}/{path}``;
 the HTTP is the transfer engine's (``connection.fetch_range``): redirects (LFS files go to a
 CDN) followed by hand, the token sent only to the endpoint's own host, as pull does.
@@ -31,7 +31,7 @@ from vmm.core.errors import IntegrityError, NotFoundError, RemoteError, UsageErr
 from vmm.core.hub import connection
 from vmm.core.hub.client import RemoteFile, fetch_snapshot
 from vmm.core.model import config as config_mod
-from vmm.core.model import formats, gguf_meta
+from vmm.core.model import formats, gguf_meta, weights
 
 # huggingface_hub 2.4.0 get_safetensors_metadata reads 100 kB first ("97% of safetensors
 # files have a metadata size < 100kb"); a second request only for longer headers.
@@ -61,7 +61,7 @@ class RemoteModel:
     commit: str
     endpoint: str
     cfg: config_mod.ModelConfig
-    weights: formats.WeightSummary
+    weights: weights.WeightSummary
     fmt: str                            # safetensors, pytorch, gguf
     weight_files: list[str]
     quant: str | None
@@ -147,9 +147,9 @@ def safetensors_header(reader: RangeReader, rf: RemoteFile) -> dict:
     """One file's validated header: 100 kB first, the rest only when the header is longer."""
     name = f"{reader.repo_id}/{rf.path}"
     first = reader.read(rf.path, 0, min(rf.size, SAFETENSORS_FIRST_READ))
-    length = formats.safetensors_header_length(first, rf.size, name)
+    length = weights.safetensors_header_length(first, rf.size, name)
     raw = first[8:8 + length] if len(first) >= 8 + length else reader.read(rf.path, 8, 8 + length)
-    return formats.parse_safetensors_header(raw, rf.size, name)
+    return weights.parse_safetensors_header(raw, rf.size, name)
 
 
 def gguf_header(reader: RangeReader, rf: RemoteFile, tensors: bool = True) -> gguf_meta.GgufInfo:
@@ -202,7 +202,7 @@ def _weights_safetensors(reader: RangeReader, by_path: dict[str, RemoteFile], se
     else:
         shard_names = [f.path for f in selected if f.path.endswith(".safetensors") and "/" not in f.path]
     headers = _parallel(lambda p: safetensors_header(reader, by_path[p]), shard_names)
-    return formats.sum_safetensors_headers(headers), shard_names
+    return weights.sum_safetensors_headers(headers), shard_names
 
 
 def _weights_gguf(reader: RangeReader, selected: list[RemoteFile]):
@@ -214,7 +214,7 @@ def _weights_gguf(reader: RangeReader, selected: list[RemoteFile]):
         for t in info.tensors:
             params += t.n_elements
             nbytes += t.n_bytes or 0
-    return formats.WeightSummary(params, nbytes, {}, "gguf tensor infos (Hub)"), [f.path for f in parts], infos[0]
+    return weights.WeightSummary(params, nbytes, {}, "gguf tensor infos (Hub)"), [f.path for f in parts], infos[0]
 
 
 def read_remote_model(name: str, revision: str | None = None, endpoint: str | None = None,
@@ -250,14 +250,14 @@ def read_remote_model(name: str, revision: str | None = None, endpoint: str | No
                 cfg = pending.result()
         elif fmt == "pytorch":
             cfg = _remote_config(reader, by_path)
-            weight_files = [f.path for f in selected if formats._is_pytorch_weight(f.path.rsplit("/", 1)[-1])]
+            weight_files = [f.path for f in selected if formats.is_pytorch_weight(f.path.rsplit("/", 1)[-1])]
             total = None
             if formats.PYTORCH_INDEX in by_path:
                 meta = _json_file(reader, formats.PYTORCH_INDEX).get("metadata")
                 total = meta.get("total_size") if isinstance(meta, dict) else None
             if not isinstance(total, int):
                 total = sum(by_path[p].size for p in weight_files)
-            weights = formats.WeightSummary(None, total, {}, "index total_size (Hub)")
+            weights = weights.WeightSummary(None, total, {}, "index total_size (Hub)")
         else:
             raise IncompatibleWeights(ref.repo_id, snapshot.commit)
     except VmmError:

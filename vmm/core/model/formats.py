@@ -1,4 +1,6 @@
-"""Weight formats: detection from the files present, shards and indexes, headers.
+"""Weight formats: detection from the files present, shards and indexes, GGUF files.
+
+What the weights weigh (headers, parameters, bytes) is :mod:`vmm.core.model.weights`.
 
 Interface (shared by ls, inspect, check, pull and serve):
 - ``detect_format(model_dir) -> "safetensors"|"pytorch"|"gguf"|"mixed"|"unknown"``
@@ -6,18 +8,14 @@ Interface (shared by ls, inspect, check, pull and serve):
 - ``shard_report(model_dir) -> ShardReport`` (adds index name, missing and unindexed shards)
 - ``find_gguf_files(model_dir) -> list[GgufFile]`` (one entry per quantization; split parts grouped)
 - ``get_gguf_file(model_dir, quant=None) -> Path`` (first part; exit 2 listing the choices when ambiguous)
-- ``read_safetensors_header(path) -> dict`` (8-byte length + JSON header only, never the data)
-- ``weight_summary(model_dir, quant=None) -> WeightSummary`` (parameters and bytes from headers)
 - ``gguf_quant_of(filename)`` / ``gguf_split_of(filename)``: filename-level helpers pull uses
   on the Hub's file list before anything is downloaded.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import re
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,38 +77,20 @@ class GgufFile:
     size_bytes: int = 0
 
 
-@dataclass
-class WeightSummary:
-    parameters: int | None
-    weight_bytes: int | None
-    dtypes: dict[str, int] = field(default_factory=dict)   # dtype -> parameter count
-    source: str = ""                                      # "safetensors headers", "index total_size", "gguf"
-
-
 # --------------------------------------------------------------------------- files present
 
 PYTORCH_INDEX = "pytorch_model.bin.index.json"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 _PT_SHARD_RE = re.compile(r"^pytorch_model-\d+-of-\d+\.bin$")
-_ST_SHARD_RE = re.compile(r"^model-\d+-of-\d+\.safetensors$")
+ST_SHARD_RE = re.compile(r"^model-\d+-of-\d+\.safetensors$")
 _ANY_SHARD_RE = re.compile(r"-\d+-of-\d+\.(?:safetensors|bin)$")
 # Non-weight .bin files that Hub repos commonly carry (Trainer, optimizer state).
 _NOT_WEIGHTS_BIN = {"training_args.bin", "optimizer.bin", "scheduler.bin", "rng_state.bin"}
 _GGUF_MAX_DEPTH = 2       # GGUF repos sometimes keep each quant in a sub-folder (Q4_K_M/...)
 
-# safetensors dtype -> bytes per element (safetensors 0.5 src/tensor.rs, Dtype::size);
-# sub-byte types count bits / 8 with the shape's last dimension packed.
-SAFETENSORS_DTYPE_BITS = {
-    "BOOL": 8, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8, "F8_E8M0": 8, "F8_E4M3FNUZ": 8,
-    "F8_E5M2FNUZ": 8, "I16": 16, "U16": 16, "F16": 16, "BF16": 16, "I32": 32, "U32": 32,
-    "F32": 32, "I64": 64, "U64": 64, "F64": 64, "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6,
-    "C64": 64,
-}
-# safetensors' own limit on the header (MAX_HEADER_SIZE in src/tensor.rs): 100 MB.
-MAX_SAFETENSORS_HEADER = 100_000_000
 
 
-def _top_files(model_dir: Path) -> list[str]:
+def top_files(model_dir: Path) -> list[str]:
     """Names of the regular files directly in the model dir (no recursion, no stat of weights)."""
     try:
         with os.scandir(model_dir) as it:
@@ -126,7 +106,7 @@ def _top_files(model_dir: Path) -> list[str]:
 
 
 def _gguf_paths(model_dir: Path, top: list[str] | None = None) -> list[Path]:
-    found = [model_dir / n for n in (top if top is not None else _top_files(model_dir))
+    found = [model_dir / n for n in (top if top is not None else top_files(model_dir))
              if n.lower().endswith(".gguf")]
 
     def walk(d: Path, depth: int) -> None:
@@ -146,19 +126,19 @@ def _gguf_paths(model_dir: Path, top: list[str] | None = None) -> list[Path]:
     return sorted(found)
 
 
-def _is_pytorch_weight(name: str) -> bool:
+def is_pytorch_weight(name: str) -> bool:
     return name.endswith(".bin") and name.startswith("pytorch_model") and name not in _NOT_WEIGHTS_BIN
 
 
 def formats_present(model_dir: Path, top: list[str] | None = None) -> set[str]:
     """Which weight formats have files in the directory."""
     model_dir = Path(model_dir)
-    top = _top_files(model_dir) if top is None else top
+    top = top_files(model_dir) if top is None else top
     kinds: set[str] = set()
     for name in top:
         if name.endswith(".safetensors"):
             kinds.add("safetensors")
-        elif _is_pytorch_weight(name):
+        elif is_pytorch_weight(name):
             kinds.add("pytorch")
         elif name.lower().endswith(".gguf"):
             kinds.add("gguf")
@@ -181,7 +161,7 @@ def detect_format(model_dir: Path, top: list[str] | None = None) -> str:
 # --------------------------------------------------------------------------- shards
 
 
-def _read_index(path: Path) -> dict[str, Any]:
+def read_index(path: Path) -> dict[str, Any]:
     """Parse a ``*.index.json``; its ``weight_map`` must map tensor names to file names."""
     try:
         doc = jsonfile.loads(path.read_bytes())
@@ -211,7 +191,7 @@ def _exists(model_dir: Path, rel: str, top: set[str]) -> bool:
 
 
 def _index_report(model_dir: Path, index_name: str, top: list[str]) -> ShardReport:
-    doc = _read_index(model_dir / index_name)
+    doc = read_index(model_dir / index_name)
     named = _index_files(doc)
     present = set(top)
     ext = ".bin" if index_name == PYTORCH_INDEX else ".safetensors"
@@ -238,7 +218,7 @@ def shard_report(model_dir: Path, quant: str | None = None) -> ShardReport:
     is reported with every shard missing.
     """
     model_dir = Path(model_dir)
-    top = _top_files(model_dir)
+    top = top_files(model_dir)
     present = set(top)
     stale: ShardReport | None = None
     for index_name in (PYTORCH_INDEX, SAFETENSORS_INDEX):
@@ -248,7 +228,7 @@ def shard_report(model_dir: Path, quant: str | None = None) -> ShardReport:
                 stale = stale or report
                 continue
             return report
-    for pattern in (_PT_SHARD_RE, _ST_SHARD_RE):
+    for pattern in (_PT_SHARD_RE, ST_SHARD_RE):
         shards = [n for n in top if pattern.match(n)]
         if shards:
             return ShardReport(True, len(shards), shards, None, [], [])
@@ -286,7 +266,7 @@ def format_from_names(rel_paths: list[str]) -> str:
             kinds.add("gguf")
         elif depth == 0 and name.endswith(".safetensors"):
             kinds.add("safetensors")
-        elif depth == 0 and _is_pytorch_weight(name):
+        elif depth == 0 and is_pytorch_weight(name):
             kinds.add("pytorch")
     if not kinds:
         return "unknown"
@@ -295,7 +275,7 @@ def format_from_names(rel_paths: list[str]) -> str:
 
 def shards_from_names(top: list[str]) -> tuple[bool, int]:
     """(sharded, shard count) from file names alone, for ``vmm ls`` (no index parsing)."""
-    for pattern in (_PT_SHARD_RE, _ST_SHARD_RE):
+    for pattern in (_PT_SHARD_RE, ST_SHARD_RE):
         shards = [n for n in top if pattern.match(n)]
         if shards:
             return True, len(shards)
@@ -396,172 +376,3 @@ def select_gguf(model_dir: Path, quant: str | None = None) -> GgufFile:
 def get_gguf_file(model_dir: Path, quant: str | None = None) -> Path:
     """The file to give vLLM (the single file or the first split part); exit 2 when ambiguous."""
     return select_gguf(Path(model_dir), quant).path
-
-
-# --------------------------------------------------------------------------- headers
-
-
-def _bad_header(path: Path, why: str) -> IntegrityError:
-    return IntegrityError(f"invalid safetensors header ({why})", str(path),
-                          "the file is truncated or corrupt: re-download it with `vmm pull`")
-
-
-def read_safetensors_header(path: Path) -> dict[str, Any]:
-    """The JSON header of a safetensors file, validated against the file size.
-
-    Reads the 8-byte little-endian length and the header only, never the data; the checks
-    are :func:`parse_safetensors_header`'s.
-    """
-    path = Path(path)
-    try:
-        with open(path, "rb") as handle:
-            size = os.fstat(handle.fileno()).st_size
-            if size < 8:
-                raise _bad_header(path, f"file of {size} bytes")
-            (length,) = struct.unpack("<Q", handle.read(8))
-            if length > MAX_SAFETENSORS_HEADER:
-                raise _bad_header(path, f"header length {length} is absurd")
-            if 8 + length > size:
-                raise _bad_header(path, f"header of {length} bytes beyond the end of a {size}-byte file")
-            raw = handle.read(length)
-    except OSError as exc:
-        raise IntegrityError("cannot read", str(path), exc.strerror or str(exc)) from exc
-    return parse_safetensors_header(raw, size, str(path))
-
-
-def safetensors_header_length(prefix: bytes, file_size: int, name: str) -> int:
-    """The header length from a file's first 8 bytes, checked against the file size."""
-    if file_size < 8 or len(prefix) < 8:
-        raise _bad_header(Path(name), f"file of {file_size} bytes")
-    (length,) = struct.unpack("<Q", prefix[:8])
-    if length > MAX_SAFETENSORS_HEADER:
-        raise _bad_header(Path(name), f"header length {length} is absurd")
-    if 8 + length > file_size:
-        raise _bad_header(Path(name), f"header of {length} bytes beyond the end of a {file_size}-byte file")
-    return length
-
-
-def parse_safetensors_header(raw: bytes, file_size: int, name: str) -> dict[str, Any]:
-    """Validate the JSON header bytes of a safetensors file of ``file_size`` bytes.
-
-    Checks what the reference loader checks (safetensors 0.5 ``SafeTensors::read_metadata``
-    / ``Metadata::validate``): JSON object, known dtypes, offsets contiguous from 0, each
-    tensor's byte count equal to its shape's, and the data region ending exactly at the end
-    of the file. Used on local files and on headers read from the Hub by HTTP Range.
-    """
-    path = Path(name)
-    length = len(raw)
-    size = file_size
-    try:
-        header = jsonfile.loads(raw)
-    except jsonfile.JsonDepthError as exc:
-        raise _bad_header(path, f"JSON {exc}") from None
-    except ValueError:
-        raise _bad_header(path, "not JSON") from None
-    if not isinstance(header, dict):
-        raise _bad_header(path, "not a JSON object")
-    entries = []
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        if not isinstance(info, dict):
-            raise _bad_header(path, f"entry {name!r} is not an object")
-        dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
-        if dtype not in SAFETENSORS_DTYPE_BITS:
-            raise _bad_header(path, f"unknown dtype {dtype!r} for {name!r}")
-        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-            raise _bad_header(path, f"bad shape for {name!r}")
-        if (not isinstance(offsets, list) or len(offsets) != 2
-                or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
-                or offsets[0] < 0 or offsets[1] < offsets[0]):
-            raise _bad_header(path, f"bad data_offsets for {name!r}")
-        nbytes = (math.prod(shape) * SAFETENSORS_DTYPE_BITS[dtype] + 7) // 8
-        if offsets[1] - offsets[0] != nbytes:
-            raise _bad_header(path, f"{name!r} spans {offsets[1] - offsets[0]} bytes, its shape needs {nbytes}")
-        entries.append((offsets[0], offsets[1], name))
-    entries.sort()
-    end = 0
-    for start, stop, name in entries:
-        if start != end:
-            raise _bad_header(path, f"data offsets not contiguous at {name!r}")
-        end = stop
-    if 8 + length + end != size:
-        if 8 + length + end > size:
-            raise _bad_header(path, f"tensors need {8 + length + end} bytes, the file has {size}")
-        raise _bad_header(path, f"{size - 8 - length - end} bytes after the last tensor")
-    return header
-
-
-def _sum_headers(paths: list[Path]) -> WeightSummary:
-    return sum_safetensors_headers([read_safetensors_header(path) for path in paths])
-
-
-def sum_safetensors_headers(headers: list[dict[str, Any]]) -> WeightSummary:
-    """Parameters, bytes and dtypes of parsed safetensors headers (one per shard)."""
-    params, nbytes, dtypes = 0, 0, {}
-    for header in headers:
-        for name, info in header.items():
-            if name == "__metadata__":
-                continue
-            n = math.prod(info["shape"])
-            params += n
-            nbytes += info["data_offsets"][1] - info["data_offsets"][0]
-            dtypes[info["dtype"]] = dtypes.get(info["dtype"], 0) + n
-    return WeightSummary(params, nbytes, dtypes, "safetensors headers")
-
-
-def _index_total(model_dir: Path, index_name: str) -> int | None:
-    try:
-        doc = _read_index(model_dir / index_name)
-    except IntegrityError:
-        return None
-    total = (doc.get("metadata") or {}).get("total_size") if isinstance(doc.get("metadata"), dict) else None
-    return int(total) if isinstance(total, (int, float)) and not isinstance(total, bool) and total >= 0 else None
-
-
-def weight_summary(model_dir: Path, quant: str | None = None) -> WeightSummary:
-    """Parameters and weight bytes from the weights' own headers, never from guesses.
-
-    safetensors: every shard's header (a missing shard falls back to the index's
-    ``metadata.total_size`` for bytes, parameters unknown). pytorch: the index's
-    ``total_size``, else the files' sizes; the pickles are never opened. GGUF: the tensor
-    infos of the chosen quant's parts. A directory with several formats is summarised by the
-    one vLLM would load: safetensors, then pytorch, then GGUF.
-    """
-    model_dir = Path(model_dir)
-    top = _top_files(model_dir)
-    kinds = formats_present(model_dir, top)
-    if "safetensors" in kinds:
-        report = shard_report(model_dir)
-        files = [f for f in report.shard_files if f.endswith(".safetensors")]
-        if not files or report.index == PYTORCH_INDEX:
-            files = [n for n in top if _ST_SHARD_RE.match(n)] or \
-                    (["model.safetensors"] if "model.safetensors" in top else [n for n in top if n.endswith(".safetensors")])
-        if report.index == SAFETENSORS_INDEX and report.missing:
-            return WeightSummary(None, _index_total(model_dir, SAFETENSORS_INDEX), {}, "index total_size")
-        return _sum_headers([model_dir / f for f in files])
-    if "pytorch" in kinds:
-        if PYTORCH_INDEX in top:
-            total = _index_total(model_dir, PYTORCH_INDEX)
-            if total is not None:
-                return WeightSummary(None, total, {}, "index total_size")
-        size = sum((model_dir / n).stat().st_size for n in top if _is_pytorch_weight(n))
-        return WeightSummary(None, size, {}, "file sizes")
-    if "gguf" in kinds:
-        from vmm.core.model import gguf_meta
-
-        chosen = select_gguf(model_dir, quant)
-        params, nbytes, dtypes = 0, 0, {}
-        from gguf.constants import GGMLQuantizationType
-
-        for part in chosen.parts:
-            for t in gguf_meta.read_gguf(part).tensors:
-                params += t.n_elements
-                nbytes += t.n_bytes or 0
-                try:
-                    tname = GGMLQuantizationType(t.ggml_type).name
-                except ValueError:
-                    tname = str(t.ggml_type)
-                dtypes[tname] = dtypes.get(tname, 0) + t.n_elements
-        return WeightSummary(params, nbytes, dtypes, "gguf")
-    return WeightSummary(None, None, {}, "")

@@ -12,6 +12,7 @@ from typing import Any
 
 from vmm.core.model import config as config_mod
 from vmm.core.model import formats
+from vmm.core.model.weights import weight_summary
 from vmm.core.serving import compat, fit, gpu, multinode, parsers, planner, vllm_env
 from vmm.core.store import manifests
 from vmm.core.errors import IncompatibleError, UsageError, VmmError
@@ -152,13 +153,60 @@ def _remove_flag(argv: list[str], flag: str) -> None:
 
 def build(req: ServeRequest, install: vllm_env.VllmInstall | None = None) -> ServeCommand:
     """The plan and the exact argv, without running anything (``--dry-run``)."""
+    cfg, fmt, weights = _model_inputs(req)
+    _check_quantization(req, cfg)
+    opts = req.options
+    if install is not None and opts.vllm_version is None:
+        opts.vllm_version = install.version
+    warnings = _refuse_unservable(req, cfg, fmt, install)
+    plan, placement = _plan_and_place(req, install, cfg, weights.weight_bytes)
+    port = req.port if req.port is not None else (
+        fit.choose_port(req.host, req.root) if req.on_this_host else DEFAULT_PORT)
+    notes: list[str] = list(plan.notes)
+    model_path = _model_path(req, fmt, notes)
+    argv = _vllm_argv(req, cfg, fmt, plan, model_path, port, notes)
+    choice = parsers.choose_for_model(req.model_dir, req.name, cfg.model_type, cfg.architectures,
+                                      install.version if install else None, req.cache_dir,
+                                      req.tool_parser, req.reasoning_parser, req.quant)
+    argv += choice.argv()
+    notes += choice.notes
+    argv = apply_passthrough(argv, req.passthrough)
+    ray = []
+    if plan.pipeline_parallel_size > 1:
+        ray = ["ray start --head --port 6379   # on this node, before vmm serve",
+               *[f"ray start --address <this-node-ip>:6379   # on node {n + 1}"
+                 for n in range(1, plan.pipeline_parallel_size)]]
+    env = {"VLLM_NO_USAGE_STATS": "1", "HF_HUB_OFFLINE": "1"}
+    identical = None
+    if plan.pipeline_parallel_size > 1 or req.nodes > 1:
+        identical = multinode.requirements(req.nodes, model_path, manifests.read_manifest(req.model_dir),
+                                           opts.vllm_version)
+        env.update({k: v for k, v in identical.env.items() if v})
+    cmd = ServeCommand(argv, env, plan, model_path, fmt, notes, ray, choice, warnings, port=port,
+                       identical=identical)
+    if placement is not None:
+        # nvidia-smi numbers GPUs in PCI bus order; CUDA's default order is "fastest first".
+        env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in placement.gpu_ids)
+        cmd.gpu_ids, cmd.gpu_bytes = placement.gpu_ids, placement.gpu_bytes
+        cmd.gpus = [{"index": r.index, "name": r.name, "total_bytes": r.total_bytes, "free_bytes": r.free_bytes,
+                     "vmm_bytes": r.vmm_bytes, "vmm_servers": r.vmm_servers} for r in placement.rooms]
     if req.remote is not None:
-        cfg, fmt, weights = req.remote.cfg, req.remote.fmt, req.remote.weights
-    else:
-        cfg = config_mod.read_model_config(req.model_dir)
-        fmt = formats.detect_format(req.model_dir)
-        weights = formats.weight_summary(req.model_dir, req.quant)
-    notes: list[str] = []
+        cmd.hub = req.remote.document()
+        notes.insert(0, f"planned from the Hub without its weights: `vmm pull {req.name}` before serving")
+    return cmd
+
+
+def _model_inputs(req: ServeRequest):
+    """(config, format, weight summary): from the Hub's headers for a remote plan, else the folder."""
+    if req.remote is not None:
+        return req.remote.cfg, req.remote.fmt, req.remote.weights
+    return (config_mod.read_model_config(req.model_dir), formats.detect_format(req.model_dir),
+            weight_summary(req.model_dir, req.quant))
+
+
+def _check_quantization(req: ServeRequest, cfg: config_mod.ModelConfig) -> None:
+    """A --quantization must agree with the checkpoint's (vLLM refuses otherwise)."""
     quant_cfg = (cfg.quantization or {}).get("quant_method")
     if req.quantization and quant_cfg and req.quantization.lower() != str(quant_cfg).lower():
         raise UsageError("--quantization disagrees with the checkpoint", f"{req.quantization} vs {quant_cfg}",
@@ -167,34 +215,38 @@ def build(req: ServeRequest, install: vllm_env.VllmInstall | None = None) -> Ser
         raise UsageError("--quantization names a checkpoint format this model is not in",
                          f"{req.quantization} on an unquantized checkpoint",
                          f"use a {req.quantization} variant of the model, or online {', '.join(ONLINE_QUANTIZATION)}")
+
+
+def _plan_and_place(req: ServeRequest, install, cfg, weight_bytes):
+    """The plan, and on this host's detected GPUs the placement that chose them (else None)."""
     opts = req.options
-    if install is not None and opts.vllm_version is None:
-        opts.vllm_version = install.version
-    warnings = _refuse_unservable(req, cfg, fmt, install)
     found: list[gpu.GpuInfo] = []
     hw = hardware_for(req, install, found)
-    placement = None
     if hw.device == "cuda" and hw.source == "detected" and hw.nodes == 1 and req.on_this_host:
-        if not weights.weight_bytes:
-            planner.plan(cfg, weights.weight_bytes, hw, opts)     # its "cannot size" error
-        placement = fit.place(cfg, weights.weight_bytes, found, req.root, opts, req.gpu_ids)
-        plan = placement.plan
-    else:
-        if req.gpu_ids is not None:
-            raise UsageError("--gpu-ids chooses among this host's GPUs", "with --gpus/--gpu-memory, --nodes or CPU",
-                             "drop --gpu-ids, or plan for the local GPUs")
-        plan = planner.plan(cfg, weights.weight_bytes, hw, opts)
-    port = req.port if req.port is not None else (
-        fit.choose_port(req.host, req.root) if req.on_this_host else DEFAULT_PORT)
-    notes += plan.notes
-    model_path = str(req.model_dir)
-    if fmt == "gguf" and req.remote is not None:
-        model_path = str(req.model_dir / req.remote.weight_files[0])
-        notes.append("GGUF: vLLM >= 0.24 serves it only with the vllm-gguf-plugin package installed")
-    elif fmt == "gguf":
-        chosen = formats.select_gguf(req.model_dir, req.quant)
-        model_path = str(chosen.path)
-        notes.append("GGUF: vLLM >= 0.24 serves it only with the vllm-gguf-plugin package installed")
+        if not weight_bytes:
+            planner.plan(cfg, weight_bytes, hw, opts)     # its "cannot size" error
+        placement = fit.place(cfg, weight_bytes, found, req.root, opts, req.gpu_ids)
+        return placement.plan, placement
+    if req.gpu_ids is not None:
+        raise UsageError("--gpu-ids chooses among this host's GPUs", "with --gpus/--gpu-memory, --nodes or CPU",
+                         "drop --gpu-ids, or plan for the local GPUs")
+    return planner.plan(cfg, weight_bytes, hw, opts), None
+
+
+def _model_path(req: ServeRequest, fmt: str, notes: list[str]) -> str:
+    """What vLLM is given: the folder, or the chosen GGUF file."""
+    if fmt != "gguf":
+        return str(req.model_dir)
+    notes.append("GGUF: vLLM >= 0.24 serves it only with the vllm-gguf-plugin package installed")
+    if req.remote is not None:
+        return str(req.model_dir / req.remote.weight_files[0])
+    return str(formats.select_gguf(req.model_dir, req.quant).path)
+
+
+def _vllm_argv(req: ServeRequest, cfg: config_mod.ModelConfig, fmt: str, plan: planner.Plan, model_path: str,
+               port: int, notes: list[str]) -> list[str]:
+    """The `vllm serve` argv the plan computes (before parsers and pass-through)."""
+    opts = req.options
     argv = ["vllm", "serve", model_path, "--served-model-name", req.served_name, "--host", req.host,
             "--port", str(port), "--max-model-len", str(plan.max_model_len)]
     if plan.device == "cpu":
@@ -229,36 +281,7 @@ def build(req: ServeRequest, install: vllm_env.VllmInstall | None = None) -> Ser
             argv += ["--chat-template", str(template)]
     elif req.tokenizer:
         argv += ["--tokenizer", req.tokenizer]
-    choice = parsers.choose_for_model(req.model_dir, req.name, cfg.model_type, cfg.architectures,
-                                      install.version if install else None, req.cache_dir,
-                                      req.tool_parser, req.reasoning_parser, req.quant)
-    argv += choice.argv()
-    notes += choice.notes
-    argv = apply_passthrough(argv, req.passthrough)
-    ray = []
-    if plan.pipeline_parallel_size > 1:
-        ray = ["ray start --head --port 6379   # on this node, before vmm serve",
-               *[f"ray start --address <this-node-ip>:6379   # on node {n + 1}"
-                 for n in range(1, plan.pipeline_parallel_size)]]
-    env = {"VLLM_NO_USAGE_STATS": "1", "HF_HUB_OFFLINE": "1"}
-    identical = None
-    if plan.pipeline_parallel_size > 1 or req.nodes > 1:
-        identical = multinode.requirements(req.nodes, model_path, manifests.read_manifest(req.model_dir),
-                                           opts.vllm_version)
-        env.update({k: v for k, v in identical.env.items() if v})
-    cmd = ServeCommand(argv, env, plan, model_path, fmt, notes, ray, choice, warnings, port=port,
-                       identical=identical)
-    if placement is not None:
-        # nvidia-smi numbers GPUs in PCI bus order; CUDA's default order is "fastest first".
-        env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in placement.gpu_ids)
-        cmd.gpu_ids, cmd.gpu_bytes = placement.gpu_ids, placement.gpu_bytes
-        cmd.gpus = [{"index": r.index, "name": r.name, "total_bytes": r.total_bytes, "free_bytes": r.free_bytes,
-                     "vmm_bytes": r.vmm_bytes, "vmm_servers": r.vmm_servers} for r in placement.rooms]
-    if req.remote is not None:
-        cmd.hub = req.remote.document()
-        notes.insert(0, f"planned from the Hub without its weights: `vmm pull {req.name}` before serving")
-    return cmd
+    return argv
 
 
 def _refuse_unservable(req: ServeRequest, cfg: config_mod.ModelConfig, fmt: str,

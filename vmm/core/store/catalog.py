@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from vmm.core.model import config as config_mod
+from vmm.core.model.weights import WeightSummary, weight_summary
 from vmm.core.model import formats, layers
 from vmm.core import names
 from vmm.core.store import local, locking, paths, usage
@@ -231,7 +232,7 @@ def inspect_model(model: local.LocalModel, quant: str | None = None) -> ModelInf
         except NotFoundError as exc:
             problems.append(exc.what)
             cfg = config_mod.ModelConfig(source="")
-    weights = formats.weight_summary(path, quant) if fmt != "unknown" else formats.WeightSummary(None, None)
+    weights = weight_summary(path, quant) if fmt != "unknown" else WeightSummary(None, None)
     report = formats.shard_report(path, quant)
     if report.missing:
         problems.append(f"missing shards: {', '.join(report.missing)}")

@@ -1,0 +1,83 @@
+"""What every real-vLLM (e2e) test needs: the vLLM venv's Python, a free port, vmm as a
+child process, and a clean end for a served vLLM (its process group gone, its temp files
+removed)."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+
+import pytest
+
+VLLM_TEMP_GLOB = "/tmp/vllm_dist_*"       # what vLLM's CPU workers leave behind
+
+
+def vllm_python() -> str:
+    from vmm.core.serving import vllm_env
+
+    found = vllm_env.find_vllm()
+    if found is None or not found.python:
+        pytest.fail("no `vllm` on PATH: run this lane through scripts/test-e2e")
+    return found.python
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def vmm(*args, env=None, timeout=300, check=True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "vmm", *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=timeout, stdin=subprocess.DEVNULL)
+    if check:
+        assert proc.returncode == 0, (args, proc.returncode, proc.stdout, proc.stderr[-3000:])
+    return proc
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def assert_group_gone(proc: subprocess.Popen, within_s: float = 20) -> None:
+    """vmm and every vLLM process it started have exited."""
+    deadline = time.monotonic() + within_s
+    while group_alive(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not group_alive(proc.pid), "vLLM processes were left running"
+
+
+@contextmanager
+def reaped(proc: subprocess.Popen):
+    """Whatever the test does with ``proc`` (a `vmm serve` started in its own session), end
+    its process group afterwards and remove the temp files its vLLM made."""
+    before = set(glob.glob(VLLM_TEMP_GLOB))
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None or group_alive(proc.pid):
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait(timeout=30)
+        for path in set(glob.glob(VLLM_TEMP_GLOB)) - before:
+            shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.unlink(path)
+
+
+def start_serve(repo_id: str, env: dict, port: int, *extra: str) -> subprocess.Popen:
+    """`vmm serve REPO --device cpu` as a child in its own session (signals go to the group)."""
+    return subprocess.Popen([sys.executable, "-m", "vmm", "serve", repo_id, "--device", "cpu", "--port", str(port),
+                             *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **env}, start_new_session=True)
