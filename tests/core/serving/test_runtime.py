@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -10,7 +11,7 @@ import threading
 
 import pytest
 
-from conftest import assert_error_line, run_vmm
+from conftest import assert_error_line, run_vmm, run_vmm_subprocess
 from vmm.core.errors import NotFoundError
 from vmm.core.serving import metrics, runtime
 
@@ -130,9 +131,10 @@ def test_a_server_started_outside_vmm_is_not_listed(root):
 
 def test_stop_by_port_sends_sigterm_and_removes_the_record(server, root):
     proc, record = server()
-    result = run_vmm("stop", str(record.port), "--json")
-    assert result.exit_code == 0, result.stderr
-    [stopped] = result.json()["stopped"]
+    # A separate process: an in-process stop could reap this test's child before proc.wait().
+    result = run_vmm_subprocess("stop", str(record.port), "--json")
+    assert result.returncode == 0, result.stderr
+    [stopped] = json.loads(result.stdout)["stopped"]
     assert stopped["stopped"] is True and stopped["signal"] == "SIGTERM"
     assert proc.wait(timeout=5) == -signal.SIGTERM
     assert runtime.list_records(root) == []
@@ -140,9 +142,9 @@ def test_stop_by_port_sends_sigterm_and_removes_the_record(server, root):
 
 def test_stop_kills_a_server_that_ignores_sigterm(server):
     proc, _ = server(model="org/stubborn", ignore_term=True)
-    result = run_vmm("stop", "org/stubborn", "--timeout", "0.5", "--json")
-    assert result.exit_code == 0, result.stderr
-    assert result.json()["stopped"][0]["signal"] == "SIGKILL"
+    result = run_vmm_subprocess("stop", "org/stubborn", "--timeout", "0.5", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["stopped"][0]["signal"] == "SIGKILL"
     assert proc.wait(timeout=5) == -signal.SIGKILL
 
 
