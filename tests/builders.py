@@ -463,8 +463,12 @@ def make_hand_made_dir(root: Path | str, dir_name: str = "my-finetune", cfg: dic
 
 
 def manage(model_dir: Path | str, repo_id: str, commit: str = "0123456789abcdef0123456789abcdef01234567",
-           revision: str = "main", last_used: float | None = None, quant: str | None = None) -> Path:
-    """Give a model directory a vmm manifest listing its files (as `vmm pull` would)."""
+           revision: str = "main", last_used: float | None = None, quant: str | None = None,
+           hashes: bool = False, pulled_at: float | None = None, pinned: bool = False) -> Path:
+    """Give a model directory a vmm manifest listing its files (as `vmm pull` would); with
+    ``hashes`` each file's sha256 and git blob sha1 too (real content only: sparse files of
+    many GB would take minutes to hash)."""
+    from vmm.core import hashing
     from vmm.core.store import manifests
 
     model_dir = Path(model_dir)
@@ -472,10 +476,11 @@ def manage(model_dir: Path | str, repo_id: str, commit: str = "0123456789abcdef0
     for path in sorted(model_dir.rglob("*")):
         rel = path.relative_to(model_dir).as_posix()
         if path.is_file() and not rel.startswith(".vmm/"):
-            files.append(manifests.ManifestFile(path=rel, size=path.stat().st_size))
+            sha256, sha1 = (hashing.file_hashes(path)[:2]) if hashes else (None, None)
+            files.append(manifests.ManifestFile(path=rel, size=path.stat().st_size, sha256=sha256, git_sha1=sha1))
     manifests.write_manifest(model_dir, manifests.Manifest(
         repo_id=repo_id, revision=revision, commit=commit, quant=quant, files=files,
-        pulled_at=time.time(), last_used=last_used))
+        pulled_at=time.time() if pulled_at is None else pulled_at, last_used=last_used, pinned=pinned))
     return model_dir
 
 

@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-import time
 from pathlib import Path
 
-from vmm.core import hashing
-from vmm.core.store import manifests
 
 COMMIT = "a" * 40
 
@@ -27,20 +24,18 @@ def blob(seed: str, size: int = 200_000) -> bytes:
 def make_model(root: Path, repo_id: str, files: dict[str, bytes], managed: bool = True,
                hashes: bool = True, last_used: float | None = None, pulled_at: float | None = None,
                pinned: bool = False) -> Path:
+    """A model of exactly these files (real content), managed with a hashed manifest through
+    the one manifest builder (builders.manage)."""
+    import builders
+
     model_dir = Path(root) / repo_id.replace("/", "--")
     for rel, content in files.items():
         path = model_dir / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(content)
     if managed:
-        entries = []
-        for rel in sorted(files):
-            sha256, sha1, size = hashing.file_hashes(model_dir / rel)
-            entries.append(manifests.ManifestFile(rel, size, sha256 if hashes else None, sha1 if hashes else None))
-        manifests.write_manifest(model_dir, manifests.Manifest(
-            repo_id=repo_id, revision="main", commit=COMMIT, files=entries,
-            pulled_at=pulled_at if pulled_at is not None else time.time(), last_used=last_used,
-            pinned=pinned))
+        builders.manage(model_dir, repo_id, commit=COMMIT, hashes=hashes, last_used=last_used,
+                        pulled_at=pulled_at, pinned=pinned)
     return model_dir
 
 
