@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -240,14 +241,21 @@ def test_no_wait_exits_8_while_another_pull_holds_the_lock(hub, root):
 def test_second_pull_waits_for_the_first_with_a_message(hub, root):
     hub.add_repo("org/tiny", BASE_FILES)
     env = {**os.environ, "HF_ENDPOINT": hub.url, "VMM_ROOT": str(root)}
+    seen: list[str] = []
     with locking.model_lock(root, "org--tiny", "pull"):
         child = subprocess.Popen([sys.executable, "-m", "vmm", "pull", "org/tiny"], env=env, cwd=REPO,
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        time.sleep(1.5)
-        assert child.poll() is None
-    out, err = child.communicate(timeout=30)
-    assert child.returncode == 0, err
-    assert "waiting for the lock" in err
+        # Hold the lock until the child says it waits for it (no sleep: a slow start must not
+        # find the lock already free).
+        reader = threading.Thread(target=lambda: seen.extend(iter(child.stderr.readline, "")), daemon=True)
+        reader.start()
+        deadline = time.monotonic() + 60
+        while not any("waiting for the lock" in line for line in seen) and time.monotonic() < deadline:
+            assert child.poll() is None, seen
+            time.sleep(0.02)
+        assert any("waiting for the lock" in line for line in seen), seen
+    assert child.wait(timeout=60) == 0, seen
+    reader.join(timeout=10)
     assert _files(root) == EXPECTED
 
 
