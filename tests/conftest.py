@@ -58,6 +58,15 @@ def run_vmm_subprocess(*args: str, env: dict[str, str] | None = None, **kwargs) 
                           capture_output=True, text=True, stdin=subprocess.DEVNULL, **kwargs)
 
 
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def assert_error_line(run: Run, code: int, *fragments: str) -> None:
     """The contract: exit ``code`` and exactly one ``error:`` line on stderr, no traceback."""
     assert run.exit_code == code, (run.exit_code, run.stdout, run.stderr)

@@ -8,13 +8,13 @@ import glob
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from contextlib import contextmanager
 
 import pytest
+from conftest import free_port  # noqa: F401 - the lane's tests take it from here
 
 VLLM_TEMP_GLOB = "/tmp/vllm_dist_*"       # what vLLM's CPU workers leave behind
 
@@ -28,10 +28,6 @@ def vllm_python() -> str:
     return found.python
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def vmm(*args, env=None, timeout=300, check=True) -> subprocess.CompletedProcess:

@@ -114,7 +114,11 @@ def _without_host(argv: list[str]) -> list[str]:
 
 
 def vllm_argvs(root: Path, *plan: str) -> dict[str, list[str]]:
-    """The vllm serve argv each of the four outputs would run, for the same NAME and flags."""
+    """The vllm serve argv each of the four outputs would run, for the same NAME and flags.
+
+    The port is given: without it, serve on this host takes the next free one when 8000 is
+    busy here, while Kubernetes pods always listen on 8000 (their own network)."""
+    plan = (*plan, "--port", "8000")
     serve = run_vmm("serve", QWEN, *plan, "--dry-run", "--json").json()["command"]
     docker = shlex.split(run_vmm("serve", QWEN, *plan, "--emit", "docker").stdout.replace("\\\n", " "))
     after = docker[[i for i, w in enumerate(docker) if w.startswith("vllm/vllm-openai:")][0] + 1:]

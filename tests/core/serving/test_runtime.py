@@ -11,7 +11,7 @@ import threading
 
 import pytest
 
-from conftest import assert_error_line, run_vmm, run_vmm_subprocess
+from conftest import assert_error_line, free_port, run_vmm, run_vmm_subprocess
 from vmm.core.errors import NotFoundError
 from vmm.core.serving import metrics, runtime
 
@@ -44,12 +44,6 @@ s.serve_forever()
 '''
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -58,7 +52,7 @@ def server(tmp_path, root):
     procs = []
 
     def start(model="org/tiny", ignore_term=False):
-        port = _free_port()
+        port = free_port()
         script = tmp_path / "metrics_server.py"
         script.write_text(METRICS_SERVER)
         args = [sys.executable, str(script), str(port)] + (["ignore-term"] if ignore_term else [])

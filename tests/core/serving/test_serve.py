@@ -6,7 +6,6 @@ import json
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import builders as b
-from conftest import REPO, assert_error_line, run_vmm
+from conftest import REPO, assert_error_line, free_port, run_vmm
 
 GIB = 1 << 30
 FAKE_BIN = REPO / "tests" / "fakevllm"
@@ -190,10 +189,6 @@ def test_emit_docker_and_systemd_use_the_same_plan(models):
 
 # ------------------------------------------------------------------ running a (fake) vLLM
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -203,7 +198,7 @@ def fake_env(models, tmp_path):
 
 
 def _serve(env, *extra, port=None):
-    port = port or _port()
+    port = port or free_port()
     proc = subprocess.Popen([sys.executable, "-m", "vmm", "serve", "org/tiny", "--device", "cpu", "--port", str(port),
                              *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, **env})
@@ -264,7 +259,7 @@ def test_missing_vllm_is_exit_127(models, monkeypatch, tmp_path):
 
 
 def test_detach_returns_when_ready_and_leaves_logs_ps_and_stop(fake_env):
-    port = _port()
+    port = free_port()
     run = _vmm(fake_env, "serve", "org/tiny", "--device", "cpu", "--port", str(port), "--detach")
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == f"http://127.0.0.1:{port}"

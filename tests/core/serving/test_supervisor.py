@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -13,7 +12,7 @@ import threading
 import pytest
 
 import builders as b
-from conftest import REPO
+from conftest import REPO, free_port
 
 FAKE_BIN = REPO / "tests" / "fakevllm"
 TINY = {**b.LLAMA3_8B_INSTRUCT, "hidden_size": 128, "num_attention_heads": 4, "num_key_value_heads": 2,
@@ -21,10 +20,6 @@ TINY = {**b.LLAMA3_8B_INSTRUCT, "hidden_size": 128, "num_attention_heads": 4, "n
         "torch_dtype": "float32"}
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -37,7 +32,7 @@ class Serve:
     """`vmm serve` as a child, its stderr read line by line so a test can wait for a phase."""
 
     def __init__(self, env: dict[str, str], *extra: str) -> None:
-        self.port = _port()
+        self.port = free_port()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "vmm", "serve", "org/tiny", "--device", "cpu", "--port", str(self.port), *extra],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
@@ -167,7 +162,7 @@ def test_launcher_hands_output_and_hints_to_callbacks_and_prints_nothing(fake_en
     monkeypatch.setenv("PATH", fake_env["PATH"])
     monkeypatch.setenv("FAKE_VLLM_FAIL", "9")
     req = launcher.ServeRequest(name="org/tiny", model_dir=root / "org--tiny", served_name="org/tiny",
-                                port=_port(), device="cpu")
+                                port=free_port(), device="cpu")
     seen: list[str] = []
     with pytest.raises(supervisor.VllmExited) as caught:
         supervisor.run(launcher.build(req), req, root, on_line=seen.append)
