@@ -13,6 +13,7 @@ from vmm.cli.app import ExitQuietly, JsonOpt, NameArg, RootOpt, app, root_of
 
 DEVICES = ("auto", "cuda", "cpu")
 EMITS = ("docker", "systemd", "kubernetes", "kubernetes-pull")
+K8S_VOLUMES = ("pvc", "hostpath")
 
 
 def _check_choice(flag: str, value: str | None, choices: tuple[str, ...]) -> None:
@@ -72,6 +73,7 @@ def serve_cmd(
 
     _check_choice("--device", device, DEVICES)
     _check_choice("--emit", emit, EMITS)
+    _check_choice("--k8s-volume", k8s_volume, K8S_VOLUMES)
     base = root_of(root)
     model = fit.resolve_target(name, base, allow_hub=dry_run and emit is None)
     quant = model.quant
