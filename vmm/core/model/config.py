@@ -161,14 +161,6 @@ def _defaults_table() -> dict[str, Any]:
     return table if isinstance(table, dict) else {}
 
 
-def transformers_defaults_version() -> str | None:
-    path = Path(__file__).resolve().parent.parent.parent / "data" / "transformers_defaults.json"
-    try:
-        return json.loads(path.read_text()).get("transformers_version")
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
 def _class_defaults(model_type: Any, nested: dict[str, Any] | None = None) -> dict[str, Any]:
     """The constant class defaults (DEFAULT_KEYS) of a transformers config class.
 
