@@ -69,11 +69,19 @@ def _errors(lines: list[str]) -> list[str]:
     return [ln for ln in lines if ln.startswith("error:")]
 
 
+# Before /health answers (the fake's signal handlers are in place, /health says 503), and once
+# /health answered but the first completion hangs (vmm has not said ready).
+PHASES = {"before health": ({"FAKE_VLLM_DELAY": "120"}, "INFO serving"),
+          "after health, before ready": ({"FAKE_VLLM_FIRST_REQUEST_DELAY": "120"}, "first request")}
+
+
+@pytest.mark.parametrize("phase", PHASES)
 @pytest.mark.parametrize("sig, expected", [(signal.SIGTERM, 0), (signal.SIGINT, 130)])
-def test_stop_before_health_answers_is_a_clean_stop(fake_env, sig, expected):
-    serve = Serve({**fake_env, "FAKE_VLLM_DELAY": "120"})
+def test_a_stop_during_start_up_is_a_clean_stop(fake_env, phase, sig, expected):
+    env, marker = PHASES[phase]
+    serve = Serve({**fake_env, **env})
     try:
-        serve.wait_for("INFO serving")           # its signal handlers are in place; /health says 503
+        serve.wait_for(marker)
         serve.proc.send_signal(sig)
         code, out, lines = serve.finish()
     finally:
@@ -81,19 +89,6 @@ def test_stop_before_health_answers_is_a_clean_stop(fake_env, sig, expected):
     assert code == expected, lines
     assert _errors(lines) == [] and out == ""
     assert any("shutting down on signal" in ln for ln in lines)       # vLLM got the signal
-
-
-@pytest.mark.parametrize("sig, expected", [(signal.SIGTERM, 0), (signal.SIGINT, 130)])
-def test_stop_after_health_before_ready_is_a_clean_stop(fake_env, sig, expected):
-    serve = Serve({**fake_env, "FAKE_VLLM_FIRST_REQUEST_DELAY": "120"})
-    try:
-        serve.wait_for("first request")          # /health answered; the first completion hangs
-        serve.proc.send_signal(sig)
-        code, out, lines = serve.finish()
-    finally:
-        serve.kill()
-    assert code == expected, lines
-    assert _errors(lines) == [] and out == ""
 
 
 def test_stop_before_ready_passes_on_vllms_own_code_for_sigterm(fake_env):
