@@ -21,6 +21,7 @@ def _sib(**fields):
 
 MALFORMED = {
     "not JSON": b"{not json",
+    "nested 100,000 deep": b'{"sha": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
     "a list, not an object": json.dumps([{"sha": SHA}]).encode(),
     "no sha": json.dumps({"siblings": []}).encode(),
     "sha a number": json.dumps({"sha": 5, "siblings": []}).encode(),

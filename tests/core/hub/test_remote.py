@@ -151,3 +151,11 @@ def test_a_modelopt_checkpoint_on_the_hub_is_planned_with_its_hf_quant_config(hu
     model = remote.read_remote_model("nvidia/tiny-FP8")
     assert model.cfg.quantization["quant_method"] == "modelopt"
     assert model.cfg.quantization["source"] == "hf_quant_config.json"
+
+
+def test_a_config_nested_too_deep_on_the_hub_is_one_error_line(hub, root, tmp_path):
+    d = b.make_safetensors_model(tmp_path / "deep", cfg=b.TINY_LLAMA, sparse=False)
+    (d / "config.json").write_bytes(b'{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")
+    hub.add_repo("org/deep", d)
+    assert_error_line(run_vmm("serve", "org/deep", "--dry-run", "--gpus", "1", "--gpu-memory", "24GiB"),
+                      5, "malformed JSON on the Hub", "org/deep/config.json")

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from vmm.core import hashing, settings
+from vmm.core import hashing, jsonfile, settings
 from vmm.core.errors import NotFoundError, RemoteError, UsageError, VmmError
 
 LOGIN_HINT = "run `hf auth login` or set HF_TOKEN to a token with access to this repo"
@@ -170,12 +170,10 @@ def _get_json(url: str, params: dict, token: str | None, repo_id: str, revision:
         if mapped is not None:
             raise mapped from exc
         raise _Transient(exc) from exc
-    import json
-
     try:
-        return json.loads(body)
+        return jsonfile.loads(body)        # nesting bounded: the answer comes from any endpoint
     except (ValueError, UnicodeDecodeError) as exc:
-        raise _Shape("not JSON") from exc
+        raise _Shape(f"not JSON ({exc})" if isinstance(exc, jsonfile.JsonDepthError) else "not JSON") from exc
 
 
 class _Transient(Exception):

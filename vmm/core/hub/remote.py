@@ -19,14 +19,13 @@ CDN) followed by hand, the token sent only to the endpoint's own host, as pull d
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from urllib.parse import quote
 
-from vmm.core import names, settings
+from vmm.core import jsonfile, names, settings
 from vmm.core.errors import IntegrityError, NotFoundError, RemoteError, UsageError, VmmError
 from vmm.core.hub import connection
 from vmm.core.hub.client import RemoteFile, fetch_snapshot
@@ -134,7 +133,7 @@ class RangeReader:
 def _json_file(reader: RangeReader, path: str) -> dict:
     raw = reader.read(path)
     try:
-        doc = json.loads(raw)
+        doc = jsonfile.loads(raw)          # nesting bounded, as for files on disk
     except ValueError:
         raise IntegrityError("malformed JSON on the Hub", f"{reader.repo_id}/{path}", "check the repo") from None
     if not isinstance(doc, dict):
