@@ -20,6 +20,11 @@ skipped (and listed on stderr).  For composite configs that carry a
 ``text_config`` sub-config (gemma3, llama4, mistral3, qwen2_5_vl, ...), the
 text sub-config's defaults are recorded under a nested "text_config" key.
 Only JSON-serialisable values are kept (tuples become lists).
+
+Each entry also records the class's ``attribute_map`` (standard name -> the name the class
+stores it under, e.g. GPT2Config ``hidden_size -> n_embd``) when it has one:
+``PretrainedConfig.__getattribute__`` / ``__setattr__`` (transformers 5.24
+configuration_utils.py) redirect those names, so vmm applies the same map to config.json.
 """
 
 from __future__ import annotations
@@ -60,6 +65,32 @@ KEYS = [
     "dtype",
     # transformers >= 5 moved rope_theta/rope_scaling into rope_parameters
     "rope_parameters",
+    # multi-query / grouped KV fields vLLM's get_total_num_kv_heads reads (Falcon, ChatGLM)
+    "multi_query",
+    "new_decoder_architecture",
+    "num_kv_heads",
+    "multi_query_group_num",
+    # Mamba / hybrid state sizes (vLLM's get_mamba_state_shape_from_config of each model)
+    "mamba_d_state",
+    "mamba_d_conv",
+    "mamba_expand",
+    "mamba_n_heads",
+    "mamba_d_head",
+    "mamba_n_groups",
+    "mamba_d_ssm",
+    "mamba_num_heads",
+    "mamba_head_dim",
+    "ssm_state_size",
+    "n_groups",
+    "conv_kernel",
+    "expand",
+    "state_size",
+    "intermediate_size",
+    "mamba_ngroups",
+    "n_mamba_heads",
+    "mamba_headdim",
+    "attn_layer_period",
+    "attn_layer_offset",
 ]
 
 _MISSING = object()
@@ -103,8 +134,17 @@ def _attr(cfg, key):
     return _jsonable(value)
 
 
+def _attribute_map(cfg) -> dict:
+    """The class's alias map (standard name -> stored name), strings only."""
+    found = getattr(type(cfg), "attribute_map", None) or {}
+    return {str(k): str(v) for k, v in found.items() if isinstance(k, str) and isinstance(v, str) and k != v}
+
+
 def _collect(cfg) -> dict:
     out = {}
+    aliases = _attribute_map(cfg)
+    if aliases:
+        out["attribute_map"] = aliases
     for key in KEYS:
         if not hasattr(type(cfg), key) and key not in cfg.__dict__ and key not in getattr(cfg, "attribute_map", {}):
             continue
