@@ -37,14 +37,21 @@ def test_invariants(path):
     derived = layers.derived(cfg, context)
     assert derived["head_dim"] and derived["head_dim"] % 8 == 0
     assert derived["num_key_value_heads"] >= 1
-    assert sum(derived["layers_by_kind"].values()) == cfg.num_hidden_layers
+    # every layer has a cache kind, except the MLP/MoE-only layers of Nemotron-H; a Mamba mixer
+    # beside attention (Falcon-H1, Zamba2) is a second kind of the same layer
+    counts, kinds = derived["layers_by_kind"], layers.kinds(cfg)
+    assert len(kinds) == cfg.num_hidden_layers
+    assert sum(n for k, n in counts.items() if k != "mamba") == sum(k not in (None, "mamba") for k in kinds)
+    assert counts["mamba"] >= kinds.count("mamba")
     if not cfg.is_mla:
         assert cfg.num_attention_heads % cfg.effective_kv_heads == 0
     # hybrid accounting never costs more than full attention (up to the block padding of
     # the sliding-window groups), and is never free
     per_token = derived["kv_bytes_per_token"]
-    linear = derived["kv_bytes_per_token_by_kind"].get("linear", 0)   # states, not in "full attention"
-    assert 0 < per_token <= derived["kv_bytes_per_token_full_attention"] * 1.01 + linear + 1
+    by_kind = derived["kv_bytes_per_token_by_kind"]
+    states = by_kind.get("linear", 0) + by_kind.get("mamba", 0)   # states, not in "full attention"
+    block = layers.kv_spec(cfg).block_tokens()   # hybrids with a state: attention blocks grow
+    assert 0 < per_token <= derived["kv_bytes_per_token_full_attention"] * (1.01 + block / context) + states + 1
     # With ample memory the plan is the model's own length, and one sequence of it fits.
     weights = 10 * GIB
     hw = planner.Hardware("cuda", 8, 141 * GIB, "9.0", source="given")
@@ -75,7 +82,7 @@ def test_gemma3_27b_rope_factor_not_applied():
 def test_gpt_oss_alternates_128_token_windows():
     cfg = load("openai--gpt-oss-120b")
     assert cfg.layer_types[:2] == ["sliding_attention", "full_attention"]
-    assert layers.kind_counts(cfg) == {"full": 18, "sliding": 18, "chunked": 0, "mla": 0, "linear": 0}
+    assert layers.kind_counts(cfg) == {"full": 18, "sliding": 18, "chunked": 0, "mla": 0, "linear": 0, "mamba": 0}
     assert cfg.sliding_window == 128 and planner.model_max_len(cfg) == 131072   # yarn: not x32
     assert cfg.quant_method == "mxfp4"
     spec = layers.kv_spec(cfg)

@@ -1,4 +1,4 @@
-"""Layer kinds (full, sliding-window, chunked, MLA, linear) and the KV cache vLLM allocates for them.
+"""Layer kinds (full, sliding-window, chunked, MLA, linear, Mamba) and the KV cache vLLM allocates for them.
 
 Every rule names its source in vLLM 0.32.0 (the CPU build vmm is tested against) or
 transformers 5.19 (the config classes that build ``layer_types`` when config.json has none).
@@ -20,8 +20,15 @@ transformers 5.19 (the config classes that build ``layer_types`` when config.jso
   group of a kind), and one block of a group costs the group size x one layer's block.
 - MLA (DeepSeek V2/V3/R1): one latent of ``kv_lora_rank + qk_rope_head_dim`` values per token
   and layer, replicated on every TP rank (vllm/v1/kv_cache_interface.py ``MLAAttentionSpec``).
-- Linear attention (Qwen3-Next gated delta net): a constant state per sequence
-  (vllm/model_executor/layers/mamba/mamba_utils.py ``gated_delta_net_state_shape``).
+- Linear attention (Qwen3-Next gated delta net) and Mamba (Nemotron-H, granite-4.0-h,
+  Falcon-H1, Jamba, Zamba2, Mamba/Mamba2): a constant state per sequence and layer
+  (vllm/model_executor/layers/mamba/mamba_utils.py ``MambaStateShapeCalculator``
+  ``gated_delta_net_state_shape``, ``mamba1_state_shape``, ``mamba2_state_shape``). vLLM keeps
+  each in ``MambaSpec`` pages, 2 per sequence with prefix caching (``mamba_cache_mode``
+  "align", ``MambaSpec.max_memory_usage_bytes``). In a model that also has attention the
+  attention block grows until one attention page holds a state page, and the state page is
+  padded to the attention page (vllm/platforms/interface.py ``_align_hybrid_block_size``,
+  kernel alignment 16 tokens; 128 with MLA); then all kinds share the grouping above.
 """
 
 from __future__ import annotations
@@ -58,10 +65,13 @@ def in_flight_tokens(gpu_memory_bytes: int | None, pp: int = 1) -> int:
 # rope types whose max_position_embeddings is already the scaled length (vLLM 0.32).
 _ROPE_ALREADY_SCALED = {"su", "longrope", "llama3", "yarn", "deepseek_yarn", "deepseek_llama_scaling"}
 
-FULL, SLIDING, CHUNKED, MLA, LINEAR = "full", "sliding", "chunked", "mla", "linear"
-KINDS = (FULL, SLIDING, CHUNKED, MLA, LINEAR)
+FULL, SLIDING, CHUNKED, MLA, LINEAR, MAMBA = "full", "sliding", "chunked", "mla", "linear", "mamba"
+KINDS = (FULL, SLIDING, CHUNKED, MLA, LINEAR, MAMBA)
+STATE_KINDS = (LINEAR, MAMBA)           # a constant state per sequence, no per-token KV
+STATE_PAGES = 2                         # MambaSpec pages per sequence in "align" mode
+# "mlp": a layer without attention or state (Nemotron-H "-" and "E" blocks).
 _TYPE_KIND = {"full_attention": FULL, "sliding_attention": SLIDING, "chunked_attention": CHUNKED,
-              "linear_attention": LINEAR, "mamba": LINEAR}
+              "linear_attention": LINEAR, "mamba": MAMBA, "mlp": None}
 
 def _rope_entries(rope: dict | None) -> list[dict]:
     """rope_scaling/rope_parameters as a list (per-layer-type dicts give one entry each)."""
@@ -102,8 +112,10 @@ def model_max_len(cfg: ModelConfig) -> int | None:
     return length
 
 
-def kinds(cfg: ModelConfig) -> list[str]:
-    """Each layer's KV kind as vLLM allocates it."""
+def kinds(cfg: ModelConfig) -> list[str | None]:
+    """Each layer's cache kind as vLLM allocates it: its attention kind, MAMBA for a Mamba-only
+    layer, None for a layer with neither (a parallel hybrid's Mamba mixers, Falcon-H1's, are
+    counted in kind_counts)."""
     n = cfg.num_hidden_layers or 0
     if cfg.is_mla:
         return [MLA] * n
@@ -117,10 +129,18 @@ def kinds(cfg: ModelConfig) -> list[str]:
 
 
 def kind_counts(cfg: ModelConfig) -> dict[str, int]:
+    """Layers per cache kind; MAMBA counts every Mamba mixer (one per layer in Falcon-H1 and
+    Zamba2, whose attention layers hold one too)."""
     counts = dict.fromkeys(KINDS, 0)
     for kind in kinds(cfg):
-        counts[kind] += 1
+        if kind is not None and kind != MAMBA:
+            counts[kind] += 1
+    counts[MAMBA] = cfg.mamba["layers"] if cfg.mamba else 0
     return counts
+
+
+def attention_layers(counts: dict[str, int]) -> int:
+    return sum(n for k, n in counts.items() if k not in STATE_KINDS)
 
 
 def layer_token_bytes(cfg: ModelConfig, tp: int = 1, kv_dtype: str | None = None) -> int | None:
@@ -134,12 +154,10 @@ def layer_token_bytes(cfg: ModelConfig, tp: int = 1, kv_dtype: str | None = None
     return int(2 * max(1, kv_heads // tp) * head_dim * nbytes)
 
 
-def linear_state_bytes(cfg: ModelConfig, tp: int = 1) -> int:
-    """One linear-attention layer's state per sequence (Qwen3-Next gated delta net: conv state
+def linear_state_page_bytes(cfg: ModelConfig, tp: int = 1) -> int:
+    """One linear-attention layer's state page (Qwen3-Next gated delta net: conv state
     (kernel - 1) x (2 key dim + value dim) and the recurrent state v_heads x k_dim x v_dim,
-    split by TP; vllm/model_executor/layers/mamba/mamba_utils.py, 0.32.0), counted twice: with
-    prefix caching (mamba_cache_mode "align") vLLM holds 2 state pages per sequence
-    (``MambaSpec.max_memory_usage_bytes``, vllm/v1/kv_cache_interface.py)."""
+    split by TP; vllm/model_executor/layers/mamba/mamba_utils.py, 0.32.0)."""
     la = cfg.linear_attention
     if not la:
         return 0
@@ -148,47 +166,117 @@ def linear_state_bytes(cfg: ModelConfig, tp: int = 1) -> int:
     value_dim = la["num_value_heads"] * la["value_head_dim"]
     conv = (la["conv_kernel_dim"] - 1) * (2 * key_dim + value_dim) // tp
     ssm = la["num_value_heads"] // tp * la["key_head_dim"] * la["value_head_dim"]
-    return int(2 * (conv + ssm) * nbytes)
+    return int((conv + ssm) * nbytes)
 
 
-def _blocks(kind: str, length: int, cfg: ModelConfig, in_flight: int) -> int:
+def linear_state_bytes(cfg: ModelConfig, tp: int = 1) -> int:
+    """One linear-attention layer's state per sequence, unpadded: 2 pages with prefix caching
+    (mamba_cache_mode "align", ``MambaSpec.max_memory_usage_bytes``, vllm/v1/kv_cache_interface.py)."""
+    return STATE_PAGES * linear_state_page_bytes(cfg, tp)
+
+
+def _extra_groups(n_groups: int, tp: int) -> int:
+    # MambaStateShapeCalculator.extra_groups_for_head_shards: groups replicated to follow the heads.
+    return 0 if n_groups % tp == 0 else tp - n_groups
+
+
+def mamba_state_shapes(cfg: ModelConfig, tp: int = 1) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+    """(conv state, SSM state) shapes of one Mamba layer, as vLLM 0.32.0
+    ``MambaStateShapeCalculator.mamba1_state_shape`` / ``mamba2_state_shape`` give them
+    (conv layout "SD": (kernel - 1, dim); no speculative tokens)."""
+    m = cfg.mamba
+    if not m:
+        return None
+    if m["version"] == 1:
+        dim = m["intermediate_size"] // tp
+        return (m["conv_kernel"] - 1, dim), (dim, m["state_size"])
+    groups = m["n_groups"] + _extra_groups(m["n_groups"], tp)
+    conv_dim = m["intermediate_size"] + 2 * groups * m["state_size"]
+    return (m["conv_kernel"] - 1, conv_dim // tp), (m["num_heads"] // tp, m["head_dim"], m["state_size"])
+
+
+def mamba_state_page_bytes(cfg: ModelConfig, tp: int = 1) -> int:
+    """One Mamba layer's state page: conv state at the model dtype, SSM state at
+    mamba_ssm_cache_dtype (the model dtype unless the model sets it: Nemotron-H float32;
+    ``MambaStateDtypeCalculator``, mamba_utils.py)."""
+    shapes = mamba_state_shapes(cfg, tp)
+    if not shapes:
+        return 0
+    conv, ssm = (math.prod(s) for s in shapes)
+    ssm_dtype = cfg.mamba.get("ssm_dtype") or cfg.torch_dtype
+    return int(conv * dtype_bytes(cfg.torch_dtype) + ssm * dtype_bytes(ssm_dtype))
+
+
+def _blocks(kind: str, length: int, cfg: ModelConfig, in_flight: int, block: int = BLOCK_TOKENS) -> int:
+    if kind in STATE_KINDS:
+        return STATE_PAGES
     if kind == SLIDING and cfg.sliding_window:
-        return math.ceil(min(cfg.sliding_window - 1 + in_flight, length) / BLOCK_TOKENS) + 1
+        return math.ceil(min(cfg.sliding_window - 1 + in_flight, length) / block) + 1
     if kind == CHUNKED and cfg.attention_chunk_size:
-        return math.ceil(min(cfg.attention_chunk_size + in_flight, length) / BLOCK_TOKENS)
-    return math.ceil(length / BLOCK_TOKENS)
+        return math.ceil(min(cfg.attention_chunk_size + in_flight, length) / block)
+    return math.ceil(length / block)
 
 
 @dataclass
 class KvSpec:
     """What one sequence costs in the KV cache at a given TP."""
-    layer_token_bytes: int            # one attention layer, one token
+    layer_token_bytes: int            # one attention layer, one token (0: attention-free)
     counts: dict[str, int]
-    linear_state_bytes: int           # per linear layer, per sequence
+    linear_state_bytes: int           # per linear layer, per sequence (2 unpadded pages)
     hybrid: bool = True               # False: every layer counted at the whole context
     in_flight: int = IN_FLIGHT_TOKENS
+    mamba_state_bytes: int = 0        # per Mamba layer, per sequence (2 unpadded pages)
+    block_alignment: int = BLOCK_TOKENS   # attention kernel block alignment (128 with MLA)
+
+    def _state_page(self) -> int:
+        """The largest unpadded state page of the kinds present."""
+        pages = [self.linear_state_bytes if self.counts.get(LINEAR) else 0,
+                 self.mamba_state_bytes if self.counts.get(MAMBA) else 0]
+        return max(pages) // STATE_PAGES
+
+    def block_tokens(self) -> int:
+        """Tokens per attention block: 16, or as many as one state page needs
+        (vllm/platforms/interface.py ``_align_hybrid_block_size``, 0.32.0)."""
+        page = self._state_page()
+        if not page or not self.layer_token_bytes or not attention_layers(self.counts):
+            return BLOCK_TOKENS
+        align = self.block_alignment
+        return max(BLOCK_TOKENS, align * math.ceil(page / (align * self.layer_token_bytes)))
 
     def group_size(self) -> int:
-        attn = [c for k, c in self.counts.items() if k != LINEAR and c]
-        if not attn:
+        present = [c for c in self.counts.values() if c]
+        if not present:
             return 0
-        low, high = min(attn), max(attn)
+        low, high = min(present), max(present)
         return high if high < 1.5 * low else low
+
+    def kind_bytes(self, length: int, cfg: ModelConfig) -> dict[str, int]:
+        """Bytes vLLM reserves for one sequence of ``length`` tokens, per kind (padding included)."""
+        out: dict[str, int] = {}
+        attn = attention_layers(self.counts)
+        if not self.hybrid:
+            for kind, count in self.counts.items():
+                if count and kind in STATE_KINDS:
+                    out[kind] = count * (self.linear_state_bytes if kind == LINEAR else self.mamba_state_bytes)
+                elif count:
+                    out[kind] = count * math.ceil(length / BLOCK_TOKENS) * BLOCK_TOKENS * self.layer_token_bytes
+            return out
+        if not attn:   # attention-free (Mamba): unpadded state pages only
+            for kind in STATE_KINDS:
+                if self.counts.get(kind):
+                    out[kind] = self.counts[kind] * (self.linear_state_bytes if kind == LINEAR else self.mamba_state_bytes)
+            return out
+        block = self.block_tokens()
+        page = block * self.layer_token_bytes
+        size = self.group_size()
+        for kind, count in self.counts.items():
+            if count:
+                out[kind] = size * math.ceil(count / size) * _blocks(kind, length, cfg, self.in_flight, block) * page
+        return out
 
     def sequence_bytes(self, length: int, cfg: ModelConfig) -> int:
         """KV bytes vLLM reserves for one sequence of ``length`` tokens."""
-        in_flight = self.in_flight
-        linear = self.counts.get(LINEAR, 0) * self.linear_state_bytes
-        if not self.hybrid:
-            layers = sum(c for k, c in self.counts.items() if k != LINEAR)
-            return layers * math.ceil(length / BLOCK_TOKENS) * BLOCK_TOKENS * self.layer_token_bytes + linear
-        size = self.group_size()
-        blocks = 0
-        for kind, count in self.counts.items():
-            if kind == LINEAR or not count:
-                continue
-            blocks += math.ceil(count / size) * _blocks(kind, length, cfg, in_flight)
-        return size * blocks * BLOCK_TOKENS * self.layer_token_bytes + linear
+        return sum(self.kind_bytes(length, cfg).values())
 
     def max_length(self, budget: int, limit: int, cfg: ModelConfig) -> int:
         """The longest length (a multiple of 16, at most ``limit``) whose sequence fits."""
@@ -207,11 +295,14 @@ def kv_spec(cfg: ModelConfig, tp: int = 1, kv_dtype: str | None = None, hybrid: 
     """What a sequence costs on one GPU. vLLM 0.32 turns its hybrid KV cache manager off for
     models with chunked local attention (Llama 4) unless VLLM_ALLOW_CHUNKED_LOCAL_ATTN_WITH_HYBRID_KV_CACHE
     is set (vllm/config/vllm.py, ``__post_init__``): every layer then holds the whole context."""
-    per_layer = layer_token_bytes(cfg, tp, kv_dtype)
-    if not per_layer or not cfg.num_hidden_layers:
+    if not cfg.num_hidden_layers:
         return None
     counts = kind_counts(cfg)
-    return KvSpec(per_layer, counts, linear_state_bytes(cfg, tp), hybrid and not counts[CHUNKED], in_flight)
+    per_layer = layer_token_bytes(cfg, tp, kv_dtype) if attention_layers(counts) else 0
+    if per_layer is None or (not per_layer and not any(counts[k] for k in STATE_KINDS)):
+        return None
+    return KvSpec(per_layer, counts, linear_state_bytes(cfg, tp), hybrid and not counts[CHUNKED], in_flight,
+                  STATE_PAGES * mamba_state_page_bytes(cfg, tp), 128 if cfg.is_mla else BLOCK_TOKENS)
 
 
 def derived(cfg: ModelConfig, context: int | None) -> dict[str, Any]:
@@ -221,18 +312,12 @@ def derived(cfg: ModelConfig, context: int | None) -> dict[str, Any]:
     per_kind: dict[str, int] = {}
     per_token = None
     if spec and context:
-        for kind, count in counts.items():
-            if not count:
-                continue
-            if kind == LINEAR:
-                per_kind[kind] = math.ceil(count * spec.linear_state_bytes / context)
-            else:
-                one = KvSpec(spec.layer_token_bytes, {kind: count}, 0, spec.hybrid)
-                per_kind[kind] = math.ceil(one.sequence_bytes(context, cfg) / context)
+        per_kind = {k: math.ceil(v / context) for k, v in spec.kind_bytes(context, cfg).items()}
         per_token = math.ceil(spec.sequence_bytes(context, cfg) / context)
     return {
-        "head_dim": (cfg.kv_lora_rank + (cfg.qk_rope_head_dim or 0)) if cfg.is_mla else cfg.effective_head_dim,
-        "num_key_value_heads": 1 if cfg.is_mla else cfg.effective_kv_heads,
+        "head_dim": (cfg.kv_lora_rank + (cfg.qk_rope_head_dim or 0)) if cfg.is_mla else (
+            cfg.effective_head_dim if attention_layers(counts) else 0),
+        "num_key_value_heads": 1 if cfg.is_mla else (cfg.effective_kv_heads if attention_layers(counts) else 0),
         "num_hidden_layers": cfg.num_hidden_layers,
         "layers_by_kind": counts,
         "sliding_window": cfg.sliding_window if counts[SLIDING] else None,
@@ -240,8 +325,9 @@ def derived(cfg: ModelConfig, context: int | None) -> dict[str, Any]:
         "context_length": context,
         "kv_bytes_per_token": per_token,
         "kv_bytes_per_token_by_kind": per_kind,
-        "kv_bytes_per_token_full_attention": spec.layer_token_bytes * (cfg.num_hidden_layers - counts[LINEAR])
-        if spec else None,
+        "kv_bytes_per_token_full_attention": spec.layer_token_bytes * attention_layers(counts) if spec else None,
+        "mamba_state_bytes_per_sequence": spec.kind_bytes(context or BLOCK_TOKENS, cfg).get(MAMBA)
+        if spec and counts[MAMBA] else None,
         "quant_method": cfg.quant_method,
         "quant_bits_per_weight": quant.bits_per_weight(cfg.quant_method, cfg.quantization),
         "defaults_used": cfg.defaults_used,

@@ -227,8 +227,8 @@ def _kv_spec(cfg: ModelConfig, tp: int, kv_dtype: str | None, hybrid: bool = Tru
 def _kv_per_token(cfg: ModelConfig, tp: int, pp: int, kv_dtype: str | None) -> int:
     """Full-attention-equivalent KV bytes per token on one GPU (every attention layer)."""
     spec = _kv_spec(cfg, tp, kv_dtype)
-    attn = sum(n for k, n in spec.counts.items() if k != layers.LINEAR)
-    return -(-spec.layer_token_bytes * attn // pp)
+    # attention layers only; an attention-free (Mamba) model's state is sized by its spec
+    return max(1, -(-spec.layer_token_bytes * layers.attention_layers(spec.counts) // pp))
 
 
 @dataclass
@@ -247,7 +247,7 @@ class _Fit:
     @property
     def hybrid(self) -> bool:
         counts = self.spec.counts
-        return self.spec.hybrid and bool(counts[layers.SLIDING] or counts[layers.LINEAR])
+        return self.spec.hybrid and bool(counts[layers.SLIDING] or any(counts[k] for k in layers.STATE_KINDS))
 
     def sequence_bytes(self, length: int) -> int:
         return -(-self.spec.sequence_bytes(length, self.cfg) // self.pp)
