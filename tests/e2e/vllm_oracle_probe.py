@@ -29,7 +29,16 @@ def probe(path: str) -> dict:
                "max_model_len": mc.max_model_len, "use_mla": bool(mc.use_mla),
                "sliding_window": mc.get_sliding_window(),
                "layer_types": getattr(mc.hf_text_config, "layer_types", None),
+               "is_hybrid": bool(mc.is_hybrid), "attention_free": bool(mc.is_attention_free),
+               "layers_by_block_type": {}, "mamba_state": None,
                "kv_heads": {}, "tp_ok": {}}
+        for block_type in ("attention", "mamba", "linear_attention"):
+            try:
+                out["layers_by_block_type"][block_type] = mc.get_num_layers_by_block_type(ParallelConfig(), block_type)
+            except Exception as exc:  # noqa: BLE001 - vLLM's words are the result
+                out["layers_by_block_type"][block_type] = f"{type(exc).__name__}: {str(exc)[:200]}"
+        if mc.is_hybrid or mc.is_attention_free:
+            out["mamba_state"] = mamba_state(mc)
         for tp in TPS:
             pc = ParallelConfig(tensor_parallel_size=tp)
             out["kv_heads"][str(tp)] = mc.get_num_kv_heads(pc)
@@ -45,6 +54,42 @@ def probe(path: str) -> dict:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def mamba_state(mc) -> dict:
+    """The model class's own ``get_mamba_state_shape_from_config`` / ``..._dtype_from_config``
+    at TP 1, 2 and 4 (the class is imported, not built: no weights, no device)."""
+    import types
+
+    from vllm.model_executor.models import ModelRegistry
+
+    try:
+        model_cls, _ = ModelRegistry.resolve_model_cls(mc.architectures, model_config=mc)
+    except Exception as exc:  # noqa: BLE001
+        return {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
+    if not hasattr(model_cls, "get_mamba_state_shape_from_config"):
+        return {"error": "no get_mamba_state_shape_from_config"}
+    cache = types.SimpleNamespace(mamba_cache_dtype="auto", mamba_ssm_cache_dtype="auto", use_replayssm=False,
+                                  cache_dtype="auto")
+    try:   # NemotronH: SSM state in float32 unless the config says otherwise
+        from vllm.model_executor.models.config import MODELS_CONFIG_MAP
+
+        hook = MODELS_CONFIG_MAP.get(mc.architecture)
+        if hook is not None and hasattr(hook, "update_mamba_ssm_cache_dtype"):
+            hook.update_mamba_ssm_cache_dtype(cache_config=cache, hf_config=mc.hf_config)
+    except ImportError:
+        pass
+    out = {"shapes": {}, "dtypes": None}
+    for tp in (1, 2, 4):
+        vc = types.SimpleNamespace(parallel_config=types.SimpleNamespace(tensor_parallel_size=tp),
+                                   model_config=mc, cache_config=cache, num_speculative_tokens=0, speculative_config=None,
+                                   mamba_config=types.SimpleNamespace(backend=None))
+        try:
+            out["shapes"][str(tp)] = [list(s) for s in model_cls.get_mamba_state_shape_from_config(vc)]
+            out["dtypes"] = [str(d).removeprefix("torch.") for d in model_cls.get_mamba_state_dtype_from_config(vc)]
+        except Exception as exc:  # noqa: BLE001 - e.g. a TP that does not divide the heads
+            out["shapes"][str(tp)] = f"{type(exc).__name__}: {str(exc)[:200]}"
+    return out
+
+
 def kv_bytes(case: dict) -> int:
     """What vLLM's hybrid KV cache manager reserves for one sequence: its own grouping
     (vllm/v1/core/kv_cache_utils.py) and specs (vllm/v1/kv_cache_interface.py)."""
@@ -52,12 +97,21 @@ def kv_bytes(case: dict) -> int:
 
     import torch
     from vllm.v1.core import kv_cache_utils as utils
-    from vllm.v1.kv_cache_interface import ChunkedLocalAttentionSpec, FullAttentionSpec, SlidingWindowSpec
+    from vllm.v1.kv_cache_interface import (ChunkedLocalAttentionSpec, FullAttentionSpec, MambaSpec,
+                                            SlidingWindowSpec)
     from vllm.v1.kv_cache_layout import KVCacheLayout
 
-    common = {"block_size": 16, "num_kv_heads": case["kv_heads"], "head_size": case["head_size"],
+    block = case.get("block", 16)
+    common = {"block_size": block, "num_kv_heads": case["kv_heads"], "head_size": case["head_size"],
               "dtype": torch.bfloat16}
     def spec(kind: str):
+        if kind in ("mamba", "linear"):
+            # a state layer: its shapes/dtypes (checked against the model class elsewhere),
+            # padded to the attention page as vllm/platforms/interface.py _align_hybrid_block_size does
+            state = case["states"][kind]
+            return MambaSpec(block_size=block, shapes=tuple(tuple(s) for s in state["shapes"]),
+                             dtypes=tuple(getattr(torch, d) for d in state["dtypes"]),
+                             page_size_padded=case.get("padded"), mamba_cache_mode="align")
         if kind == "sliding":
             return SlidingWindowSpec(**common, sliding_window=case["window"])
         if kind == "chunked":
@@ -69,7 +123,7 @@ def kv_bytes(case: dict) -> int:
         groups = utils._get_kv_cache_groups_uniform_page_size(specs)
     else:
         groups = utils._get_kv_cache_groups_uniform_spec(specs)
-    cache = types.SimpleNamespace(get_resolved_kv_cache_layout=lambda: KVCacheLayout.LBHNC)
+    cache = types.SimpleNamespace(get_resolved_kv_cache_layout=lambda: KVCacheLayout.LBHNC, mamba_cache_mode="align")
     vllm_config = types.SimpleNamespace(
         max_in_flight_tokens=case["in_flight"], cache_config=cache,
         model_config=types.SimpleNamespace(max_model_len=case["length"]),

@@ -168,11 +168,13 @@ def _int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+_DEFAULTS_PATH = Path(__file__).resolve().parent.parent.parent / "data" / "transformers_defaults.json"
+
+
 @functools.lru_cache(maxsize=1)
 def _defaults_table() -> dict[str, Any]:
-    path = Path(__file__).resolve().parent.parent.parent / "data" / "transformers_defaults.json"
     try:
-        doc = json.loads(path.read_text())
+        doc = json.loads(_DEFAULTS_PATH.read_text())
     except (OSError, ValueError):
         return {}
     table = doc.get("model_types") if isinstance(doc, dict) else None

@@ -62,6 +62,7 @@ def in_flight_tokens(gpu_memory_bytes: int | None, pp: int = 1) -> int:
         batched = 2048
     return (pp + 1) * batched
 
+DEFAULT_MAX_LEN = 2048
 # rope types whose max_position_embeddings is already the scaled length (vLLM 0.32).
 _ROPE_ALREADY_SCALED = {"su", "longrope", "llama3", "yarn", "deepseek_yarn", "deepseek_llama_scaling"}
 
@@ -95,7 +96,11 @@ def model_max_len(cfg: ModelConfig) -> int | None:
     if tokenizer is None and cfg.config_model_max_length is None:
         tokenizer = cfg.model_max_length        # a ModelConfig built by hand
     if length is None:
-        return tokenizer
+        if not cfg.num_hidden_layers:
+            return tokenizer
+        # no length key at all: vLLM assumes 2048 (vllm/config/model.py _get_and_verify_max_len,
+        # "Assuming the model's maximum length is 2048"), still capped by the tokenizer's
+        length = DEFAULT_MAX_LEN
     if tokenizer:
         length = min(length, tokenizer)
     entries = _rope_entries(cfg.rope_scaling)
@@ -154,19 +159,25 @@ def layer_token_bytes(cfg: ModelConfig, tp: int = 1, kv_dtype: str | None = None
     return int(2 * max(1, kv_heads // tp) * head_dim * nbytes)
 
 
-def linear_state_page_bytes(cfg: ModelConfig, tp: int = 1) -> int:
-    """One linear-attention layer's state page (Qwen3-Next gated delta net: conv state
-    (kernel - 1) x (2 key dim + value dim) and the recurrent state v_heads x k_dim x v_dim,
-    split by TP; vllm/model_executor/layers/mamba/mamba_utils.py, 0.32.0)."""
+def linear_state_shapes(cfg: ModelConfig, tp: int = 1) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+    """(conv state, recurrent state) of one gated-delta-net layer (Qwen3-Next): conv
+    (kernel - 1, 2 key dim + value dim), recurrent (v_heads, v_dim, k_dim), split by TP
+    (vLLM 0.32.0 mamba_utils.py ``MambaStateShapeCalculator.gated_delta_net_state_shape``)."""
     la = cfg.linear_attention
     if not la:
+        return None
+    conv_dim = 2 * la["num_key_heads"] * la["key_head_dim"] + la["num_value_heads"] * la["value_head_dim"]
+    return ((la["conv_kernel_dim"] - 1, conv_dim // tp),
+            (la["num_value_heads"] // tp, la["value_head_dim"], la["key_head_dim"]))
+
+
+def linear_state_page_bytes(cfg: ModelConfig, tp: int = 1) -> int:
+    """One linear-attention layer's state page, both states at the model dtype
+    (``MambaStateDtypeCalculator.gated_delta_net_state_dtype``)."""
+    shapes = linear_state_shapes(cfg, tp)
+    if not shapes:
         return 0
-    nbytes = dtype_bytes(cfg.torch_dtype)
-    key_dim = la["num_key_heads"] * la["key_head_dim"]
-    value_dim = la["num_value_heads"] * la["value_head_dim"]
-    conv = (la["conv_kernel_dim"] - 1) * (2 * key_dim + value_dim) // tp
-    ssm = la["num_value_heads"] // tp * la["key_head_dim"] * la["value_head_dim"]
-    return int((conv + ssm) * nbytes)
+    return int(sum(math.prod(s) for s in shapes) * dtype_bytes(cfg.torch_dtype))
 
 
 def linear_state_bytes(cfg: ModelConfig, tp: int = 1) -> int:
@@ -195,6 +206,15 @@ def mamba_state_shapes(cfg: ModelConfig, tp: int = 1) -> tuple[tuple[int, ...], 
     return (m["conv_kernel"] - 1, conv_dim // tp), (m["num_heads"] // tp, m["head_dim"], m["state_size"])
 
 
+def state_dtypes(cfg: ModelConfig, kind: str) -> tuple[str, str]:
+    """(conv, SSM) state dtypes of a state kind: the model dtype, the SSM state at
+    mamba_ssm_cache_dtype where the model sets one (Nemotron-H float32)."""
+    model = str(cfg.torch_dtype or "bfloat16").removeprefix("torch.")
+    if kind == MAMBA and cfg.mamba and cfg.mamba.get("ssm_dtype"):
+        return model, cfg.mamba["ssm_dtype"]
+    return model, model
+
+
 def mamba_state_page_bytes(cfg: ModelConfig, tp: int = 1) -> int:
     """One Mamba layer's state page: conv state at the model dtype, SSM state at
     mamba_ssm_cache_dtype (the model dtype unless the model sets it: Nemotron-H float32;
@@ -203,8 +223,8 @@ def mamba_state_page_bytes(cfg: ModelConfig, tp: int = 1) -> int:
     if not shapes:
         return 0
     conv, ssm = (math.prod(s) for s in shapes)
-    ssm_dtype = cfg.mamba.get("ssm_dtype") or cfg.torch_dtype
-    return int(conv * dtype_bytes(cfg.torch_dtype) + ssm * dtype_bytes(ssm_dtype))
+    conv_dtype, ssm_dtype = state_dtypes(cfg, MAMBA)
+    return int(conv * dtype_bytes(conv_dtype) + ssm * dtype_bytes(ssm_dtype))
 
 
 def _blocks(kind: str, length: int, cfg: ModelConfig, in_flight: int, block: int = BLOCK_TOKENS) -> int:
@@ -332,3 +352,20 @@ def derived(cfg: ModelConfig, context: int | None) -> dict[str, Any]:
         "quant_bits_per_weight": quant.bits_per_weight(cfg.quant_method, cfg.quantization),
         "defaults_used": cfg.defaults_used,
     }
+
+
+def valid_state_tp(cfg: ModelConfig, tp: int) -> bool:
+    """Whether vLLM can split the Mamba / linear-attention state over ``tp`` ranks: its
+    ``divide`` asserts the conv dimension and the heads divide by TP (mamba_utils.py, 0.32.0)."""
+    if cfg.mamba:
+        shapes = mamba_state_shapes(cfg, 1)
+        m = cfg.mamba
+        dims = [shapes[0][1]] + ([m["num_heads"]] if m["version"] == 2 else [m["intermediate_size"]])
+        if m["version"] == 2:
+            groups = m["n_groups"] + _extra_groups(m["n_groups"], tp)
+            dims[0] = m["intermediate_size"] + 2 * groups * m["state_size"]
+        return all(d % tp == 0 for d in dims)
+    shapes = linear_state_shapes(cfg, 1)
+    if shapes:
+        return shapes[0][1] % tp == 0 and shapes[1][0] % tp == 0
+    return True
