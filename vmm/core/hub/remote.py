@@ -285,4 +285,5 @@ def _remote_config(reader: RangeReader, by_path: dict[str, RemoteFile]) -> confi
     names_ = ["config.json"] + [n for n in ("tokenizer_config.json", "hf_quant_config.json") if n in by_path]
     docs = dict(zip(names_, _parallel(lambda p: _json_file(reader, p), names_)))
     return config_mod.from_config_dict(docs["config.json"], docs.get("tokenizer_config.json"),
-                                       source="config.json (Hub)", hf_quant=docs.get("hf_quant_config.json"))
+                                       source="config.json (Hub)", hf_quant=docs.get("hf_quant_config.json"),
+                                       where=f"{reader.repo_id}/config.json (Hub)")
