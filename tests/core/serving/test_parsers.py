@@ -112,7 +112,7 @@ def test_every_rule_names_parsers_some_vllm_registers():
 def test_snapshot_picks_the_nearest_older_version():
     reg = parsers.snapshot_registry("0.30.1")
     assert reg.source == "snapshot of vllm 0.28.0" and reg.notes
-    assert parsers.snapshot_registry(None).source == "snapshot of vllm 0.33.0"
+    assert parsers.snapshot_registry(None).source == "snapshot of vllm 0.34.0"
 
 
 # --------------------------------------------------------------------------- serve and check
@@ -141,7 +141,7 @@ def test_serve_passes_the_parsers_and_says_why(root, monkeypatch, tmp_path):
     assert cmd[cmd.index("--reasoning-parser") + 1] == "qwen3"
     assert doc["tool_call_parser"] == "hermes" and doc["reasoning_parser"] == "qwen3"
     assert "tool_calling.md" in doc["parsers"]["tool_call_parser_why"]
-    assert doc["parsers"]["registry"] == "snapshot of vllm 0.33.0"
+    assert doc["parsers"]["registry"] == "snapshot of vllm 0.34.0"
     human = run_vmm("serve", "Qwen/Qwen3-8B", "--dry-run", "--gpus", "1", "--gpu-memory", "24GiB")
     assert "tool calls" in human.stdout and "hermes" in human.stdout and "reasoning" in human.stdout
 
@@ -180,7 +180,7 @@ def test_serve_refuses_what_the_target_vllm_cannot_serve_unless_forced(root, mon
     check = run_vmm("check", "stabilityai/stablelm-3b-4e1t", "--json")
     [finding] = [c for c in check.json()["checks"] if c["name"] == "vllm"]
     run = dry("stabilityai/stablelm-3b-4e1t")
-    assert_error_line(run, 6, "StableLMEpochForCausalLM", "0.33.0", "--force")
+    assert_error_line(run, 6, "StableLMEpochForCausalLM", "0.34.0", "--force")
     # The same finding text as `vmm check`'s vLLM compatibility check.
     reason = finding["detail"].split(" (")[0]
     assert reason in run.stderr, (reason, run.stderr)

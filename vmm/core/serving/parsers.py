@@ -343,19 +343,47 @@ def _override(value: str | None, registered: list[str], flag: str, version: str)
     return value
 
 
+HF_PARSER = "hf"
+
+
+def response_template_fields(tokenizer_config: dict[str, Any] | None) -> set[str]:
+    """The semantic fields of the tokenizer configuration's ``response_template`` (vLLM 0.34.0
+    vllm/parser/response_template.py ``resolve_response_template`` reads it from the tokenizer's
+    init kwargs; ``load_response_template`` needs a non-empty ``fields`` dict)."""
+    spec = (tokenizer_config or {}).get("response_template")
+    fields = spec.get("fields") if isinstance(spec, dict) else None
+    return set(fields) if isinstance(fields, dict) else set()
+
+
+def _hf_choice(fields: set[str], field_name: str, registered: list[str]) -> tuple[str | None, str]:
+    # vLLM 0.34's "hf" tool / reasoning parser (ResponseTemplateToolParser /
+    # ResponseTemplateReasoningParser) reads the checkpoint's own response_template: it wins
+    # over the family rules wherever the target vLLM registers it.
+    if field_name in fields and HF_PARSER in registered:
+        return HF_PARSER, f"the tokenizer configuration's response_template declares {field_name!r}"
+    return None, ""
+
+
 def choose(model_type: str | None, architectures: list[str] | None, name: str | None, template: str | None,
            registry: ParserRegistry, tool_parser: str | None = None,
-           reasoning_parser: str | None = None) -> ParserChoice:
+           reasoning_parser: str | None = None, response_template: set[str] | None = None) -> ParserChoice:
     """The parsers for a model; ``tool_parser`` / ``reasoning_parser`` are the operator's
-    overrides (a registered NAME or ``none``). :class:`UsageError` for an unknown NAME."""
+    overrides (a registered NAME or ``none``); ``response_template`` the fields of the
+    tokenizer configuration's response_template. :class:`UsageError` for an unknown NAME."""
     rule = find_rule(model_type, architectures, name)
     uses_tools = template_uses_tools(template)
-    if tool_parser is not None:
+    hf_tool, hf_tool_why = _hf_choice(response_template or set(), "tool_calls", registry.tool_parsers)
+    hf_reasoning, hf_reasoning_why = _hf_choice(response_template or set(), "thinking", registry.reasoning_parsers)
+    if tool_parser is None and hf_tool:
+        tool, tool_why = hf_tool, hf_tool_why
+    elif tool_parser is not None:
         tool = _override(tool_parser, registry.tool_parsers, "--tool-parser", registry.version)
         tool_why = "--tool-parser " + (tool or NONE)
     else:
         tool, tool_why = _tool_choice(rule, template, uses_tools, registry)
-    if reasoning_parser is not None:
+    if reasoning_parser is None and hf_reasoning:
+        reasoning, reasoning_why = hf_reasoning, hf_reasoning_why
+    elif reasoning_parser is not None:
         reasoning = _override(reasoning_parser, registry.reasoning_parsers, "--reasoning-parser", registry.version)
         reasoning_why = "--reasoning-parser " + (reasoning or NONE)
     else:
@@ -380,4 +408,12 @@ def choose_for_model(model_dir: Path, name: str | None, model_type: str | None,
             template = resolved.template
     except VmmError:
         template = None
-    return choose(model_type, architectures, name, template, registry, tool_parser, reasoning_parser)
+    fields: set[str] = set()
+    if (Path(model_dir) / "tokenizer_config.json").is_file():
+        from vmm.core.model.config import load_json_file
+
+        try:
+            fields = response_template_fields(load_json_file(Path(model_dir) / "tokenizer_config.json"))
+        except VmmError:
+            fields = set()
+    return choose(model_type, architectures, name, template, registry, tool_parser, reasoning_parser, fields)
