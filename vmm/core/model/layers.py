@@ -321,8 +321,11 @@ def kv_spec(cfg: ModelConfig, tp: int = 1, kv_dtype: str | None = None, hybrid: 
     per_layer = layer_token_bytes(cfg, tp, kv_dtype) if attention_layers(counts) else 0
     if per_layer is None or (not per_layer and not any(counts[k] for k in STATE_KINDS)):
         return None
-    return KvSpec(per_layer, counts, linear_state_bytes(cfg, tp), hybrid and not counts[CHUNKED], in_flight,
-                  STATE_PAGES * mamba_state_page_bytes(cfg, tp), 128 if cfg.is_mla else BLOCK_TOKENS)
+    # Prefix caching (so "align", 2 state pages) is on by default for hybrids, off for
+    # attention-free models (vllm/config/model.py is_prefix_caching_supported): 1 page there.
+    pages = STATE_PAGES if per_layer else 1
+    return KvSpec(per_layer, counts, pages * linear_state_page_bytes(cfg, tp), hybrid and not counts[CHUNKED],
+                  in_flight, pages * mamba_state_page_bytes(cfg, tp), 128 if cfg.is_mla else BLOCK_TOKENS)
 
 
 def derived(cfg: ModelConfig, context: int | None) -> dict[str, Any]:
