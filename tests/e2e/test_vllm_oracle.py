@@ -334,6 +334,8 @@ def test_serve_commands_pass_vllms_parser_and_keep_its_length(probe, tmp_path, m
         argvs.append(doc["command"])
         names.append(repo)
     results = probe(["--argv"], json.dumps(argvs))
+    if all("Failed to infer device type" in got.get("error", "") for got in results):
+        pytest.skip("this vLLM build cannot build its serve parser without its device (a CUDA wheel on a CPU host)")
     for repo, argv, got in zip(names, argvs, results):
         assert "error" not in got, (repo, argv, got)
         assert got["max_model_len"] == int(argv[argv.index("--max-model-len") + 1]), repo

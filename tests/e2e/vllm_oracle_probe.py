@@ -119,15 +119,32 @@ def kv_bytes(case: dict) -> int:
         return FullAttentionSpec(**common)
 
     specs = {f"layers.{i}": spec(kind) for i, kind in enumerate(case["kinds"])}
-    if len({type(spec) for spec in specs.values()}) > 1:
-        groups = utils._get_kv_cache_groups_uniform_page_size(specs)
-    else:
-        groups = utils._get_kv_cache_groups_uniform_spec(specs)
     cache = types.SimpleNamespace(get_resolved_kv_cache_layout=lambda: KVCacheLayout.LBHNC, mamba_cache_mode="align")
     vllm_config = types.SimpleNamespace(
         max_in_flight_tokens=case["in_flight"], cache_config=cache,
         model_config=types.SimpleNamespace(max_model_len=case["length"]),
-        parallel_config=types.SimpleNamespace(decode_context_parallel_size=1))
+        parallel_config=types.SimpleNamespace(decode_context_parallel_size=1, tensor_parallel_size=1),
+        scheduler_config=types.SimpleNamespace(disable_hybrid_kv_cache_manager=False))
+    try:   # vLLM 0.34 moved the planning into kv_cache_planning and groups by its public entry
+        from vllm.v1.core import kv_cache_planning as planning
+    except ImportError:
+        planning = None
+    if planning is not None:
+        # 0.34's _max_memory_usage_bytes_from_groups asks the platform's placement builder for
+        # the bytes of a block; the default placement's is _pool_bytes_per_block, used here.
+        from vllm.v1.kv_cache_interface import UniformTypeKVCacheSpecs
+
+        vllm_config.attention_config = types.SimpleNamespace(hisparse_config=None)
+        groups = planning.get_kv_cache_groups(vllm_config, specs)
+        blocks = sum(g.kv_cache_spec.max_memory_usage_pages(vllm_config)
+                     if isinstance(g.kv_cache_spec, UniformTypeKVCacheSpecs)
+                     else -(-g.kv_cache_spec.max_memory_usage_bytes(vllm_config) // g.kv_cache_spec.page_size_bytes)
+                     for g in groups)
+        return planning._pool_bytes_per_block(vllm_config, groups) * blocks
+    if len({type(spec) for spec in specs.values()}) > 1:
+        groups = utils._get_kv_cache_groups_uniform_page_size(specs)
+    else:
+        groups = utils._get_kv_cache_groups_uniform_spec(specs)
     return utils._max_memory_usage_bytes_from_groups(vllm_config, groups)
 
 
@@ -137,13 +154,18 @@ def parse_serve(argv: list[str]) -> dict:
     from vllm.config import ParallelConfig
     from vllm.engine.arg_utils import EngineArgs
     from vllm.entrypoints.cli.serve import ServeSubcommand
-    from vllm.entrypoints.launchers.cli_args import validate_parsed_serve_args
+    try:
+        from vllm.entrypoints.launchers.cli_args import validate_parsed_serve_args
+    except ImportError:   # vLLM 0.34
+        from vllm.entrypoints.common.cli_args import validate_parsed_serve_args
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
-    parser = FlexibleArgumentParser()
-    subparsers = parser.add_subparsers(dest="subparser")
-    ServeSubcommand().subparser_init(subparsers)
     try:
+        parser = FlexibleArgumentParser()
+        subparsers = parser.add_subparsers(dest="subparser")
+        # vLLM 0.34's parser builds a DeviceConfig: a CUDA build on a host without a GPU fails
+        # here ("Failed to infer device type"), reported per command below
+        ServeSubcommand().subparser_init(subparsers)
         args = parser.parse_args(argv[1:])          # argv[0] is "vllm"
         validate_parsed_serve_args(args)
         if getattr(args, "model_tag", None) is not None:   # what ServeSubcommand.cmd does
