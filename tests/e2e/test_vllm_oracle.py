@@ -246,7 +246,9 @@ def test_vmm_agrees_with_vllm(oracle, name):
     assert planner.model_max_len(cfg) == want["max_model_len"]
     assert cfg.is_mla == want["use_mla"]
     for tp in TPS:
-        kv = 1 if cfg.is_mla else max(1, cfg.effective_kv_heads // tp)
+        # attention-free (Mamba): vLLM's total is 0 KV heads, per rank max(1, 0 // tp)
+        total = 0 if not layers.attention_layers(layers.kind_counts(cfg)) else cfg.effective_kv_heads
+        kv = 1 if cfg.is_mla else max(1, total // tp)
         assert kv == want["kv_heads"][str(tp)], f"tp={tp}"
         vmm_ok = planner.valid_tp(cfg, tp) is None
         vllm_ok = want["tp_ok"][str(tp)] is True
