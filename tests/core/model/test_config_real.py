@@ -35,15 +35,16 @@ def test_invariants(path):
     context = planner.model_max_len(cfg)
     assert context and context >= 2048
     derived = layers.derived(cfg, context)
-    assert derived["head_dim"] and derived["head_dim"] % 8 == 0
-    assert derived["num_key_value_heads"] >= 1
+    attention_free = not layers.attention_layers(layers.kind_counts(cfg))      # Mamba only
+    assert attention_free or (derived["head_dim"] and derived["head_dim"] % 8 == 0)
+    assert derived["num_key_value_heads"] >= 1 or attention_free
     # every layer has a cache kind, except the MLP/MoE-only layers of Nemotron-H; a Mamba mixer
     # beside attention (Falcon-H1, Zamba2) is a second kind of the same layer
     counts, kinds = derived["layers_by_kind"], layers.kinds(cfg)
     assert len(kinds) == cfg.num_hidden_layers
     assert sum(n for k, n in counts.items() if k != "mamba") == sum(k not in (None, "mamba") for k in kinds)
     assert counts["mamba"] >= kinds.count("mamba")
-    if not cfg.is_mla:
+    if not cfg.is_mla and not attention_free:
         assert cfg.num_attention_heads % cfg.effective_kv_heads == 0
     # hybrid accounting never costs more than full attention (up to the block padding of
     # the sliding-window groups), and is never free

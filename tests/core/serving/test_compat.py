@@ -35,9 +35,9 @@ def report(doc, **kw):
 
 def test_snapshot_holds_the_versions_generated_from_wheels():
     versions = compat.snapshot_versions()
-    assert versions[-1] == "0.33.0" and "0.32.0" in versions and "0.23.0" in versions
+    assert versions[-1] == "0.34.0" and "0.33.0" in versions and "0.32.0" in versions and "0.23.0" in versions
     latest, note = compat.snapshot_registry()
-    assert note is None and latest.version == "0.33.0"
+    assert note is None and latest.version == "0.34.0"
     assert len(latest.architectures) > 300
     assert latest.previously_supported["StableLMEpochForCausalLM"] == "0.28.0"
     assert "bitsandbytes" not in latest.quantization_methods and "awq" in latest.quantization_methods
@@ -45,7 +45,7 @@ def test_snapshot_holds_the_versions_generated_from_wheels():
 
 def test_supported_architecture_passes(no_vllm):
     result = report(QWEN2_7B_INSTRUCT)
-    assert result.supported and result.status == "pass" and result.vllm_version == "0.33.0"
+    assert result.supported and result.status == "pass" and result.vllm_version == "0.34.0"
     assert compat.is_model_supported(QWEN2_7B_INSTRUCT, "Qwen/Qwen2-7B-Instruct")
 
 
@@ -74,7 +74,7 @@ def test_unsupported_raises_incompatible_naming_arch_version_and_fix(no_vllm):
         compat.require_supported(from_config_dict(STABLELM_EPOCH))
     line = info.value.line()
     assert info.value.exit_code == 6
-    assert "StableLMEpochForCausalLM" in line and "0.33.0" in line and "vLLM <= 0.28" in line
+    assert "StableLMEpochForCausalLM" in line and "0.34.0" in line and "vLLM <= 0.28" in line
 
 
 def test_bitsandbytes_fails_from_0_28(no_vllm):
