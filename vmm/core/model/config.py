@@ -379,7 +379,7 @@ def check_numbers(merged: dict[str, Any], where: str) -> None:
     attn = merged.get("attn_config")
     if isinstance(attn, dict) and attn.get("kv_n_heads") is not None:
         check_numbers({"num_key_value_heads": attn["kv_n_heads"]}, where)
-    for rope in _rope_entries(_rope(merged)):
+    for rope in rope_entries(_rope(merged)):
         factor = rope.get("factor")
         if factor is not None and (isinstance(factor, bool) or not isinstance(factor, (int, float))
                                    or not 0 < factor <= 1 << 20):
@@ -387,7 +387,8 @@ def check_numbers(merged: dict[str, Any], where: str) -> None:
                                  where, "fix that field of config.json, or pull the model again")
 
 
-def _rope_entries(rope: dict | None) -> list[dict]:
+def rope_entries(rope: dict | None) -> list[dict]:
+    """rope_scaling/rope_parameters as a list (per-layer-type dicts give one entry each)."""
     if not rope:
         return []
     if all(isinstance(v, dict) for v in rope.values()):

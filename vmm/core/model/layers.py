@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vmm.core.model import quant
-from vmm.core.model.config import ModelConfig, dtype_bytes
+from vmm.core.model.config import ModelConfig, dtype_bytes, rope_entries
 
 BLOCK_TOKENS = 16
 GIB = 1 << 30
@@ -74,13 +74,6 @@ STATE_PAGES = 2                         # MambaSpec pages per sequence in "align
 _TYPE_KIND = {"full_attention": FULL, "sliding_attention": SLIDING, "chunked_attention": CHUNKED,
               "linear_attention": LINEAR, "mamba": MAMBA, "mlp": None}
 
-def _rope_entries(rope: dict | None) -> list[dict]:
-    """rope_scaling/rope_parameters as a list (per-layer-type dicts give one entry each)."""
-    if not rope:
-        return []
-    if all(isinstance(v, dict) for v in rope.values()):
-        return [v for v in rope.values() if isinstance(v, dict)]
-    return [rope]
 
 
 def model_max_len(cfg: ModelConfig) -> int | None:
@@ -103,7 +96,7 @@ def model_max_len(cfg: ModelConfig) -> int | None:
         length = DEFAULT_MAX_LEN
     if tokenizer:
         length = min(length, tokenizer)
-    entries = _rope_entries(cfg.rope_scaling)
+    entries = rope_entries(cfg.rope_scaling)
     if entries and "gemma3" not in (cfg.model_type or ""):
         factor = 1.0
         for rope in entries:
