@@ -11,6 +11,7 @@ import re
 import pytest
 
 import builders as b
+import vmm
 from conftest import REPO, run_vmm
 
 DOC = (REPO / "docs" / "contract.md").read_text()
@@ -34,6 +35,17 @@ def nested_keys(doc, prefix="") -> set[str]:
         for item in doc:
             keys |= nested_keys(item)
     return keys
+
+
+def test_the_contract_names_the_keys_every_document_has():
+    every = DOC.split("Every document has", 1)[1].split("Required keys", 1)[0]
+    assert '`"schema_version": 1`' in every and '`"vmm_version"`' in every
+
+
+def test_version_names_the_distribution():
+    run = run_vmm("--version")
+    assert run.exit_code == 0
+    assert run.stdout == f"vmm {vmm.__version__} ({vmm.DISTRIBUTION})\n"
 
 
 def test_every_documented_command_has_a_block():
@@ -62,6 +74,7 @@ def test_documented_keys_are_in_the_output(model, command, args):
     assert run.exit_code == 0, run.stderr
     doc = run.json()
     assert doc["schema_version"] == 1
+    assert doc["vmm_version"] == vmm.__version__       # which vmm printed it (issue 22)
     missing = contract_keys(command) - nested_keys(doc)
     assert not missing, f"docs/contract.md lists {sorted(missing)} for {command}, the output lacks them"
 

@@ -14,7 +14,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from vmm import __version__, _typer_fast
+from vmm import DISTRIBUTION, __version__, _typer_fast
 from vmm.core import settings
 from vmm.core.errors import Interrupted, VmmError
 
@@ -44,7 +44,7 @@ _global_root: Path | None = None
 
 def _version(value: bool) -> None:
     if value:
-        sys.stdout.write(f"vmm {__version__}\n")
+        sys.stdout.write(f"vmm {__version__} ({DISTRIBUTION})\n")
         raise typer.Exit(0)
 
 

@@ -1,7 +1,7 @@
 """Rendering: tables and text to stdout, progress and messages to stderr, JSON documents.
 
 The core returns dataclasses; this module turns them into what the operator sees. Every
-JSON document passes through :func:`emit_json`, which sets ``schema_version`` in one place.
+JSON document passes through :func:`emit_json`, which sets ``schema_version`` and ``vmm_version`` in one place.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import json
 import math
 import sys
 
+from vmm import __version__
 from vmm.core.units import human_bytes  # noqa: F401 (render.human_bytes: one copy, in units)
 from typing import Any
 
@@ -66,8 +67,9 @@ def _plain(value: Any) -> Any:
 
 
 def emit_json(document: Any) -> None:
-    """Print one JSON document on stdout with ``schema_version`` first."""
-    doc = {"schema_version": SCHEMA_VERSION, **_plain(document)}
+    """Print one JSON document on stdout with ``schema_version`` and ``vmm_version`` first
+    (which vmm produced it: a document kept in CI logs says what wrote it)."""
+    doc = {"schema_version": SCHEMA_VERSION, "vmm_version": __version__, **_plain(document)}
     sys.stdout.write(json.dumps(doc, indent=2, default=str) + "\n")
     sys.stdout.flush()
 

@@ -255,7 +255,7 @@ def test_vllm_dying_at_start_up_is_reported_with_a_hint(fake_env):
 
 def test_missing_vllm_is_exit_127(models, monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
-    assert_error_line(run_vmm("serve", "org/tiny", "--device", "cpu"), 127, "vmm[vllm]")
+    assert_error_line(run_vmm("serve", "org/tiny", "--device", "cpu"), 127, "vllm-model-manager[vllm]")
 
 
 def test_detach_returns_when_ready_and_leaves_logs_ps_and_stop(fake_env):

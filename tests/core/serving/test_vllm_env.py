@@ -48,7 +48,7 @@ def test_no_vllm_on_path_is_exit_127(tmp_path, monkeypatch):
     assert vllm_env.find_vllm() is None
     with pytest.raises(VllmMissingError) as info:
         vllm_env.require_vllm()
-    assert info.value.exit_code == 127 and "vmm[vllm]" in info.value.line()
+    assert info.value.exit_code == 127 and "vllm-model-manager[vllm]" in info.value.line()
 
 
 def test_serve_args_parser_failure_is_a_clean_error(tmp_path, monkeypatch):

