@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from vmm import IMAGE
 from vmm.cli.app import ExitQuietly, JsonOpt, NameArg, RootOpt, app, root_of
 
 
@@ -49,7 +50,7 @@ def serve_cmd(
     emit: Annotated[Optional[str], typer.Option("--emit", help="Print a `docker run`, a systemd unit or Kubernetes manifests for the same plan instead of starting (kubernetes-pull: the Job that fills the models volume).", metavar="docker|systemd|kubernetes|kubernetes-pull")] = None,
     k8s_volume: Annotated[str, typer.Option("--k8s-volume", help="Kubernetes: the models root is a PersistentVolumeClaim (pvc) or the node's own directory (hostpath).", metavar="pvc|hostpath")] = "pvc",
     k8s_claim: Annotated[str, typer.Option("--k8s-claim", help="Kubernetes: the PersistentVolumeClaim holding the models root.")] = "vmm-models",
-    k8s_vmm_image: Annotated[str, typer.Option("--k8s-vmm-image", help="Kubernetes: image running `vmm check` before vLLM starts and `vmm pull` in the Job (pip-installs vmm when it lacks it).")] = "python:3.12-slim",
+    k8s_vmm_image: Annotated[str, typer.Option("--k8s-vmm-image", help="Kubernetes: image with vmm installed, running `vmm check` before vLLM starts and `vmm pull` in the Job (the Containerfile's; nothing is installed at pod start).")] = IMAGE,
     tool_parser: Annotated[Optional[str], typer.Option("--tool-parser", help="vLLM tool-call parser (--enable-auto-tool-choice --tool-call-parser NAME), or none; default: chosen from the model.", metavar="NAME|none")] = None,
     reasoning_parser: Annotated[Optional[str], typer.Option("--reasoning-parser", help="vLLM reasoning parser, or none; default: chosen from the model.", metavar="NAME|none")] = None,
     force: Annotated[bool, typer.Option("--force", help="Serve even a model the target vLLM cannot serve (a warning instead of exit 6).")] = False,
@@ -112,7 +113,7 @@ def _emitted(emit: str, cmd, model, base: Path, nodes: int, name: str, install, 
     """The same plan as a `docker run`, a systemd unit or Kubernetes manifests."""
     from vmm.core.serving import deploy
 
-    version = install.version if install else None
+    version = deploy.target_vllm_version(cmd, install.version if install else None)
     if emit == "docker":
         return deploy.emit_docker(cmd.argv, base, model.model_dir, version, env=cmd.env)
     if emit == "systemd":

@@ -22,6 +22,7 @@ import yaml
 
 import builders as b
 from conftest import REPO, assert_error_line, run_vmm
+import vmm
 from vmm.core.errors import UsageError
 from vmm.core.serving import deploy, kubernetes, multinode
 
@@ -214,14 +215,54 @@ def test_a_half_filled_volume_never_serves(models):
     """The pod's init container runs `vmm check --fast`: a failing check keeps vLLM from starting."""
     spec = by_kind(emit(QWEN, *ONE_NODE, "--emit", "kubernetes"))["Deployment"]["spec"]["template"]["spec"]
     [check] = spec["initContainers"]
-    assert check["image"] == "python:3.12-slim"
+    assert check["image"] == vmm.IMAGE == f"ghcr.io/vmm-project/vllm-model-manager:{vmm.__version__}"
     script = check["command"][2]
     assert check["command"][:2] == ["sh", "-c"]
-    assert script.endswith('exec vmm check "$VMM_MODEL" --fast')
+    # The target vLLM the plan was made for (no vLLM here: the bundled parser snapshot's), the
+    # same version as the vLLM image's tag.
+    [vllm] = spec["containers"]
+    target = vllm["image"].split(":v", 1)[1]
+    assert script == f'exec vmm check "$VMM_MODEL" --fast --vllm-version {target}'
     env = env_of(check)
     assert env["VMM_MODEL"] == QWEN and env["VMM_ROOT"] == str(models)
     assert env["VMM_STATE_DIR"].startswith("/tmp/")        # the root is mounted read-only
     assert check["volumeMounts"] == [{"name": "models", "mountPath": str(models), "readOnly": True}]
+
+
+@pytest.mark.parametrize("args", [("--emit", "kubernetes", *ONE_NODE), ("--emit", "kubernetes", *TWO_NODES),
+                                  ("--emit", "kubernetes-pull", *ONE_NODE)])
+def test_no_manifest_installs_packages_at_pod_start(models, args):
+    """vmm runs from its own image (issue 22): a `pip install` at start ran whatever the index
+    served under the name, in a pod that holds the Hub token."""
+    text = run_vmm("serve", QWEN, *args).stdout
+    assert "pip install" not in text and "pip3" not in text and "VMM_PIP_SPEC" not in text
+    images = {c["image"] for doc in yaml.safe_load_all(text) if doc for c in _containers(doc)}
+    assert vmm.IMAGE in images
+    assert all(i == vmm.IMAGE or i.startswith("vllm/vllm-openai:v") for i in images), images
+
+
+def _containers(doc: dict) -> list[dict]:
+    found = []
+    if isinstance(doc, dict):
+        for key, value in doc.items():
+            if key in ("containers", "initContainers"):
+                found += value
+            else:
+                found += _containers(value)
+    elif isinstance(doc, list):
+        for item in doc:
+            found += _containers(item)
+    return found
+
+
+def test_the_vllm_image_is_the_installed_vllm_when_there_is_one(models, monkeypatch):
+    from vmm.core.serving import vllm_env
+
+    monkeypatch.setattr(vllm_env, "find_vllm",
+                        lambda: vllm_env.VllmInstall("/opt/vllm/bin/vllm", "/opt/vllm/bin/python", "0.32.0", "vllm", False))
+    spec = by_kind(emit(QWEN, *ONE_NODE, "--emit", "kubernetes"))["Deployment"]["spec"]["template"]["spec"]
+    assert spec["containers"][0]["image"] == "vllm/vllm-openai:v0.32.0"
+    assert spec["initContainers"][0]["command"][2].endswith("--vllm-version 0.32.0")
 
 
 def test_hostpath_volume_and_other_image(models):
@@ -330,6 +371,8 @@ def test_pull_job_fills_the_volume_with_the_pinned_commit_and_checks_it(models):
         in script
     assert container["volumeMounts"] == [{"name": "models", "mountPath": str(models)}]     # writable
     assert spec["volumes"] == [{"name": "models", "persistentVolumeClaim": {"claimName": "vmm-models"}}]
+    # vmm's image runs as a non-root user: the claim's files are made its group's.
+    assert spec["securityContext"]["fsGroup"] == kubernetes.VMM_IMAGE_UID
     token = [e for e in container["env"] if e["name"] == "HF_TOKEN"][0]
     assert token["valueFrom"]["secretKeyRef"]["optional"] is True
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vmm import __version__
+from vmm import IMAGE, __version__
 from vmm.core.errors import UsageError
 from vmm.core.serving import deploy, multinode
 
@@ -33,7 +33,8 @@ GiB = 1024 ** 3
 MiB = 1024 ** 2
 VOLUMES = ("pvc", "hostpath")
 DEFAULT_CLAIM = "vmm-models"
-DEFAULT_VMM_IMAGE = "python:3.12-slim"
+DEFAULT_VMM_IMAGE = IMAGE          # the Containerfile's image at this version: vmm installed, nothing at start
+VMM_IMAGE_UID = 10001               # the Containerfile's USER (tests/test_container.py checks they agree)
 LWS_API = "leaderworkerset.x-k8s.io/v1"
 RAY_SCRIPT = "/vllm-workspace/examples/online_serving/multi-node-serving.sh"
 # Start-up budget: engine start, torch.compile and CUDA graph capture (minutes on large
@@ -82,6 +83,7 @@ def plan_from(cmd: ServeCommand, vmm_name: str, served_name: str, model_dir: Pat
     nodes = max(nodes, cmd.plan.pipeline_parallel_size)
     # The device plugin gives each pod its GPUs: this host's GPU numbering means nothing there.
     env = {k: v for k, v in cmd.env.items() if k not in ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER")}
+    vllm_version = deploy.target_vllm_version(cmd, vllm_version)
     return K8sPlan(argv=list(cmd.argv), env=env, vmm_name=vmm_name, served_name=served_name,
                    model_dir=model_dir, root=root, gpus_per_node=gpus, nodes=nodes,
                    weight_bytes=cmd.plan.weight_bytes, vllm_version=vllm_version,
@@ -145,21 +147,17 @@ def _env(pairs: dict[str, str | None]) -> list[dict]:
     return [{"name": k, "value": v} for k, v in sorted(pairs.items()) if v is not None]
 
 
-def _vmm_script(command: str) -> str:
-    """Install vmm unless the image has it, then run ``command`` (its exit code is the container's)."""
-    return f'command -v vmm >/dev/null 2>&1 || pip install --quiet --no-cache-dir "$VMM_PIP_SPEC" || exit 1; {command}'
-
-
 def _vmm_env(plan: K8sPlan, extra: dict[str, str] | None = None) -> list[dict]:
     return _env({"VMM_ROOT": str(plan.root), "VMM_MODEL": plan.vmm_name,
-                 "VMM_PIP_SPEC": f"vmm=={__version__}", "NO_COLOR": "1", **(extra or {})})
+                 "NO_COLOR": "1", **(extra or {})})
 
 
 def check_container(plan: K8sPlan, opts: K8sOptions) -> dict:
     """The pre-start check: a half-filled or damaged volume never serves (sizes only: fast)."""
     version = f" --vllm-version {plan.vllm_version}" if plan.vllm_version else ""
     return {"name": "vmm-check", "image": opts.vmm_image,
-            "command": ["sh", "-c", _vmm_script(f'exec vmm check "$VMM_MODEL" --fast{version}')],
+            # vmm comes with the image (--k8s-vmm-image): nothing is installed at pod start.
+            "command": ["sh", "-c", f'exec vmm check "$VMM_MODEL" --fast{version}'],
             # The root is read-only here: vmm's state (a registry cache) goes to the pod's /tmp.
             "env": _vmm_env(plan, {"HF_HUB_OFFLINE": "1", "VMM_STATE_DIR": "/tmp/vmm-state"}),
             "volumeMounts": [{"name": "models", "mountPath": str(plan.root), "readOnly": True}]}
@@ -260,7 +258,7 @@ def pull_job(plan: K8sPlan, opts: K8sOptions, name: str) -> dict:
         raise UsageError("--emit kubernetes-pull needs a model vmm pulled", plan.vmm_name,
                          "it has no manifest to pin a revision; copy hand-made directories onto the volume yourself")
     version = f" --vllm-version {plan.vllm_version}" if plan.vllm_version else ""
-    script = _vmm_script(f'vmm pull "$VMM_MODEL" --revision {plan.commit} && exec vmm check "$VMM_MODEL"{version}')
+    script = f'vmm pull "$VMM_MODEL" --revision {plan.commit} && exec vmm check "$VMM_MODEL"{version}'
     token = {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "token", "optional": True}}}
     volume = _volumes(plan, opts)[0]
     volume.get("persistentVolumeClaim", {}).pop("readOnly", None)
@@ -271,6 +269,10 @@ def pull_job(plan: K8sPlan, opts: K8sOptions, name: str) -> dict:
             "spec": {"backoffLimit": 3,
                      "template": {"metadata": {"labels": {"app.kubernetes.io/instance": f"{name}-pull"}},
                                   "spec": {"restartPolicy": "OnFailure", "containers": [container],
+                                           # vmm's image runs as VMM_IMAGE_UID: the claim's files become
+                                           # its group's (checked only at the root: no chown of a full volume).
+                                           "securityContext": {"fsGroup": VMM_IMAGE_UID,
+                                                               "fsGroupChangePolicy": "OnRootMismatch"},
                                            "volumes": [volume]}}}}
 
 
