@@ -266,10 +266,11 @@ def check_cmd(
 
     Integrity (every file against the manifest's sha256 / git sha1, in parallel; --fast:
     sizes only), shards against the index, safetensors headers and GGUF files, pickled
-    .bin weights, config sanity, vLLM compatibility (architecture, quantization, GGUF,
-    remote code) and the chat template. Exit 0 when nothing fails; when something fails,
-    5 if any integrity, format, config or template check failed, else 6 (only vLLM
-    compatibility failed). The checklist is printed first, then one error line.
+    .bin weights, config sanity, security (configs that make transformers load code or
+    write files outside the folder: CVE-2026-4372, CVE-2026-9856, auto_map into other repos),
+    vLLM compatibility (architecture, quantization, GGUF, remote code) and the chat template.
+    Exit 0 when nothing fails; when something fails, 5 if any integrity, format, config,
+    security or template check failed, else 6 (only vLLM compatibility failed). The checklist is printed first, then one error line.
     """
     from vmm import render
     from vmm.core import check
