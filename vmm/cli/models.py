@@ -261,6 +261,10 @@ def check_cmd(
             "--vllm-version", metavar="V",
             help="Judge against this vLLM version (default: the installed vLLM, else the newest "
                  "bundled registry snapshot).")] = None,
+        manifest_digest: Annotated[Optional[str], typer.Option(
+            "--manifest-digest", metavar="DIGEST",
+            help="Also fail (exit 5) unless the manifest digest is DIGEST (`vmm check --json`'s "
+                 "manifest_digest; operator manifests pass the plan's).")] = None,
         root: RootOpt = None, json_out: JsonOpt = False) -> None:
     """Check that vLLM can load the model intact: a pass / warn / fail checklist.
 
@@ -279,7 +283,7 @@ def check_cmd(
     models_root = root_of(root)
     model, quant = catalog.resolve_model(name, models_root)
     report = check.check_model(model, quant, fast, vllm_version,
-                               cache_dir=settings.state_dir(models_root) / "cache")
+                               cache_dir=settings.state_dir(models_root) / "cache", expect_digest=manifest_digest)
     if json_out:
         render.emit_json(report.contract() | {"name": report.name, "path": report.path,
                                                "vllm_version": report.vllm_version,

@@ -13,7 +13,9 @@ from vmm.cli.app import ExitQuietly, JsonOpt, NameArg, RootOpt, app, root_of
 
 
 DEVICES = ("auto", "cuda", "cpu")
-EMITS = ("docker", "systemd", "kubernetes", "kubernetes-pull")
+EMITS = ("docker", "systemd", "kubernetes", "kubernetes-pull", "ome", "kserve")
+# Cluster outputs: planned for the cluster's GPUs and pods, not this host's placement and ports.
+CLUSTER_EMITS = ("kubernetes", "kubernetes-pull", "ome", "kserve")
 K8S_VOLUMES = ("pvc", "hostpath")
 
 
@@ -47,7 +49,7 @@ def serve_cmd(
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Let vLLM run the model's custom code.")] = False,
     enforce_eager: Annotated[bool, typer.Option("--enforce-eager", help="No CUDA graphs (less memory, slower decode).")] = False,
     detach: Annotated[bool, typer.Option("--detach", help="Return once vLLM is ready; logs go to `vmm logs NAME`.")] = False,
-    emit: Annotated[Optional[str], typer.Option("--emit", help="Print a `docker run`, a systemd unit or Kubernetes manifests for the same plan instead of starting (kubernetes-pull: the Job that fills the models volume).", metavar="docker|systemd|kubernetes|kubernetes-pull")] = None,
+    emit: Annotated[Optional[str], typer.Option("--emit", help="Print a `docker run`, a systemd unit, Kubernetes manifests or an operator's resources (OME, KServe) for the same plan instead of starting (kubernetes-pull: the Job that fills the models volume).", metavar="docker|systemd|kubernetes|kubernetes-pull|ome|kserve")] = None,
     k8s_volume: Annotated[str, typer.Option("--k8s-volume", help="Kubernetes: the models root is a PersistentVolumeClaim (pvc) or the node's own directory (hostpath).", metavar="pvc|hostpath")] = "pvc",
     k8s_claim: Annotated[str, typer.Option("--k8s-claim", help="Kubernetes: the PersistentVolumeClaim holding the models root.")] = "vmm-models",
     k8s_vmm_image: Annotated[str, typer.Option("--k8s-vmm-image", help="Kubernetes: image with vmm installed, running `vmm check` before vLLM starts and `vmm pull` in the Job (the Containerfile's; nothing is installed at pod start).")] = IMAGE,
@@ -87,7 +89,7 @@ def serve_cmd(
                                     kv_cache_dtype, enforce_eager),
         passthrough=list(ctx.args), gpu_ids=fit.parse_gpu_ids(gpu_ids), root=base, remote=model.remote,
         tool_parser=tool_parser, reasoning_parser=reasoning_parser, force=force,
-        cache_dir=settings.state_dir(base) / "cache", on_this_host=emit not in ("kubernetes", "kubernetes-pull"))
+        cache_dir=settings.state_dir(base) / "cache", on_this_host=emit not in CLUSTER_EMITS)
     cmd = launcher.build(req, install)
     for line in cmd.warnings:
         render.note(f"warning: {line}")
@@ -122,6 +124,10 @@ def _emitted(emit: str, cmd, model, base: Path, nodes: int, name: str, install, 
 
     plan = kubernetes.plan_from(cmd, name, model.name, model.model_dir, base, nodes, version)
     opts = kubernetes.K8sOptions(volume=k8s_volume, claim=k8s_claim, vmm_image=k8s_vmm_image)
+    if emit in ("ome", "kserve"):
+        from vmm.core.serving import operators
+
+        return operators.emit_operator(emit, plan, opts)
     emitter = kubernetes.emit_kubernetes if emit == "kubernetes" else kubernetes.emit_kubernetes_pull
     return emitter(plan, opts)
 

@@ -371,12 +371,29 @@ def _security(model_dir: Path) -> Check:
     return Check("security", "fail", shown + more, IntegrityError.exit_code, failure=findings[0].line())
 
 
+def _digest(model: local.LocalModel, expected: str) -> Check:
+    """The manifest is the one a plan was made from (operators' readiness: same files, same plan)."""
+    actual = multinode.manifest_digest(model.manifest)
+    if actual is None:
+        return Check("manifest digest", "fail", f"no manifest to compare with {expected} (a directory put here "
+                                                "by hand)", IntegrityError.exit_code)
+    if actual != expected:
+        return Check("manifest digest", "fail", f"{actual}, not the {expected} the plan was made for (other files "
+                                                "or another commit on this volume)", IntegrityError.exit_code)
+    return Check("manifest digest", "pass", f"{actual}, as the plan expects")
+
+
 def check_model(model: local.LocalModel, quant: str | None = None, fast: bool = False,
-                vllm_version: str | None = None, cache_dir: Path | None = None) -> CheckReport:
-    """Run every check; never raises for a failed check (the report says), only for bad usage."""
+                vllm_version: str | None = None, cache_dir: Path | None = None,
+                expect_digest: str | None = None) -> CheckReport:
+    """Run every check; never raises for a failed check (the report says), only for bad usage.
+
+    ``expect_digest``: also fail (exit 5) unless the manifest digest is this one."""
     path = model.path
     fmt = formats.detect_format(path)
     checks: list[Check] = [_integrity(model, fast, fmt), _shards(path, quant)]
+    if expect_digest is not None:
+        checks.insert(1, _digest(model, expect_digest))
     checks.extend(_weights(path, fmt, quant, fast))
     config_check, cfg = _config(path, fmt, quant)
     checks.append(config_check)
