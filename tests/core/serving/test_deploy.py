@@ -1,4 +1,5 @@
-"""`vmm serve --emit docker|systemd|kubernetes|kubernetes-pull`: one plan, parsed and validated.
+"""`vmm serve --emit docker|systemd|kubernetes|kubernetes-pull|ome|kserve`: one plan, parsed and validated
+(the operators' own checks: test_operators.py).
 
 Kubernetes output is parsed with PyYAML and validated against the published Kubernetes API
 schemas (kubernetes-validate, strict: unknown fields fail) and the LeaderWorkerSet CRD's own
@@ -115,7 +116,7 @@ def _without_host(argv: list[str]) -> list[str]:
 
 
 def vllm_argvs(root: Path, *plan: str) -> dict[str, list[str]]:
-    """The vllm serve argv each of the four outputs would run, for the same NAME and flags.
+    """The vllm serve argv each output would run (six on one node, four across nodes), for the same NAME and flags.
 
     The port is given: without it, serve on this host takes the next free one when 8000 is
     busy here, while Kubernetes pods always listen on 8000 (their own network)."""
@@ -135,11 +136,19 @@ def vllm_argvs(root: Path, *plan: str) -> dict[str, list[str]]:
     else:
         leader = workload["LeaderWorkerSet"]["spec"]["leaderWorkerTemplate"]["leaderTemplate"]
         k8s = leader["spec"]["containers"][0]["args"]
-    return {"serve": serve, "docker": docker_argv, "systemd": systemd, "kubernetes": k8s}
+    argvs = {"serve": serve, "docker": docker_argv, "systemd": systemd, "kubernetes": k8s}
+    if "--nodes" not in plan:          # the operators' outputs serve on one node
+        model_dir = str(root / "Qwen--Qwen2-7B-Instruct")
+        ome = by_kind(emit(QWEN, *plan, "--emit", "ome"))["ServingRuntime"]["spec"]["engineConfig"]["runner"]
+        [kserve] = by_kind(emit(QWEN, *plan, "--emit", "kserve"))["ServingRuntime"]["spec"]["containers"]
+        # Each operator mounts the folder at its own path: the same folder, under another name.
+        argvs["ome"] = [w.replace("$(MODEL_PATH)", model_dir) for w in ome["command"] + ome["args"]]
+        argvs["kserve"] = [w.replace("/mnt/models", model_dir) for w in kserve["command"] + kserve["args"]]
+    return argvs
 
 
 @pytest.mark.parametrize("plan", [ONE_NODE, TWO_NODES, ("--gpus", "4", "--gpu-memory", "8GiB", "--max-model-len", "4096")])
-def test_serve_docker_systemd_and_kubernetes_run_the_same_vllm_arguments(models, plan):
+def test_serve_docker_systemd_kubernetes_ome_and_kserve_run_the_same_vllm_arguments(models, plan):
     argvs = vllm_argvs(models, *plan)
     assert argvs["serve"][:3] == ["vllm", "serve", str(models / "Qwen--Qwen2-7B-Instruct")]
     # Containers listen on every address; everything else is the one plan, word for word.
@@ -148,6 +157,11 @@ def test_serve_docker_systemd_and_kubernetes_run_the_same_vllm_arguments(models,
     reference = _without_host(argvs["serve"])
     assert _without_host(argvs["docker"]) == reference
     assert _without_host(argvs["kubernetes"]) == reference
+    for operator in ("ome", "kserve"):
+        if operator in argvs:
+            assert argvs[operator][argvs[operator].index("--host") + 1] == "0.0.0.0"
+            assert _without_host(argvs[operator]) == reference, operator
+    assert ("ome" in argvs) == ("--nodes" not in plan)
     assert _without_host(argvs["systemd"])[1:] == reference[1:]       # [0]: the vllm path
 
 
@@ -155,6 +169,8 @@ def test_the_agreement_check_can_fail(models):
     argvs = vllm_argvs(models, *ONE_NODE)
     changed = vllm_argvs(models, *ONE_NODE, "--max-model-len", "2048")
     assert _without_host(changed["kubernetes"]) != _without_host(argvs["serve"])
+    assert _without_host(changed["kserve"]) != _without_host(argvs["serve"])
+    assert _without_host(changed["ome"]) != _without_host(argvs["serve"])
 
 
 # --------------------------------------------------------------------------- kubernetes: one node
@@ -501,7 +517,7 @@ def test_docs_show_the_real_output(tmp_path, monkeypatch):
                         lambda: vllm_env.VllmInstall("/opt/vllm/bin/vllm", "/opt/vllm/bin/python", "0.32.0", "vllm", False))
     text = (REPO / "docs" / "kubernetes.md").read_text()
     blocks = re.findall(r"<!-- emit: (.*?) -->\n```yaml\n(.*?)```", text, re.S)
-    assert len(blocks) == 3
+    assert len(blocks) == 5
     for args, shown in blocks:
         run = run_vmm("serve", *shlex.split(args))
         assert run.exit_code == 0, run.stderr
