@@ -114,13 +114,21 @@ def test_a_reused_pid_is_not_taken_for_the_server(root):
     assert not runtime.pid_alive(record.pid, record.pid_start)
 
 
-def test_a_server_started_outside_vmm_is_not_listed(root):
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+def test_a_server_started_outside_vmm_is_not_listed(server, root, tmp_path):
+    """Two identical metrics servers, one registered by vmm and one started by hand: ps lists
+    exactly vmm's (ps reads vmm's records; it neither scans processes nor probes ports)."""
+    _, record = server("org/ours")
+    port = free_port()
+    script = tmp_path / "outside.py"
+    script.write_text(METRICS_SERVER)
+    outside = subprocess.Popen([sys.executable, str(script), str(port)], stdout=subprocess.PIPE)
     try:
-        assert run_vmm("ps", "--json").json()["servers"] == []
+        assert outside.stdout.readline().strip() == b"ready"
+        servers = run_vmm("ps", "--json", "--interval", "0").json()["servers"]
+        assert [(s["model"], s["port"], s["alive"]) for s in servers] == [("org/ours", record.port, True)]
     finally:
-        proc.kill()
-        proc.wait()
+        outside.kill()
+        outside.wait()
 
 
 def test_stop_by_port_sends_sigterm_and_removes_the_record(server, root):
