@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -91,7 +90,7 @@ def serve_cmd(
     for line in cmd.warnings:
         render.note(f"warning: {line}")
     if emit:
-        sys.stdout.write(_emitted(emit, cmd, model, base, nodes, name, install,
+        render.result(_emitted(emit, cmd, model, base, nodes, name, install,
                                   k8s_volume=k8s_volume, k8s_claim=k8s_claim, k8s_vmm_image=k8s_vmm_image))
         return
     if dry_run:
@@ -101,7 +100,7 @@ def serve_cmd(
             render.serve_plan(cmd)
         return
     code = supervisor.run(cmd, req, base, detach=detach, ready_timeout_s=ready_timeout,
-                        on_wait=render.note, on_ready=lambda url: (sys.stdout.write(url + "\n"), sys.stdout.flush()),
+                        on_wait=render.note, on_ready=render.result,
                         on_line=render.note, on_hint=lambda text: render.note(f"hint: {text}"))
     if code:
         raise ExitQuietly(code)      # vLLM's code (or 130 for Ctrl-C at start-up): no error line
@@ -180,10 +179,10 @@ def logs_cmd(
     root: RootOpt = None,
 ) -> None:
     """Print the log of a server started with `vmm serve --detach`."""
+    from vmm import render
     from vmm.core.serving import runtime
 
     path = runtime.log_path_for(root_of(root), target)
     shown = runtime.follow(path, lines) if follow else runtime.follow(path, lines, stop=lambda: True)
     for line in shown:
-        sys.stdout.write(line + "\n")
-        sys.stdout.flush()
+        render.result(line)

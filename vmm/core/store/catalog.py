@@ -30,11 +30,6 @@ from vmm.core import names
 from vmm.core.store import local, locking, paths, usage
 from vmm.core.errors import BusyError, IntegrityError, NotFoundError, UsageError
 
-LS_KEYS = ("name", "path", "format", "size_bytes", "files", "sharded", "shard_count",
-           "revision", "managed", "last_used")
-INSPECT_KEYS = ("name", "path", "format", "config", "parameters", "weight_bytes",
-                "kv_cache_bytes_per_token")
-SHARDS_KEYS = ("sharded", "shard_count", "shard_files", "index", "missing", "unindexed")
 
 
 def iso_time(epoch: float | None) -> str | None:
@@ -190,9 +185,6 @@ class ModelInfo:
     config_source: str | None = None
     problems: list[str] = field(default_factory=list)
     derived: dict[str, Any] | None = None   # what serving uses (vmm.core.model.layers.derived)
-
-    def contract(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in INSPECT_KEYS}
 
 
 def resolve_model(name_or_path: str, root: Path) -> tuple[local.LocalModel, str | None]:
