@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from vmm.cli.app import JsonOpt, NameArg, RootOpt, app, confirm_or_refuse, refuse_without_terminal, root_of
-from vmm.core import settings
+from vmm.core.store import paths
 
 
 @app.command("ls")
@@ -265,7 +265,7 @@ def check_cmd(
     models_root = root_of(root)
     model, quant = catalog.resolve_model(name, models_root)
     report = check.check_model(model, quant, fast, vllm_version,
-                               cache_dir=settings.state_dir(models_root) / "cache")
+                               cache_dir=paths.cache_dir(models_root))
     if json_out:
         render.emit_json(report.document())
     else:

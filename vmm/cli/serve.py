@@ -67,9 +67,9 @@ def serve_cmd(
     before ready: 130 / vLLM's code; once ready, vLLM's own exit code.
     """
     from vmm import render
-    from vmm.core import settings
     from vmm.core.serving import fit, launcher, supervisor, vllm_env
     from vmm.core.serving.request import ServeRequest
+    from vmm.core.store import paths
 
     _check_choice("--device", device, DEVICES)
     _check_choice("--emit", emit, EMITS)
@@ -85,7 +85,7 @@ def serve_cmd(
         tensor_parallel_size=tensor_parallel_size, kv_cache_dtype=kv_cache_dtype, enforce_eager=enforce_eager,
         passthrough=list(ctx.args), gpu_ids=fit.parse_gpu_ids(gpu_ids), root=base, remote=model.remote,
         tool_parser=tool_parser, reasoning_parser=reasoning_parser, force=force,
-        cache_dir=settings.state_dir(base) / "cache", on_this_host=emit not in ("kubernetes", "kubernetes-pull"))
+        cache_dir=paths.cache_dir(base), on_this_host=emit not in ("kubernetes", "kubernetes-pull"))
     cmd = launcher.build(req, install)
     for line in cmd.warnings:
         render.note(f"warning: {line}")

@@ -14,6 +14,7 @@ import pytest
 from conftest import assert_error_line, free_port, run_vmm, run_vmm_subprocess
 from vmm.core.errors import NotFoundError
 from vmm.core.serving import metrics, runtime
+from vmm.core.store import paths
 
 # A stand-in for a vLLM server's /metrics: counters grow by 50 tokens per second.
 METRICS_SERVER = r'''
@@ -61,7 +62,7 @@ def server(tmp_path, root):
         procs.append(proc)
         model_dir = root / model.replace("/", "--")
         model_dir.mkdir(exist_ok=True)
-        log = runtime.logs_dir(root) / f"{model_dir.name}-{port}.log"
+        log = paths.logs_dir(root) / f"{model_dir.name}-{port}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         log.write_text("".join(f"line {i}\n" for i in range(1, 301)))
         record = runtime.record_for(model, model_dir, proc.pid, "127.0.0.1", port,
@@ -104,7 +105,7 @@ def test_ps_cleans_up_dead_entries(server, root):
     first = run_vmm("ps", "--json", "--interval", "0").json()
     assert [s["alive"] for s in first["servers"]] == [False]
     assert run_vmm("ps", "--json").json()["servers"] == []
-    assert not list(runtime.run_dir(root).glob("*.json"))
+    assert not list(paths.run_dir(root).glob("*.json"))
 
 
 def test_a_reused_pid_is_not_taken_for_the_server(root):

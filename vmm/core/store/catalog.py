@@ -19,27 +19,18 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from vmm.core.model import config as config_mod
 from vmm.core.model.weights import WeightSummary, weight_summary
 from vmm.core.model import formats, layers
-from vmm.core import names
+from vmm.core import names, units
 from vmm.core.store import local, locking, paths, usage
 from vmm.core.errors import BusyError, IntegrityError, NotFoundError, UsageError
 
 
-
-def iso_time(epoch: float | None) -> str | None:
-    if epoch is None:
-        return None
-    return datetime.fromtimestamp(epoch, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 # --------------------------------------------------------------------------- ls
-
 
 @dataclass
 class ModelSummary:
@@ -125,7 +116,7 @@ def summarize(model_dir: Path, inodes: dict[tuple[int, int], int] | None = None)
         sharded=sharded, shard_count=count,
         revision=(manifest.commit or manifest.revision) if manifest else None,
         managed=manifest is not None or problem is not None,
-        last_used=iso_time(manifest.last_used) if manifest else None,
+        last_used=units.iso_time(manifest.last_used) if manifest else None,
         problem=problem,
         uses=sum(manifest.use_counts.values()) if manifest else 0,
         use_counts=dict(manifest.use_counts) if manifest else {},
