@@ -13,14 +13,15 @@ from builders import QWEN2_TOKENIZER_CONFIG, TINY_LLAMA, make_safetensors_model
 from conftest import REPO, assert_error_line, run_vmm
 
 from vmm.core.model import security
-from vmm.core.serving import compat
+from vmm.core.serving import vllm_env
 
 TOK = {"bos_token": "<s>", "eos_token": "</s>", "chat_template": QWEN2_TOKENIZER_CONFIG["chat_template"]}
 
 
 @pytest.fixture(autouse=True)
 def _judge_from_snapshot(monkeypatch):
-    monkeypatch.setattr(compat, "installed_vllm_version", lambda: None)
+    """Judge against the bundled snapshot even where a vLLM is installed (e2e environments)."""
+    monkeypatch.setattr(vllm_env, "find_vllm", lambda: None)
 
 
 def model(root, cfg_extra=None, tok=None, name="evil--model"):

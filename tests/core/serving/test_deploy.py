@@ -23,13 +23,13 @@ import yaml
 
 import builders as b
 from conftest import REPO, assert_error_line, run_vmm
+from k8s_emit import QWEN, by_kind, emit, make_models
 import vmm
 from vmm.core.errors import UsageError
 from vmm.core.serving import deploy, kubernetes, multinode
 
 K8S_VERSION = "1.33.0"
 LWS_SCHEMA = REPO / "tests" / "data" / "lws-83ba21e-openapi-schema.yaml"
-QWEN = "Qwen/Qwen2-7B-Instruct"
 ONE_NODE = ("--gpus", "2", "--gpu-memory", "24GiB")
 TWO_NODES = ("--gpus", "1", "--gpu-memory", "16GiB", "--nodes", "2")
 
@@ -39,17 +39,7 @@ ARGV = ["vllm", "serve", "/models/org--m", "--served-model-name", "org/m", "--ho
 
 @pytest.fixture
 def models(root):
-    b.make_model(root, QWEN, cfg=b.QWEN2_7B_INSTRUCT, shards=4)
-    b.make_hand_made_dir(root, "my-finetune", cfg=b.MISTRAL_7B_V02, shards=2)
-    return root
-
-
-def emit(*args: str) -> list[dict]:
-    run = run_vmm("serve", *args)
-    assert run.exit_code == 0, run.stderr
-    assert run.stdout.startswith("# "), run.stdout[:200]
-    assert "&id0" not in run.stdout and "*id0" not in run.stdout       # plain YAML, no anchors
-    return [d for d in yaml.safe_load_all(run.stdout) if d is not None]
+    return make_models(root)
 
 
 def validate(doc: dict) -> None:
@@ -60,10 +50,6 @@ def validate(doc: dict) -> None:
 def as_pod(template: dict) -> dict:
     return {"apiVersion": "v1", "kind": "Pod", "metadata": template.get("metadata", {"name": "p"}),
             "spec": template["spec"]}
-
-
-def by_kind(docs: list[dict]) -> dict[str, dict]:
-    return {d["kind"]: d for d in docs}
 
 
 def env_of(container: dict) -> dict[str, str]:

@@ -20,14 +20,13 @@ import kubernetes_validate
 import pytest
 import yaml
 
-import builders as b
 import vmm
 from conftest import REPO, assert_error_line, run_vmm
+from k8s_emit import QWEN, by_kind, emit, make_models
 from vmm.core.serving import operators
 from vmm.core.store import manifests
 
 DATA = REPO / "tests" / "data"
-QWEN = "Qwen/Qwen2-7B-Instruct"
 PLAN = ("--gpus", "2", "--gpu-memory", "24GiB")
 SCHEMAS = {
     ("ome.io/v1beta1", "BaseModel"): "ome-17b77ed-basemodel-schema.json",
@@ -40,16 +39,7 @@ SCHEMAS = {
 
 @pytest.fixture
 def models(root):
-    b.make_model(root, QWEN, cfg=b.QWEN2_7B_INSTRUCT, shards=4)
-    b.make_hand_made_dir(root, "my-finetune", cfg=b.MISTRAL_7B_V02, shards=2)
-    return root
-
-
-def emit(*args: str) -> list[dict]:
-    run = run_vmm("serve", *args)
-    assert run.exit_code == 0, run.stderr
-    assert run.stdout.startswith("# ") and "&id0" not in run.stdout
-    return [d for d in yaml.safe_load_all(run.stdout) if d is not None]
+    return make_models(root)
 
 
 def _strict(node):
@@ -83,10 +73,6 @@ def crd_errors(doc: dict) -> list[str]:
 def as_pod(containers: list[dict], init: list[dict], volumes: list[dict]) -> dict:
     return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
             "spec": {"containers": containers, "initContainers": init, "volumes": volumes}}
-
-
-def by_kind(docs: list[dict]) -> dict[str, dict]:
-    return {d["kind"]: d for d in docs}
 
 
 def digest(root: Path) -> str:
