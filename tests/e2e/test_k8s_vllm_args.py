@@ -1,4 +1,4 @@
-"""Every container that `vmm serve --emit kubernetes` prints runs arguments the real vLLM parses.
+"""Every container that `vmm serve --emit kubernetes|ome|kserve` prints runs arguments the real vLLM parses.
 
 The CPU lane (scripts/test-e2e) has vLLM's own parser: the Deployment's ``command + args``
 and the LeaderWorkerSet leader's ``args`` (``sh -c SCRIPT`` runs them as ``"$0" "$@"``) go
@@ -59,6 +59,20 @@ def test_kubernetes_containers_pass_vllms_own_parser(tmp_path):
         assert len(found) == 1 and found[0][:2] == ["vllm", "serve"], found
         argvs += found
     assert any("--pipeline-parallel-size" in a for a in argvs)
+    # The operators' runtimes (--emit ome / kserve) run the same plan with the folder where the
+    # operator mounts it: $(MODEL_PATH) is expanded by Kubernetes, here by hand.
+    for operator, model_at in (("ome", "$(MODEL_PATH)"), ("kserve", "/mnt/models")):
+        proc = subprocess.run([sys.executable, "-m", "vmm", "serve", "Qwen/Qwen2-7B-Instruct", "--gpus", "1",
+                               "--gpu-memory", "80GiB", "--root", str(root), "--emit", operator],
+                              capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+        assert proc.returncode == 0, proc.stderr
+        [runtime] = [d for d in yaml.safe_load_all(proc.stdout) if d and d["kind"] == "ServingRuntime"]
+        spec = runtime["spec"]
+        [c] = [spec["engineConfig"]["runner"]] if operator == "ome" else spec["containers"]
+        argv = [w.replace("$$(", "$(").replace(model_at, str(root / "Qwen--Qwen2-7B-Instruct"))
+                for w in c["command"] + c["args"]]
+        assert argv[:3] == ["vllm", "serve", str(root / "Qwen--Qwen2-7B-Instruct")]
+        argvs.append(argv)
     errors = serve_arg_errors(argvs)
     assert errors == [None] * len(argvs), list(zip(argvs, errors))
     # The check can fail: a flag vLLM does not know is refused by the same parser.
