@@ -114,10 +114,11 @@ def test_tools_request_answers_200_with_the_parser_and_400_without(env):
 def test_installed_parser_names_equal_the_snapshot_and_vllm_parses_the_flags(env, tmp_path):
     """The bundled snapshot of the installed version is what the installed vLLM registers, and
     the flags vmm builds from it pass vLLM's own argument parser."""
-    from vmm.core.serving import compat, parsers, vllm_env
+    from vmm.core.serving import parsers, vllm_env
 
-    version = compat.installed_vllm_version()
-    installed = parsers.installed_registry(compat.vllm_python(), version, None)
+    install = vllm_env.find_vllm()
+    version = install.version
+    installed = parsers.installed_registry(install, None)
     snapshot = parsers.snapshot_registry(version)
     assert installed.tool_parsers == snapshot.tool_parsers and "hermes" in installed.tool_parsers
     assert installed.reasoning_parsers == snapshot.reasoning_parsers

@@ -69,21 +69,21 @@ def serve_cmd(
     """
     from vmm import render
     from vmm.core import settings
-    from vmm.core.serving import fit, launcher, planner, supervisor, vllm_env
+    from vmm.core.serving import fit, launcher, supervisor, vllm_env
+    from vmm.core.serving.request import ServeRequest
 
     _check_choice("--device", device, DEVICES)
     _check_choice("--emit", emit, EMITS)
     _check_choice("--k8s-volume", k8s_volume, K8S_VOLUMES)
     base = root_of(root)
     model = fit.resolve_target(name, base, allow_hub=dry_run and emit is None)
-    quant = model.quant
     install = vllm_env.find_vllm()
-    req = launcher.ServeRequest(
+    req = ServeRequest(
         name=model.name, model_dir=model.model_dir, served_name=model.name, host=host, port=port, device=device,
-        gpus=gpus, gpu_memory=gpu_memory, nodes=nodes, quant=quant, tokenizer=tokenizer,
-        quantization=quantization, trust_remote_code=trust_remote_code,
-        options=planner.PlanOptions(max_model_len, min_context, gpu_memory_utilization, tensor_parallel_size,
-                                    kv_cache_dtype, enforce_eager),
+        gpus=gpus, gpu_memory=gpu_memory, nodes=nodes, gguf_quant=model.gguf_quant, tokenizer=tokenizer,
+        quantization=quantization, trust_remote_code=trust_remote_code, max_model_len=max_model_len,
+        min_context=min_context, gpu_memory_utilization=gpu_memory_utilization,
+        tensor_parallel_size=tensor_parallel_size, kv_cache_dtype=kv_cache_dtype, enforce_eager=enforce_eager,
         passthrough=list(ctx.args), gpu_ids=fit.parse_gpu_ids(gpu_ids), root=base, remote=model.remote,
         tool_parser=tool_parser, reasoning_parser=reasoning_parser, force=force,
         cache_dir=settings.state_dir(base) / "cache", on_this_host=emit not in ("kubernetes", "kubernetes-pull"))

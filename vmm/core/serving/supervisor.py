@@ -211,7 +211,7 @@ def _pump(child: subprocess.Popen, tail: deque, on_line) -> threading.Thread:
 def run(cmd: Any, req: Any, root: Path, detach: bool = False, ready_timeout_s: float = 900,
         on_wait=None, on_ready=None, on_line=None, on_hint=None) -> int:
     """Run ``cmd`` (a :class:`~vmm.core.serving.launcher.ServeCommand`) for ``req`` (its
-    :class:`~vmm.core.serving.launcher.ServeRequest`).
+    :class:`~vmm.core.serving.request.ServeRequest`).
 
     Start vLLM, wait until it answers a real request, then (attached) wait for it to end;
     (detached) return 0 once ready. Never writes to a terminal: vLLM's lines go to
