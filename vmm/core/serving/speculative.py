@@ -58,15 +58,19 @@ class Speculative:
         return ["--speculative-config", json.dumps(self.config(), separators=(",", ":"))]
 
 
-def mtp_layers(merged: dict[str, Any] | None) -> int:
+# model_types vLLM maps to an MTP draft even when config.json lacks the layer count
+# (vllm/config/speculative.py 0.32.0: qwen3_next -> qwen3_next_mtp; Qwen3-Next checkpoints ship
+# one MTP layer, ``mtp.*`` tensors, and their config.json has no num_nextn_predict_layers).
+_IMPLIED_MTP = {"qwen3_next": 1}
+
+
+def mtp_layers(merged: dict[str, Any] | None, model_type: str | None = None) -> int:
     """MTP layers the checkpoint ships (0: none)."""
-    if not merged:
-        return 0
     for key in ("num_nextn_predict_layers", "mtp_num_hidden_layers", "num_mtp_modules"):
-        value = merged.get(key)
+        value = (merged or {}).get(key)
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             return value
-    return 0
+    return _IMPLIED_MTP.get(model_type or "", 0)
 
 
 def _version(text: str | None) -> tuple[int, int] | None:
@@ -91,7 +95,7 @@ def resolve(value: str | None, merged: dict[str, Any] | None, model_type: str | 
     text = (value or "auto").strip()
     kind, _, rest = text.partition(":")
     kind = kind.lower()
-    layers = mtp_layers(merged)
+    layers = mtp_layers(merged, model_type)
     if kind == "none":
         return None
     if kind == "auto":
