@@ -135,6 +135,11 @@ def servers_table(statuses) -> None:
         def num(v, fmt="{:.0f}"):
             return "-" if v is None else fmt.format(v)
         gpus = ",".join(map(str, s.gpu_ids)) if getattr(s, "gpu_ids", None) else "-"
+        layout = getattr(s, "layout", None)
+        if layout and gpus != "-" and (layout["data_parallel_size"] > 1 or layout["tensor_parallel_size"] > 1):
+            gpus += f" (TP {layout['tensor_parallel_size']}" + (
+                f" x DP {layout['data_parallel_size']}" if layout["data_parallel_size"] > 1 else "") + (
+                " + EP" if layout["expert_parallel"] else "") + ")"
         gpu_mem = human_bytes(s.gpu_bytes) + (" each" if len(s.gpu_ids or []) > 1 else "") \
             if getattr(s, "gpu_bytes", None) else "-"
         rows.append([

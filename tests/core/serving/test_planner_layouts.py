@@ -208,3 +208,13 @@ def test_deepseek_v32_kv_cache_is_fp8_ds_mla_by_default():
     assert sparse.kv_cache_bytes_per_token * 1152 == plain.kv_cache_bytes_per_token * 656
     assert sparse.kv_cache_dtype is None and sparse.max_model_len == 163840
     assert any("fp8_ds_mla" in n for n in sparse.notes)
+
+
+def test_ps_reads_the_layout_of_a_data_parallel_server_from_its_command():
+    from vmm.core.serving import runtime
+
+    argv = ["vllm", "serve", "m", "--tensor-parallel-size", "2", "--data-parallel-size", "4",
+            "--enable-expert-parallel"]
+    assert runtime.layout_of(argv) == {"tensor_parallel_size": 2, "data_parallel_size": 4, "expert_parallel": True}
+    assert runtime.layout_of(["vllm", "serve", "m"]) == {"tensor_parallel_size": 1, "data_parallel_size": 1,
+                                                          "expert_parallel": False}
