@@ -20,6 +20,7 @@ Every number here is an estimate of what vLLM will do, with its source:
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 
 from vmm.core.model import config as config_mod
@@ -299,7 +300,7 @@ def plan(cfg: ModelConfig, weight_bytes: int | None, hw: Hardware, req: ServeReq
         kinds = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
         notes.append(f"hybrid KV cache: {kinds} layers, each counted at what vLLM allocates for it")
     if spec:
-        notes.append(f"speculative decoding: {spec.config()} ({spec.extra_kv_layers} more KV layer(s)"
+        notes.append(f"speculative decoding: {json.dumps(spec.config())} ({spec.extra_kv_layers} more KV layer(s)"
                      + (f", draft weights about {spec.draft_weight_bytes} B" if spec.draft_weight_bytes else "") + ")")
     plan_doc = Plan(tp, pp, max_len, model_max_len(cfg), None if leave_budget else util, dtype, weight_bytes,
                     kv_per_token, kv_per_gpu, tokens, overhead, tp * dp * pp, hw.gpu_memory_bytes, "cuda", notes)
