@@ -218,3 +218,19 @@ def test_ps_reads_the_layout_of_a_data_parallel_server_from_its_command():
     assert runtime.layout_of(argv) == {"tensor_parallel_size": 2, "data_parallel_size": 4, "expert_parallel": True}
     assert runtime.layout_of(["vllm", "serve", "m"]) == {"tensor_parallel_size": 1, "data_parallel_size": 1,
                                                           "expert_parallel": False}
+
+
+def test_cpu_plans_refuse_layout_and_speculative_flags():
+    cfg = real("meta-llama--Llama-3.2-1B-Instruct.json")
+    cpu = planner.Hardware("cpu", 0, 16 << 30, source="host")
+    assert planner.plan(cfg, 2_500_000_000, cpu, plan_only()).device == "cpu"
+    for flags in ({"speculative": "mtp"}, {"data_parallel_size": 2}, {"expert_parallel": True}):
+        with pytest.raises(IncompatibleError, match="CPU plan"):
+            planner.plan(cfg, 2_500_000_000, cpu, plan_only(**flags))
+
+
+def test_several_nodes_keep_tp_within_a_node_and_pp_across():
+    llama = real("meta-llama--Llama-3.1-8B-Instruct.json")
+    two_nodes = planner.Hardware("cuda", 8, 81559 << 20, "9.0", nodes=2, source="given")
+    p = planner.plan(llama, 16 * 10**9, two_nodes, plan_only(nodes=2))
+    assert (p.tensor_parallel_size, p.data_parallel_size, p.pipeline_parallel_size) == (8, 1, 2)

@@ -248,6 +248,11 @@ def plan(cfg: ModelConfig, weight_bytes: int | None, hw: Hardware, req: ServeReq
         raise IncompatibleError("the model does not say its maximum length", "config.json",
                                 "pass --max-model-len")
     if hw.device == "cpu":
+        if (req.speculative or "auto").lower() not in ("auto", "none") or req.data_parallel_size \
+                or req.expert_parallel:
+            raise IncompatibleError("the CPU plan is one engine on one device",
+                                    "--speculative / -dp / --expert-parallel",
+                                    "drop them for --device cpu, or plan for GPUs with --gpus")
         return _plan_cpu(cfg, weight_bytes, hw, req, dtype, full_len)
 
     shapes = model_shapes(cfg)
@@ -439,6 +444,9 @@ def layouts(cfg: ModelConfig, shapes: loadability.Shapes, n: int, req: ServeRequ
         ordered += [Layout(tp, m // tp, ep_auto and tp * (m // tp) > 1,
                            f"no layout over all {n} GPUs that vLLM can load fits; {n - m} left idle")
                     for tp in reversed(_divisors(m))]
+    if req.nodes > 1:
+        # several nodes: TP within a node, PP across (vLLM's multi-node docs); no DP there
+        ordered = [Layout(layout.tp * layout.dp, 1, layout.ep, layout.why) for layout in ordered]
     seen, out = set(), []
     for layout in ordered:
         key = (layout.tp, layout.dp, layout.ep)
