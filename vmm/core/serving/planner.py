@@ -2,9 +2,14 @@
 
 Every number here is an estimate of what vLLM will do, with its source:
 
+- layout: tp x dp over every GPU given, with expert parallelism for MLA and fp8-block MoE, as
+  the vLLM recipes lay models out (:func:`layouts`, docs/serve.md "Layout"), only at sizes
+  vLLM can load (:mod:`vmm.core.serving.loadability`);
 - budget per GPU = gpu_memory_utilization x total memory (vLLM >= 0.20 defaults to 0.92,
-  earlier 0.9: ``vllm/config/cache.py``), a fraction of *total*, not free, memory;
-- weights: bytes from the weights' own headers, split evenly over tp x pp GPUs;
+  earlier 0.9: ``vllm/config/cache.py``), a fraction of *total*, not free, memory; vLLM >= 0.34
+  alone on its GPUs: all of it less a 150 MiB buffer, no flag (its extensible KV cache);
+- weights: bytes from the weights' own headers; routed experts split over tp x dp, the rest
+  over tp, all over pp;
 - runtime margin per GPU (documented in docs/serve.md): 1 GiB for the CUDA context,
   NCCL and non-torch allocations, 0.5 GiB for CUDA graphs (0 with --enforce-eager), and the
   activation peak of vLLM's profiling run: max_num_batched_tokens (8192) x
@@ -28,7 +33,7 @@ from vmm.core import units
 from vmm.core.model import layers
 from vmm.core.model.config import ModelConfig
 from vmm.core.model import quant as quant_mod
-from vmm.core.serving import gpu_types, loadability, speculative
+from vmm.core.serving import gpu_types, loadability, speculative, vllm_env
 from vmm.core.serving.request import ServeRequest
 from vmm.core.errors import IncompatibleError, UsageError
 
@@ -53,14 +58,6 @@ def parse_size(text: str) -> int:
     return size
 
 
-def _version(text: str | None) -> tuple[int, int] | None:
-    try:
-        major, minor = (int(x) for x in (text or "").split(".")[:2])
-        return major, minor
-    except ValueError:
-        return None
-
-
 EXTENSIBLE_KV_VERSION = (0, 34)
 KV_REDUNDANCY_BYTES = 150 << 20     # vLLM 0.34 vllm/v1/worker/gpu_worker.py: kept free under the extensible cache
 
@@ -69,8 +66,7 @@ def extensible_kv_cache(vllm_version: str | None) -> bool:
     """vLLM >= 0.34 (CUDA/ROCm) commits KV pages after CUDA-graph capture from the memory free
     then, gpu_memory_utilization defaulting to 1.0 (``vllm/config/cache.py``
     ``resolved_gpu_memory_utilization`` in the 0.34.0 wheel); 0.33 and older size it as 0.92 x total."""
-    version = _version(vllm_version)
-    return version is not None and version >= EXTENSIBLE_KV_VERSION
+    return bool(vllm_version) and vllm_env.version_key(vllm_version)[:2] >= EXTENSIBLE_KV_VERSION
 
 
 def default_gpu_memory_utilization(vllm_version: str | None) -> float:

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vmm.core.errors import IncompatibleError, UsageError
+from vmm.core.serving import vllm_env
 
 # model_type -> the per-architecture method name (vllm/config/speculative.py MTPModelTypes, 0.32.0)
 _LEGACY_MTP = {"deepseek_v3": "deepseek_mtp", "deepseek_v32": "deepseek_mtp", "kimi_k2": "deepseek_mtp",
@@ -73,14 +74,6 @@ def mtp_layers(merged: dict[str, Any] | None, model_type: str | None = None) -> 
     return _IMPLIED_MTP.get(model_type or "", 0)
 
 
-def _version(text: str | None) -> tuple[int, int] | None:
-    try:
-        major, minor = (int(x) for x in (text or "").split(".")[:2])
-        return major, minor
-    except ValueError:
-        return None
-
-
 def _count(text: str, flag_value: str) -> int:
     if not text.isdigit() or int(text) < 1 or int(text) > 16:
         raise UsageError("bad --speculative token count", repr(flag_value), "use 1 to 16, e.g. mtp:2")
@@ -110,9 +103,8 @@ def resolve(value: str | None, merged: dict[str, Any] | None, model_type: str | 
             raise IncompatibleError("the checkpoint has no MTP layers", "--speculative mtp",
                                     "use --speculative eagle3:REPO with a draft model, or none")
         tokens = _count(rest, value) if rest else layers
-        version = _version(vllm_version)
         method = "mtp"
-        if version is not None and version < MTP_VERSION:
+        if vllm_version and vllm_env.version_key(vllm_version)[:2] < MTP_VERSION:
             method = _LEGACY_MTP.get(model_type or "", "mtp")
         return Speculative(method, tokens, extra_kv_layers=layers)
     if kind == "eagle3":
