@@ -26,7 +26,7 @@ TESTS = HERE.parent
 sys.path.insert(0, str(TESTS))
 
 import tinymodel  # noqa: E402
-from .lane import free_port, reaped, start_serve, vllm_python, vmm  # noqa: E402
+from .lane import free_port, reaped, serve_arg_errors, start_serve, vllm_python, vmm  # noqa: E402
 
 pytestmark = pytest.mark.e2e
 REPO_ID = "vmm-test/tiny-tools"
@@ -129,8 +129,8 @@ def test_installed_parser_names_equal_the_snapshot_and_vllm_parses_the_flags(env
         if choice.argv():
             argvs.append(["vllm", "serve", str(tmp_path), *choice.argv()])
     assert len(argvs) >= 20
-    errors = vllm_env.serve_arg_errors(argvs)
+    errors = serve_arg_errors(argvs)
     assert errors == [None] * len(argvs), [(a, e) for a, e in zip(argvs, errors) if e]
     # And the check bites: vLLM's parser refuses auto tool choice without a parser name.
-    [bad] = vllm_env.serve_arg_errors([["vllm", "serve", str(tmp_path), "--enable-auto-tool-choice"]])
+    [bad] = serve_arg_errors([["vllm", "serve", str(tmp_path), "--enable-auto-tool-choice"]])
     assert bad, "vLLM accepted --enable-auto-tool-choice without --tool-call-parser"

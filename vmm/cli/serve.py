@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -73,9 +72,9 @@ def serve_cmd(
     before ready: 130 / vLLM's code; once ready, vLLM's own exit code.
     """
     from vmm import render
-    from vmm.core import settings
     from vmm.core.serving import fit, launcher, supervisor, vllm_env
     from vmm.core.serving.request import ServeRequest
+    from vmm.core.store import paths
 
     _check_choice("--device", device, DEVICES)
     _check_choice("--emit", emit, EMITS)
@@ -94,12 +93,12 @@ def serve_cmd(
         gpu_policy=gpu_policy,
         passthrough=list(ctx.args), gpu_ids=fit.parse_gpu_ids(gpu_ids), root=base, remote=model.remote,
         tool_parser=tool_parser, reasoning_parser=reasoning_parser, force=force,
-        cache_dir=settings.state_dir(base) / "cache", on_this_host=emit not in ("kubernetes", "kubernetes-pull"))
+        cache_dir=paths.cache_dir(base), on_this_host=emit not in ("kubernetes", "kubernetes-pull"))
     cmd = launcher.build(req, install)
     for line in cmd.warnings:
         render.note(f"warning: {line}")
     if emit:
-        sys.stdout.write(_emitted(emit, cmd, model, base, nodes, name, install,
+        render.result(_emitted(emit, cmd, model, base, nodes, name, install,
                                   k8s_volume=k8s_volume, k8s_claim=k8s_claim, k8s_vmm_image=k8s_vmm_image))
         return
     if dry_run:
@@ -109,7 +108,7 @@ def serve_cmd(
             render.serve_plan(cmd)
         return
     code = supervisor.run(cmd, req, base, detach=detach, ready_timeout_s=ready_timeout,
-                        on_wait=render.note, on_ready=lambda url: (sys.stdout.write(url + "\n"), sys.stdout.flush()),
+                        on_wait=render.note, on_ready=render.result,
                         on_line=render.note, on_hint=lambda text: render.note(f"hint: {text}"))
     if code:
         raise ExitQuietly(code)      # vLLM's code (or 130 for Ctrl-C at start-up): no error line
@@ -188,10 +187,10 @@ def logs_cmd(
     root: RootOpt = None,
 ) -> None:
     """Print the log of a server started with `vmm serve --detach`."""
+    from vmm import render
     from vmm.core.serving import runtime
 
     path = runtime.log_path_for(root_of(root), target)
     shown = runtime.follow(path, lines) if follow else runtime.follow(path, lines, stop=lambda: True)
     for line in shown:
-        sys.stdout.write(line + "\n")
-        sys.stdout.flush()
+        render.result(line)

@@ -51,15 +51,6 @@ def test_no_vllm_on_path_is_exit_127(tmp_path, monkeypatch):
     assert info.value.exit_code == 127 and "vmm[vllm]" in info.value.line()
 
 
-def test_serve_args_parser_failure_is_a_clean_error(tmp_path, monkeypatch):
-    # An environment without vLLM: the parser cannot even be imported.
-    from vmm.core.errors import IncompatibleError
-
-    with pytest.raises(IncompatibleError) as info:
-        vllm_env.serve_arg_errors([["vllm", "serve", "x"]], vllm_python=sys.executable)
-    assert "argument parser failed" in info.value.line()
-
-
 def test_nearest_snapshot_is_the_one_rule_for_every_bundled_table():
     versions = ["0.10.0", "0.23.0", "0.32.0", "0.33.0"]
     assert vllm_env.nearest_snapshot(versions, None) == ("0.33.0", None)

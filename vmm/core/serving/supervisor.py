@@ -225,7 +225,7 @@ def run(cmd: Any, req: Any, root: Path, detach: bool = False, ready_timeout_s: f
     install = vllm_env.require_vllm()
     argv = [install.executable, *cmd.argv[1:]]
     env = settings.child_environment(cmd.env)
-    log_path = runtime.logs_dir(root) / f"{req.model_dir.name}-{cmd.port}.log" if detach else None
+    log_path = paths.logs_dir(root) / f"{req.model_dir.name}-{cmd.port}.log" if detach else None
     tail: deque[str] = deque(maxlen=40)
     forwarder = _Forwarder()
     lock_fd = _take_lock(root, req.model_dir.name)

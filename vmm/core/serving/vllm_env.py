@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Callable, TypeVar
 
 from vmm.core import settings
-from vmm.core.errors import IncompatibleError, UsageError, VllmMissingError
+from vmm.core.errors import UsageError, VllmMissingError
 
 T = TypeVar("T")
 
@@ -173,83 +173,6 @@ def require_vllm() -> VllmInstall:
     if install is None:
         raise VllmMissingError("vllm is not installed or not on PATH", "vllm", INSTALL_HINT)
     return install
-
-
-_VALIDATE = r"""
-import argparse, json, sys
-argvs = json.loads(sys.argv[1])
-try:
-    from vllm.entrypoints.launchers.cli_args import make_arg_parser, validate_parsed_serve_args
-except ImportError:  # vLLM < 0.32
-    from vllm.entrypoints.openai.cli_args import make_arg_parser, validate_parsed_serve_args
-try:
-    from vllm.utils.argparse_utils import FlexibleArgumentParser
-except ImportError:  # vLLM < 0.11
-    from vllm.utils import FlexibleArgumentParser
-
-class Refused(Exception):
-    pass
-
-parser = make_arg_parser(FlexibleArgumentParser(prog="vllm serve"))
-def error(message):
-    raise Refused(message)
-parser.error = error
-verdicts = []
-for argv in argvs:
-    try:
-        validate_parsed_serve_args(parser.parse_args(argv))
-    except (Refused, TypeError, ValueError) as exc:
-        verdicts.append({"ok": False, "error": str(exc)})
-    else:
-        verdicts.append({"ok": True})
-print(json.dumps(verdicts))
-"""
-
-
-def serve_arg_errors(argvs: list[list[str]], vllm_python: str | None = None,
-                     timeout_s: float = 180) -> list[str | None]:
-    """Parse each ``vllm serve ...`` argv with the installed vLLM's own parser, in one process
-    (importing the parser costs seconds); return None or vLLM's complaint for each."""
-    install = require_vllm() if vllm_python is None else None
-    python = vllm_python or (install.python if install else None)
-    if not python:
-        raise VllmMissingError("cannot find the Python of the vllm executable",
-                               install.executable if install else "vllm", INSTALL_HINT)
-    stripped = []
-    for argv in argvs:
-        words = list(argv)
-        if len(words) >= 2 and Path(words[0]).name == "vllm" and words[1] == "serve":
-            words = words[2:]
-        stripped.append(words)
-    env = settings.child_environment({"VLLM_NO_USAGE_STATS": "1"})
-    try:
-        proc = subprocess.run([python, "-c", _VALIDATE, json.dumps(stripped)], capture_output=True,
-                              text=True, timeout=timeout_s, env=env)
-    except subprocess.TimeoutExpired as exc:
-        raise IncompatibleError("vLLM's argument parser did not answer", python,
-                                f"it ran longer than {timeout_s:.0f}s") from exc
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("[")]
-    try:
-        verdicts = json.loads(lines[-1])
-    except (IndexError, ValueError):
-        tail = " | ".join(proc.stderr.strip().splitlines()[-3:])
-        raise IncompatibleError("vLLM's argument parser failed", python, tail or f"exit {proc.returncode}") from None
-    return [None if v.get("ok") else " ".join(str(v.get("error", "")).split()) for v in verdicts]
-
-
-def validate_serve_args(argv: list[str], vllm_python: str | None = None, timeout_s: float = 180) -> None:
-    """Check ``vllm serve ...`` against the installed vLLM's own parser; exit 6 when refused.
-
-    Catches a flag that a vLLM version renamed or removed before a launch fails with it.
-    """
-    [error] = serve_arg_errors([argv], vllm_python, timeout_s)
-    if error:
-        install = find_vllm() if vllm_python is None else None
-        version = install.version if install else None
-        raise IncompatibleError(
-            f"vLLM{' ' + version if version else ''} refuses the serve arguments", error,
-            "a flag may have been renamed in this vLLM version; check `vllm serve --help`",
-        )
 
 
 def cached_probe(python: str, code: str, marker: str, what: str, version: str, cache_dir: Path | None,
