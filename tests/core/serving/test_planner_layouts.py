@@ -198,14 +198,15 @@ def test_nvfp4_on_blackwell_gets_the_recipes_fp8_kv_cache():
 
 def test_deepseek_v32_kv_cache_is_fp8_ds_mla_by_default():
     # DeepSeek-V3.2 is V3's shape plus the sparse-attention indexer (index_topk in its config);
-    # vLLM stores its MLA cache as fp8_ds_mla: 656 B per token per layer instead of 1152.
+    # vLLM stores its MLA cache as fp8_ds_mla: 656 B per token per layer instead of 1152, plus
+    # 132 B of indexer cache (index_head_dim 128 as uint8 + 4 scale bytes).
     doc = json.loads((CONFIGS / "deepseek-ai--DeepSeek-V3.json").read_text())
     v3 = from_config_dict(doc)
-    v32 = from_config_dict({**doc, "index_topk": 2048})
+    v32 = from_config_dict({**doc, "index_topk": 2048, "index_head_dim": 128})
     h20 = hw("8xH20")
     plain = planner.plan(v3, 671 * 10**9, h20, plan_only(vllm_version="0.34.0"))
     sparse = planner.plan(v32, 671 * 10**9, h20, plan_only(vllm_version="0.34.0"))
-    assert sparse.kv_cache_bytes_per_token * 1152 == plain.kv_cache_bytes_per_token * 656
+    assert sparse.kv_cache_bytes_per_token * 1152 == plain.kv_cache_bytes_per_token * (656 + 132)
     assert sparse.kv_cache_dtype is None and sparse.max_model_len == 163840
     assert any("fp8_ds_mla" in n for n in sparse.notes)
 

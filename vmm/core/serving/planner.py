@@ -131,12 +131,20 @@ def max_num_seqs_for(kv_tokens: int, default_seqs: int) -> int | None:
 # default, 656 bytes per token per layer (512 fp8 latent + 4 fp32 scales + 64 bf16 RoPE dims:
 # vllm/v1/attention/backends/mla/flashmla_sparse.py, vllm/model_executor/layers/attention/
 # mla_attention.py state_content_bytes {"fp8_ds_mla": 656}, vLLM 0.32.0; "Some models (namely
-# DeepSeekV3.2) default to fp8", vllm/config/cache.py 0.34.0).
+# DeepSeekV3.2) default to fp8", vllm/config/cache.py 0.34.0), plus the lightning indexer's
+# own cache per layer: index_head_dim uint8 + 4 scale bytes per 128 (DeepseekV32IndexerCache
+# in vllm/model_executor/models/deepseek_v2.py, 0.32.0: 132 bytes at index_head_dim 128).
 DS_MLA_FP8_TOKEN_BYTES = 656
+INDEXER_QUANT_BLOCK = 128
 
 
 def _is_ds_v32(cfg: ModelConfig) -> bool:
     return bool(cfg.is_mla and cfg.merged and cfg.merged.get("index_topk"))
+
+
+def _ds_v32_token_bytes(cfg: ModelConfig) -> int:
+    index_dim = cfg.merged.get("index_head_dim") if isinstance(cfg.merged.get("index_head_dim"), int) else 128
+    return DS_MLA_FP8_TOKEN_BYTES + index_dim + index_dim // INDEXER_QUANT_BLOCK * 4
 
 
 def kv_cache_dtype_for(cfg: ModelConfig, hw: "Hardware", req: ServeRequest) -> tuple[str | None, str | None]:
@@ -152,7 +160,8 @@ def kv_cache_dtype_for(cfg: ModelConfig, hw: "Hardware", req: ServeRequest) -> t
                                         f"{hw.compute_capability}: no fp8 in hardware before 8.9 (slower)")
         return req.kv_cache_dtype, None
     if _is_ds_v32(cfg):
-        return None, "KV cache: DeepSeek-V3.2's fp8_ds_mla by vLLM's default (656 B per token per layer)"
+        return None, (f"KV cache: DeepSeek-V3.2's fp8_ds_mla by vLLM's default ({DS_MLA_FP8_TOKEN_BYTES} B per "
+                      f"token per layer, plus {_ds_v32_token_bytes(cfg) - DS_MLA_FP8_TOKEN_BYTES} B of indexer cache)")
     method = (cfg.quant_method or "").lower()
     if gpu_types.is_blackwell(hw.compute_capability) and ("fp4" in method or method == "modelopt_fp4"):
         return "fp8", "--kv-cache-dtype fp8: an NVFP4 checkpoint on Blackwell, as the vLLM recipes serve them"
@@ -335,7 +344,7 @@ def _kv_spec(cfg: ModelConfig, tp: int, kv_dtype: str | None, hybrid: bool = Tru
         raise IncompatibleError("cannot size the KV cache", "config lacks layers/heads",
                                 "check config.json with `vmm check`")
     if _is_ds_v32(cfg) and kv_dtype in (None, "auto", "fp8", "fp8_ds_mla"):
-        spec = dataclasses.replace(spec, layer_token_bytes=DS_MLA_FP8_TOKEN_BYTES)
+        spec = dataclasses.replace(spec, layer_token_bytes=_ds_v32_token_bytes(cfg))
     if extra_layers:
         # MTP / draft layers: full-attention layers in the same KV cache
         counts = dict(spec.counts)
