@@ -30,6 +30,9 @@ MODELS = {
     "deepseek-ai/DeepSeek-V3": ("deepseek-ai--DeepSeek-V3.json", ["8xH200"], "guide: '8xH200 / 8xMI300X (FP8)'"),
     "deepseek-ai/DeepSeek-V3.1": ("deepseek-ai--DeepSeek-V3.1.json", ["8xH200", "8xH20"],
                                   "variant: 'Native FP8 weights on 8xH200 (or H20)'"),
+    "deepseek-ai/DeepSeek-V3.2": ("haoyangli-amd--DeepSeek-V3.2-exp-ptpc.json", ["8xH200", "8xH20"],
+                                  "guide: 'Minimum 8x H100/H200 80GB GPUs' and its DeepGEMM note 'on H20 GPUs' "
+                                  "(config: a V3.2-Exp checkpoint, same architecture)"),
     "Qwen/Qwen3-32B": ("Qwen--Qwen3-32B.json", ["2xH100"], "guide: 'Single node (BF16, TP=2)'"),
     "meta-llama/Llama-3.1-8B-Instruct": ("meta-llama--Llama-3.1-8B-Instruct.json", ["1xH100"],
                                          "guide: '--tensor-parallel-size 1'"),

@@ -392,7 +392,8 @@ def expert_weight_bytes(shapes: loadability.Shapes, cfg: ModelConfig, weight_byt
     dense_first = merged.get("first_k_dense_replace") if isinstance(merged.get("first_k_dense_replace"), int) else 0
     moe_layers = max(0, (cfg.num_hidden_layers or 0) - dense_first)
     params = moe_layers * shapes.num_experts * 3 * shapes.hidden_size * shapes.moe_intermediate
-    bits = quant_mod.bits_per_weight(cfg.quant_method, cfg.quantization) or 8 * config_mod.dtype_bytes(cfg.torch_dtype)
+    bits = quant_mod.bits_per_weight(cfg.quant_method, cfg.quantization) or (
+        8 if cfg.quant_method else 8 * config_mod.dtype_bytes(cfg.torch_dtype))   # unknown method: fp8-like
     return int(min(weight_bytes, params * bits / 8))
 
 
