@@ -24,12 +24,14 @@ CASES = [
     ("deepseek-ai--DeepSeek-V3.json", "8xH200", [], (1, 8, True, None)),
     ("deepseek-ai--DeepSeek-V3.json", "8xH200", ["-tp", "8", "--speculative", "mtp"], (8, 1, True, "mtp")),
     ("mistralai--Mixtral-8x7B-v0.1.json", "4xA100-80GB", ["--expert-parallel"], (4, 1, True, None)),
+    ("haoyangli-amd--DeepSeek-V3.2-exp-ptpc.json", "8xH20", ["--speculative", "mtp:3"], (8, 1, True, "mtp")),
 ]
 # Weights as vmm would read them from the checkpoint headers; here the recipe-style estimate
 # (parameters x bytes), written as one sparse tensor of that size.
 WEIGHT_BYTES = {"meta-llama--Llama-3.1-8B-Instruct.json": 16 * 10**9, "openai--gpt-oss-120b.json": 65 * 10**9,
                 "Qwen--Qwen3-32B.json": 65 * 10**9, "Qwen--Qwen3-Next-80B-A3B-Thinking.json": 160 * 10**9,
-                "deepseek-ai--DeepSeek-V3.json": 671 * 10**9, "mistralai--Mixtral-8x7B-v0.1.json": 93 * 10**9}
+                "deepseek-ai--DeepSeek-V3.json": 671 * 10**9,
+                "haoyangli-amd--DeepSeek-V3.2-exp-ptpc.json": 671 * 10**9, "mistralai--Mixtral-8x7B-v0.1.json": 93 * 10**9}
 
 
 def _probe(argvs: list[list[str]]) -> list[dict]:
