@@ -16,6 +16,7 @@ EMITS = ("docker", "systemd", "kubernetes", "kubernetes-pull", "ome", "kserve")
 # Cluster outputs: planned for the cluster's GPUs and pods, not this host's placement and ports.
 CLUSTER_EMITS = ("kubernetes", "kubernetes-pull", "ome", "kserve")
 K8S_VOLUMES = ("pvc", "hostpath")
+GPU_POLICIES = ("pack", "all")
 
 
 def _check_choice(flag: str, value: str | None, choices: tuple[str, ...]) -> None:
@@ -31,7 +32,7 @@ def serve_cmd(
     name: NameArg,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the command and the plan; start nothing.")] = False,
     json_out: JsonOpt = False,
-    gpus: Annotated[Optional[int], typer.Option("--gpus", help="Plan for N GPUs per node instead of the local ones (with --gpu-memory).")] = None,
+    gpus: Annotated[Optional[str], typer.Option("--gpus", help="Plan for other GPUs than the local ones: COUNTxTYPE (8xH200, 4xH100, 2xA100-40GB, 1xL4, ...) or N with --gpu-memory.", metavar="COUNTxTYPE|N")] = None,
     gpu_memory: Annotated[Optional[str], typer.Option("--gpu-memory", help="Memory per GPU to plan for, e.g. 24GiB or 80GB (with --gpus); on CPU: host memory for vLLM.", metavar="SIZE")] = None,
     nodes: Annotated[int, typer.Option("--nodes", min=1, help="Nodes: tensor parallel within a node, pipeline parallel across (Ray).")] = 1,
     device: Annotated[str, typer.Option("--device", help="auto (GPU if found, CPU for a CPU build of vLLM), cuda or cpu.")] = "auto",
@@ -39,7 +40,11 @@ def serve_cmd(
     min_context: Annotated[Optional[int], typer.Option("--min-context", min=1, help="Fail (exit 6) rather than serve a shorter context than this.")] = None,
     gpu_memory_utilization: Annotated[Optional[float], typer.Option("--gpu-memory-utilization", min=0.05, max=1.0, help="Fraction of each GPU's total memory vLLM may use (default: vLLM's, 0.92 since 0.20).")] = None,
     kv_cache_dtype: Annotated[Optional[str], typer.Option("--kv-cache-dtype", help="KV cache dtype, e.g. fp8 (halves the KV bytes per token).")] = None,
-    tensor_parallel_size: Annotated[Optional[int], typer.Option("--tensor-parallel-size", "-tp", min=1, help="Force a tensor-parallel size (checked for validity).")] = None,
+    tensor_parallel_size: Annotated[Optional[int], typer.Option("--tensor-parallel-size", "-tp", min=1, help="Force a tensor-parallel size (checked for what vLLM can load); the other GPUs become data-parallel replicas.")] = None,
+    data_parallel_size: Annotated[Optional[int], typer.Option("--data-parallel-size", "-dp", min=1, help="Force the number of data-parallel replicas (default: the layout the vLLM recipes use).")] = None,
+    expert_parallel: Annotated[Optional[bool], typer.Option("--expert-parallel/--no-expert-parallel", help="Force expert parallelism for an MoE model on or off (default: on for MLA or fp8-block MoE across GPUs).", show_default=False)] = None,
+    speculative: Annotated[Optional[str], typer.Option("--speculative", help="Speculative decoding: mtp[:N] (the checkpoint's MTP layers), eagle3:REPO[:N] (a draft head), auto (where a vLLM recipe makes it the default) or none.", metavar="mtp|eagle3:REPO|auto|none")] = None,
+    gpu_policy: Annotated[str, typer.Option("--gpu-policy", help="This host's GPUs: pack (the fewest that hold the context, room left for other models) or all (every free GPU, as data-parallel replicas).", metavar="pack|all")] = "pack",
     host: Annotated[str, typer.Option("--host", help="Address vLLM listens on.")] = "127.0.0.1",
     port: Annotated[Optional[int], typer.Option("--port", min=1, max=65535, help="Port vLLM listens on (default: 8000, or the next free one).", show_default=False)] = None,
     gpu_ids: Annotated[Optional[str], typer.Option("--gpu-ids", help="Serve on these GPUs (e.g. 0,1) instead of the ones vmm chooses.", metavar="IDS", show_default=False)] = None,
@@ -77,6 +82,7 @@ def serve_cmd(
     _check_choice("--device", device, DEVICES)
     _check_choice("--emit", emit, EMITS)
     _check_choice("--k8s-volume", k8s_volume, K8S_VOLUMES)
+    _check_choice("--gpu-policy", gpu_policy, GPU_POLICIES)
     base = root_of(root)
     model = fit.resolve_target(name, base, allow_hub=dry_run and emit is None)
     install = vllm_env.find_vllm()
@@ -86,6 +92,8 @@ def serve_cmd(
         quantization=quantization, trust_remote_code=trust_remote_code, max_model_len=max_model_len,
         min_context=min_context, gpu_memory_utilization=gpu_memory_utilization,
         tensor_parallel_size=tensor_parallel_size, kv_cache_dtype=kv_cache_dtype, enforce_eager=enforce_eager,
+        data_parallel_size=data_parallel_size, expert_parallel=expert_parallel, speculative=speculative,
+        gpu_policy=gpu_policy,
         passthrough=list(ctx.args), gpu_ids=fit.parse_gpu_ids(gpu_ids), root=base, remote=model.remote,
         tool_parser=tool_parser, reasoning_parser=reasoning_parser, force=force,
         cache_dir=paths.cache_dir(base), on_this_host=emit not in CLUSTER_EMITS)

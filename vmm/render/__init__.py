@@ -127,6 +127,11 @@ def servers_table(statuses) -> None:
         def num(v, fmt="{:.0f}"):
             return "-" if v is None else fmt.format(v)
         gpus = ",".join(map(str, s.gpu_ids)) if getattr(s, "gpu_ids", None) else "-"
+        layout = getattr(s, "layout", None)
+        if layout and gpus != "-" and (layout["data_parallel_size"] > 1 or layout["tensor_parallel_size"] > 1):
+            gpus += f" (TP {layout['tensor_parallel_size']}" + (
+                f" x DP {layout['data_parallel_size']}" if layout["data_parallel_size"] > 1 else "") + (
+                " + EP" if layout["expert_parallel"] else "") + ")"
         gpu_mem = human_bytes(s.gpu_bytes) + (" each" if len(s.gpu_ids or []) > 1 else "") \
             if getattr(s, "gpu_bytes", None) else "-"
         rows.append([
@@ -165,7 +170,15 @@ def serve_plan(cmd) -> None:
         ("weights", human_bytes(p.weight_bytes)),
         ("tensor parallel", p.tensor_parallel_size),
         ("pipeline parallel", p.pipeline_parallel_size),
-        ("memory utilization", p.gpu_memory_utilization),
+        ("data parallel", p.data_parallel_size if p.device != "cpu" else None),
+        ("expert parallel", ("yes" if p.expert_parallel else "no") if p.device != "cpu" else None),
+        ("speculative", json.dumps(p.speculative_config) if p.speculative_config else None),
+        ("memory utilization", p.gpu_memory_utilization if p.gpu_memory_utilization is not None or p.device == "cpu"
+         else "vLLM's (1.0 of free memory after CUDA graphs, extensible KV cache)"),
+        ("KV cache dtype", p.kv_cache_dtype),
+        ("max concurrency", f"{p.max_concurrency:g} sequences of {p.max_model_len} tokens"
+         if p.max_concurrency is not None else None),
+        ("max num seqs", p.max_num_seqs),
         ("runtime margin", human_bytes(p.overhead_bytes) + (" per GPU" if p.device != "cpu" else "")),
         ("KV cache", f"{human_bytes(p.kv_cache_bytes)}{' per GPU' if p.device != 'cpu' else ''}, "
                      f"{p.kv_cache_tokens} tokens at {p.kv_cache_bytes_per_token} B/token"

@@ -39,6 +39,23 @@ def test_an_empty_host_gives_the_smallest_set_with_vllms_default_fraction():
     assert p.plan.max_model_len == 32768
 
 
+def test_gpu_policy_all_takes_every_free_gpu_as_replicas_and_pack_the_fewest():
+    gpus = [h100(0), h100(1), h100(2, 81559 - 40 * 1024), h100(3)]
+    packed = fit.place(QWEN, QWEN_BYTES, gpus, plan_only())
+    assert packed.gpu_ids == [2] and packed.plan.data_parallel_size == 1            # the tightest fit
+    every = fit.place(QWEN, QWEN_BYTES, gpus, plan_only(gpu_policy="all"))
+    assert every.gpu_ids == [0, 1, 3] and every.plan.data_parallel_size == 3      # GPU 2 is in use
+    assert every.gpu_bytes == int(0.92 * 81559 * MIB)
+
+
+def test_vllm_034_alone_on_its_gpus_sizes_its_own_cache_a_shared_gpu_gets_a_budget():
+    alone = fit.place(QWEN, QWEN_BYTES, [h100(0), h100(1)], plan_only(vllm_version="0.34.0"))
+    assert alone.plan.gpu_memory_utilization is None and not alone.shared
+    assert alone.gpu_bytes == 81559 * MIB - planner.KV_REDUNDANCY_BYTES
+    shared = fit.place(QWEN, QWEN_BYTES, [h100(0, 81559 - 40 * 1024)], plan_only(vllm_version="0.34.0"))
+    assert shared.shared and shared.plan.gpu_memory_utilization == 0.49
+
+
 def test_a_gpu_another_process_uses_gets_a_fraction_of_what_is_free():
     # GPU 0: 40 GiB used by something else; GPU 1: 70 GiB used: its 9.6 GiB free cannot hold
     # 14.2 GiB of weights, GPU 0's 41.6 GiB can.
@@ -58,7 +75,8 @@ def test_the_tightest_gpu_that_holds_the_whole_context_wins():
 
 def test_gpu_ids_override_and_bad_ids_are_usage_errors():
     p = fit.place(QWEN, QWEN_BYTES, [h100(0), h100(1)], plan_only(gpu_ids=[1, 0]))
-    assert p.gpu_ids == [1, 0] and p.plan.tensor_parallel_size == 2
+    # a 15 GB model on two 80 GB GPUs: two replicas, both GPUs used
+    assert p.gpu_ids == [1, 0] and (p.plan.tensor_parallel_size, p.plan.data_parallel_size) == (1, 2)
     with pytest.raises(UsageError):
         fit.place(QWEN, QWEN_BYTES, [h100(0)], plan_only(gpu_ids=[3]))
     with pytest.raises(UsageError):

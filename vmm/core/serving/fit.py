@@ -60,7 +60,7 @@ class GpuRoom:
 class Placement:
     gpu_ids: list[int]
     plan: planner.Plan
-    gpu_bytes: int                  # vLLM's budget on each chosen GPU (util x total)
+    gpu_bytes: int                  # vLLM's budget on each chosen GPU (util x total; 0.34 alone: all)
     shared: bool                    # the fraction was computed from free memory
     rooms: list[GpuRoom]
 
@@ -92,8 +92,11 @@ def _util_for(rooms: list[GpuRoom], req: ServeRequest, forced: bool = False) -> 
     ``forced``: --gpu-ids with --gpu-memory-utilization, taken as given."""
     default = planner.default_gpu_memory_utilization(req.vllm_version)
     wanted = req.gpu_memory_utilization
-    if wanted is None and all(r.dedicated(default) for r in rooms):
-        return default, False
+    # "Dedicated": no vmm server there and (nearly) all memory free. vLLM >= 0.34 then sizes its
+    # KV cache itself from what is free after CUDA-graph capture (None: no flag); older
+    # versions get their default fraction of total memory.
+    if wanted is None and all(r.dedicated(min(default, 0.92)) for r in rooms):
+        return (None if planner.extensible_kv_cache(req.vllm_version) else default), False
     total = min(r.total_bytes for r in rooms)
     fits = min(r.room_bytes for r in rooms) - SHARED_MARGIN_BYTES
     if wanted is not None:
@@ -105,16 +108,17 @@ def _util_for(rooms: list[GpuRoom], req: ServeRequest, forced: bool = False) -> 
 
 def _try(cfg, weight_bytes, rooms, req, cc, forced=False) -> tuple[planner.Plan, float, bool] | None:
     util, shared = _util_for(rooms, req, forced)
-    if util is None:
-        return None
-    hw = planner.Hardware("cuda", len(rooms), min(r.total_bytes for r in rooms), cc)
-    sized = req.but(gpu_memory_utilization=util, tensor_parallel_size=len(rooms))
-    if planner.valid_tp(cfg, len(rooms)):
-        return None
+    if util is None and shared:
+        return None                 # no room
+    hw = planner.Hardware("cuda", len(rooms), min(r.total_bytes for r in rooms), cc, gpu_name=rooms[0].name)
+    sized = req.but(gpu_memory_utilization=util, explicit_budget=req.explicit_budget or shared)
     try:
-        return planner.plan(cfg, weight_bytes, hw, sized), util, shared
+        plan_ = planner.plan(cfg, weight_bytes, hw, sized)
     except IncompatibleError:
         return None
+    if plan_.tensor_parallel_size * plan_.data_parallel_size != len(rooms):
+        return None                 # it would leave some of these GPUs idle: a smaller set was tried
+    return plan_, util, shared
 
 
 def place(cfg, weight_bytes: int, gpus: list[gpu_mod.GpuInfo], req: ServeRequest) -> Placement:
@@ -133,9 +137,15 @@ def place(cfg, weight_bytes: int, gpus: list[gpu_mod.GpuInfo], req: ServeRequest
                              f"this host has GPUs {', '.join(str(r.index) for r in rooms)}")
         candidates = [[by_index[i] for i in gpu_ids]]
     else:
-        sizes = [req.tensor_parallel_size] if req.tensor_parallel_size else range(1, len(rooms) + 1)
+        fixed = (req.tensor_parallel_size or 1) * (req.data_parallel_size or 1)
+        sizes = [fixed] if req.tensor_parallel_size or req.data_parallel_size else range(1, len(rooms) + 1)
         candidates = [list(c) for k in sizes
                       for c in sorted(itertools.combinations(rooms, k), key=lambda c: sum(r.room_bytes for r in c))]
+        if req.gpu_policy == "all":
+            # every free GPU as one layout (replicas where the model fits fewer), then packing
+            free = [r for r in rooms if r.dedicated(0.9)]
+            if free:
+                candidates.insert(0, free)
     best = None
     for chosen in candidates:
         found = _try(cfg, weight_bytes, chosen, req, cc, forced=gpu_ids is not None)
@@ -154,7 +164,9 @@ def place(cfg, weight_bytes: int, gpus: list[gpu_mod.GpuInfo], req: ServeRequest
     if shared:
         plan_.notes.append(f"shared GPU: --gpu-memory-utilization {util:g} is what is free on GPU "
                            f"{', '.join(str(r.index) for r in chosen)} now (vLLM checks free memory at start-up)")
-    return Placement([r.index for r in chosen], plan_, int(util * min(r.total_bytes for r in chosen)), shared, rooms)
+    total = min(r.total_bytes for r in chosen)
+    budget = int(util * total) if util is not None else total - planner.KV_REDUNDANCY_BYTES
+    return Placement([r.index for r in chosen], plan_, budget, shared, rooms)
 
 
 def _no_room(cfg, weight_bytes, gpus, rooms, req, cc, gpu_ids) -> IncompatibleError:

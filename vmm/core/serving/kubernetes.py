@@ -79,7 +79,8 @@ def plan_from(cmd: ServeCommand, vmm_name: str, served_name: str, model_dir: Pat
     from vmm.core.store import manifests
 
     manifest = manifests.read_manifest(model_dir)
-    gpus = cmd.plan.tensor_parallel_size if cmd.plan.device != "cpu" else 0
+    # every GPU of one node: tp x dp (data-parallel replicas share the pod)
+    gpus = cmd.plan.tensor_parallel_size * cmd.plan.data_parallel_size if cmd.plan.device != "cpu" else 0
     nodes = max(nodes, cmd.plan.pipeline_parallel_size)
     # The device plugin gives each pod its GPUs: this host's GPU numbering means nothing there.
     env = {k: v for k, v in cmd.env.items() if k not in ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER")}

@@ -9,6 +9,7 @@ until ready, signals, exit codes, output callbacks) is :mod:`vmm.core.serving.su
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from vmm.core.model import config as config_mod
 from vmm.core.model import formats
 from vmm.core.model.weights import weight_summary
 from vmm.core.model import quant as quant_mod
-from vmm.core.serving import compat, fit, gpu, multinode, parsers, planner, vllm_env
+from vmm.core.serving import compat, fit, gpu, gpu_types, multinode, parsers, planner, vllm_env
 from vmm.core.serving.request import ServeRequest
 from vmm.core.store import manifests
 from vmm.core.errors import IncompatibleError, UsageError, VmmError
@@ -51,6 +52,9 @@ class ServeCommand:
         return {"command": self.argv, "tensor_parallel_size": p.tensor_parallel_size,
                 "pipeline_parallel_size": p.pipeline_parallel_size, "max_model_len": p.max_model_len,
                 "gpu_memory_utilization": p.gpu_memory_utilization,
+                "data_parallel_size": p.data_parallel_size, "expert_parallel": p.expert_parallel,
+                "speculative_config": p.speculative_config, "kv_cache_dtype": p.kv_cache_dtype,
+                "max_num_seqs": p.max_num_seqs, "max_concurrency": p.max_concurrency,
                 "estimate": {"weight_bytes": p.weight_bytes, "kv_cache_bytes_per_token": p.kv_cache_bytes_per_token,
                              "gpu_count": p.gpu_count, "gpu_memory_bytes": p.gpu_memory_bytes,
                              "kv_cache_bytes": p.kv_cache_bytes, "kv_cache_tokens": p.kv_cache_tokens,
@@ -74,12 +78,11 @@ def hardware_for(req: ServeRequest, install: vllm_env.VllmInstall | None,
         memory = planner.parse_size(req.gpu_memory) if req.gpu_memory else planner.host_memory_bytes()
         return planner.Hardware("cpu", 0, memory, source="host")
     if req.gpus is not None or req.gpu_memory is not None:
-        if req.gpus is None or req.gpu_memory is None:
-            raise UsageError("--gpus and --gpu-memory go together", "planning for other hardware",
-                             "give both, e.g. --gpus 2 --gpu-memory 24GiB")
-        if req.gpus < 1:
-            raise UsageError("--gpus must be at least 1", str(req.gpus), "or use --device cpu")
-        return planner.Hardware("cuda", req.gpus, planner.parse_size(req.gpu_memory), None, req.nodes, "given")
+        spec = gpu_types.parse_gpus(None if req.gpus is None else str(req.gpus),
+                                    planner.parse_size(req.gpu_memory) if req.gpu_memory else None)
+        kind = spec.gpu_type
+        return planner.Hardware("cuda", spec.count, spec.memory_bytes, spec.compute_capability, req.nodes, "given",
+                                kind.name if kind else None)
     detected = gpu.discover()
     if found is not None:
         found[:] = detected
@@ -88,7 +91,8 @@ def hardware_for(req: ServeRequest, install: vllm_env.VllmInstall | None,
                                 "plan for other hardware with --gpus N --gpu-memory SIZE, or use --device cpu")
     smallest = min(g.total_bytes for g in detected)
     caps = [g.compute_capability for g in detected if g.compute_capability]
-    return planner.Hardware("cuda", len(detected), smallest, min(caps) if caps else None, req.nodes)
+    return planner.Hardware("cuda", len(detected), smallest, min(caps) if caps else None, req.nodes,
+                            gpu_name=detected[0].name)
 
 
 def apply_passthrough(argv: list[str], extra: list[str]) -> list[str]:
@@ -224,8 +228,17 @@ def _vllm_argv(req: ServeRequest, cfg: config_mod.ModelConfig, fmt: str, plan: p
     if plan.device == "cpu":
         argv += ["--kv-cache-memory-bytes", str(plan.kv_cache_bytes), "--enforce-eager"]
     else:
-        argv += ["--tensor-parallel-size", str(plan.tensor_parallel_size),
-                 "--gpu-memory-utilization", f"{plan.gpu_memory_utilization:g}"]
+        argv += ["--tensor-parallel-size", str(plan.tensor_parallel_size)]
+        if plan.data_parallel_size > 1:
+            argv += ["--data-parallel-size", str(plan.data_parallel_size)]
+        if plan.expert_parallel:
+            argv.append("--enable-expert-parallel")
+        if plan.gpu_memory_utilization is not None:
+            argv += ["--gpu-memory-utilization", f"{plan.gpu_memory_utilization:g}"]
+        if plan.max_num_seqs is not None:
+            argv += ["--max-num-seqs", str(plan.max_num_seqs)]
+        if plan.speculative_config:
+            argv += ["--speculative-config", json.dumps(plan.speculative_config, separators=(",", ":"))]
         if plan.pipeline_parallel_size > 1:
             argv += ["--pipeline-parallel-size", str(plan.pipeline_parallel_size),
                      "--distributed-executor-backend", "ray"]
@@ -233,8 +246,9 @@ def _vllm_argv(req: ServeRequest, cfg: config_mod.ModelConfig, fmt: str, plan: p
             argv.append("--enforce-eager")
     if plan.dtype:
         argv += ["--dtype", plan.dtype]
-    if req.kv_cache_dtype:
-        argv += ["--kv-cache-dtype", req.kv_cache_dtype]
+    kv_dtype = plan.kv_cache_dtype if plan.device != "cpu" else req.kv_cache_dtype
+    if kv_dtype:
+        argv += ["--kv-cache-dtype", kv_dtype]
     if req.quantization:
         argv += ["--quantization", req.quantization]
     if req.trust_remote_code:

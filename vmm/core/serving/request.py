@@ -21,7 +21,7 @@ class ServeRequest:
     host: str = "127.0.0.1"
     port: int | None = 8000          # None: 8000, or the next free one
     device: str = "auto"             # auto, cuda, cpu
-    gpus: int | None = None          # --gpus N: plan for other hardware (with gpu_memory)
+    gpus: str | None = None          # --gpus 8xH200 or N (with gpu_memory): plan for other hardware
     gpu_memory: str | None = None    # --gpu-memory SIZE
     nodes: int = 1
     gguf_quant: str | None = None    # the :QUANT tag choosing a .gguf file
@@ -36,6 +36,11 @@ class ServeRequest:
     kv_cache_dtype: str | None = None
     enforce_eager: bool = False
     vllm_version: str | None = None  # the target vLLM (the installed one's when None)
+    data_parallel_size: int | None = None   # -dp: replicas (None: the planner's layout)
+    expert_parallel: bool | None = None     # --expert-parallel / --no-expert-parallel (None: the planner's)
+    speculative: str | None = None          # --speculative mtp[:N] | eagle3:REPO[:N] | auto | none
+    explicit_budget: bool = False           # co-located: always pass --gpu-memory-utilization
+    gpu_policy: str = "pack"                # this host's GPUs: "pack" (fewest that fit) or "all" (every free one)
     # placement, parsers and the rest
     passthrough: list[str] = field(default_factory=list)
     gpu_ids: list[int] | None = None  # --gpu-ids: placement override

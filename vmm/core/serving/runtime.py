@@ -167,6 +167,23 @@ class ServerStatus:
     metrics_error: str | None = None
     gpu_ids: list[int] | None = None
     gpu_bytes: int | None = None
+    layout: dict | None = None          # tensor_parallel_size, data_parallel_size, expert_parallel
+
+
+def layout_of(command: list[str]) -> dict:
+    """The parallel layout a ``vllm serve`` argv asks for (vLLM's defaults where it says nothing):
+    a data-parallel server holds tensor_parallel_size x data_parallel_size GPUs, each with the
+    same budget, which is how placement counts its GPUs (the record's gpu_ids and gpu_bytes)."""
+    def value(flag: str, default: int) -> int:
+        for i, word in enumerate(command):
+            if word == flag and i + 1 < len(command) and command[i + 1].isdigit():
+                return int(command[i + 1])
+            if word.startswith(flag + "=") and word.split("=", 1)[1].isdigit():
+                return int(word.split("=", 1)[1])
+        return default
+    return {"tensor_parallel_size": value("--tensor-parallel-size", 1),
+            "data_parallel_size": value("--data-parallel-size", 1),
+            "expert_parallel": "--enable-expert-parallel" in command}
 
 
 def _status(record: RuntimeRecord, interval_s: float) -> ServerStatus:
@@ -176,7 +193,7 @@ def _status(record: RuntimeRecord, interval_s: float) -> ServerStatus:
         url=record.url, alive=alive, started_at=record.started_at,
         uptime_s=units.age_s(record.started_at) if alive else None,
         detached=record.detached, log_path=record.log_path, command=record.command,
-        gpu_ids=record.gpu_ids, gpu_bytes=record.gpu_bytes,
+        gpu_ids=record.gpu_ids, gpu_bytes=record.gpu_bytes, layout=layout_of(record.command or []),
     )
     if not alive:
         return status
