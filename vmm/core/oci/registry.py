@@ -31,15 +31,19 @@ from vmm.core.oci.reference import Reference, scheme_for
 
 DEFAULT_TIMEOUT_S = 30.0
 MAX_REDIRECTS = 6
-BLOCK = 4 * 1024 * 1024
+BLOCK = 4 * 1024 * 1024          # upload send size
+READ_BLOCK = 1024 * 1024         # download: what reaches the file (and a resume point) at a time
 ATTEMPTS = 6
+BACKOFF_BASE_S = 0.25       # doubled after each failed try, up to BACKOFF_MAX_S
+BACKOFF_MAX_S = 4.0
+RETRY_AFTER_MAX_S = 30.0
 LOGIN_HINT = "log in with `podman login {host}` or `docker login {host}` (vmm reads their auth files, docs/oci.md)"
 
 
 def with_retries(fn: Callable[[], object], what: str, where: str, attempts: int = ATTEMPTS,
                  on_retry: Callable[[str], None] | None = None):
     """Run ``fn``, retrying :class:`Retry` with exponential backoff; exit 4 when it keeps failing."""
-    delay = 0.25
+    delay = BACKOFF_BASE_S
     for attempt in range(attempts):
         try:
             return fn()
@@ -49,8 +53,8 @@ def with_retries(fn: Callable[[], object], what: str, where: str, attempts: int 
                                   f"{attempts} tries; check the registry and run the same command again") from None
             if on_retry is not None:
                 on_retry(exc.why)
-            time.sleep(exc.delay if exc.delay is not None else delay)
-            delay = min(delay * 2, 4.0)
+            time.sleep(min(exc.delay, RETRY_AFTER_MAX_S) if exc.delay is not None else delay)
+            delay = min(delay * 2, BACKOFF_MAX_S)
     raise AssertionError("unreachable")
 
 
@@ -147,11 +151,12 @@ class Registry:
         Returns (response, the URL it came from); the caller reads or drains it."""
         headers = dict(headers or {})
         for attempt in range(2):
+            sent = self._authorization
             resp = self._send(method, url, headers, body, body_path, body_size)
             if resp.status == 401 and attempt == 0:
                 challenge = resp.getheader("WWW-Authenticate")
                 self._drain(resp)
-                self._authenticate(challenge)
+                self._authenticate(challenge, sent)
                 continue
             break
         for _hop in range(MAX_REDIRECTS):
@@ -168,10 +173,14 @@ class Registry:
             resp = self._send(method, url, headers)
         raise RemoteError("too many redirects", url.split("?")[0], "the registry is misconfigured")
 
-    def _authenticate(self, challenge: str | None) -> None:
+    def _authenticate(self, challenge: str | None, sent: str | None) -> None:
+        """Answer a 401 to a request that carried ``sent`` (another thread may have logged in
+        meanwhile: then its answer is used as it is)."""
         scheme, params = auth.parse_challenge(challenge)
         host = self.ref.registry
         with self._auth_lock:
+            if self._authorization != sent:
+                return
             if scheme == "basic":
                 if self._creds is None:
                     raise RemoteError("the registry needs a login (HTTP 401)", host, LOGIN_HINT.format(host=host))
@@ -334,7 +343,7 @@ class Registry:
         else:
             self.fail(resp, "a blob download", f"{self.ref} {digest}", key)
         want = size - start
-        buf = bytearray(min(BLOCK, max(want, 1)))
+        buf = bytearray(min(READ_BLOCK, max(want, 1)))
         view = memoryview(buf)
         got = 0
         try:
@@ -374,9 +383,7 @@ class Registry:
         if not location:
             raise RemoteError("the registry started an upload without a Location", where, "the registry is misconfigured")
         url = urljoin(self.base + "/", location)
-        if host_key(url) != self.key:
-            # A registry may hand uploads to another host; the credentials stay with the registry.
-            pass
+        # A registry may hand uploads to another host: _send gives the credentials only to its own.
         url += ("&" if "?" in url else "?") + f"digest={digest}"
         headers = {"Content-Type": "application/octet-stream"}
         if path is not None:
