@@ -280,3 +280,41 @@ def test_push_killed_mid_upload_resumes_and_completes(tmp_path, registry):
     pulled = run_vmm("--root", dst, "pull", f"oci://{registry.ref('kill/push:1')}")
     assert pulled.exit_code == 0, pulled.stderr
     assert _tree(dst / "acme--tiny") == _tree(model_dir)
+
+
+def test_hub_to_vmm_to_registry_to_a_root_without_hub_then_check_and_serve_plan(tmp_path, registry, hub, monkeypatch):
+    """The issue's path: Hub -> vmm pull -> vmm push -> (another root, Hub unreachable) ->
+    vmm pull oci:// -> vmm check passes and vmm serve --dry-run plans it; and the tar path."""
+    import builders
+
+    published = tmp_path / "published"
+    builders.make_safetensors_model(published, builders.TINY_LLAMA, shards=2)
+    hub.add_repo("acme/hubmodel", published)
+    first, second, third = tmp_path / "first", tmp_path / "second", tmp_path / "third"
+    assert run_vmm("--root", first, "pull", "acme/hubmodel").exit_code == 0
+    hub_manifest = json.loads((first / "acme--hubmodel" / ".vmm" / "manifest.json").read_text())
+    ref = registry.ref("fleet/hubmodel:main")
+    assert run_vmm("--root", first, "push", "acme/hubmodel", ref).exit_code == 0
+    assert run_vmm("--root", first, "export", "acme/hubmodel", tmp_path / "hubmodel.tar").exit_code == 0
+
+    no_hub = {"HF_HUB_OFFLINE": "1", "HF_ENDPOINT": "http://127.0.0.1:9"}
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    pulled = run_vmm("--root", second, "pull", f"oci://{ref}", "--json", env=no_hub)
+    assert pulled.exit_code == 0, pulled.stderr
+    assert pulled.json()["revision"] == hub_manifest["commit"]
+    imported = run_vmm("--root", third, "import", tmp_path / "hubmodel.tar", env=no_hub)
+    assert imported.exit_code == 0, imported.stderr
+    for other in (second, third):
+        got = json.loads((other / "acme--hubmodel" / ".vmm" / "manifest.json").read_text())
+        assert got["repo_id"] == "acme/hubmodel" and got["commit"] == hub_manifest["commit"]
+        assert {(f["path"], f["size"], f["git_sha1"]) for f in got["files"]} == \
+            {(f["path"], f["size"], f["git_sha1"]) for f in hub_manifest["files"]}
+        assert _tree(other / "acme--hubmodel") == _tree(first / "acme--hubmodel")
+        check = run_vmm("--root", other, "check", "acme/hubmodel", "--json", env=no_hub)
+        statuses = {c["name"]: c["status"] for c in check.json()["checks"]}
+        assert statuses["integrity"] == "pass" and statuses["config"] == "pass", check.stdout
+        plan = run_vmm("--root", other, "serve", "acme/hubmodel", "--dry-run", "--gpus", "1", "--gpu-memory", "24GiB",
+                       "--json", env=no_hub)
+        assert plan.exit_code == 0, plan.stderr
+        assert plan.json()["command"][:3] == ["vllm", "serve", str(other / "acme--hubmodel")] or \
+            str(other / "acme--hubmodel") in plan.json()["command"]
