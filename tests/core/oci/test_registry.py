@@ -318,3 +318,22 @@ def test_hub_to_vmm_to_registry_to_a_root_without_hub_then_check_and_serve_plan(
         assert plan.exit_code == 0, plan.stderr
         assert plan.json()["command"][:3] == ["vllm", "serve", str(other / "acme--hubmodel")] or \
             str(other / "acme--hubmodel") in plan.json()["command"]
+
+
+def test_documented_oci_keys_are_in_the_json_documents(tmp_path, registry):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "cli"))
+    from test_contract import contract_keys     # the one reader of docs/contract.md's blocks
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    _model(src)
+    ref = registry.ref("contract/tiny:1")
+    docs = {"push": run_vmm("--root", src, "push", REPO_ID, ref, "--json"),
+            "export": run_vmm("--root", src, "export", REPO_ID, tmp_path / "x.tar", "--json"),
+            "pull_oci": run_vmm("--root", dst, "pull", f"oci://{ref}", "--json"),
+            "import_oci": run_vmm("--root", tmp_path / "third", "import", tmp_path / "x.tar", "--json")}
+    for command, run in docs.items():
+        assert run.exit_code == 0, run.stderr
+        doc = run.json()
+        assert doc["schema_version"] == 1
+        missing = contract_keys(command) - set(doc)
+        assert not missing, f"docs/contract.md lists {sorted(missing)} for {command}, the output lacks them"

@@ -55,6 +55,8 @@ class InstallResult:
     manifest_digest: str
     fetched_files: list[str] = field(default_factory=list)
     chat_template: str | None = None
+    repaired: list[str] = field(default_factory=list)     # recorded as verified, found damaged: fetched again
+    hashed_files: int = 0                                 # files whose hash was checked in this run
 
 
 def partial_dir(model_dir: Path) -> Path:
@@ -154,6 +156,8 @@ def install(root: Path, repo_id: str, artifact: Artifact, fetch: Fetch, where: s
         verdicts = ondisk.check_all([(names.safe_repo_path(model_dir, mf.path), mf, recorded.get(mf.path))
                                      for mf in wanted], rehash=False)
         keep = {v.path for v in verdicts if v.ok}
+        repaired = sorted(v.path for v, mf in zip(verdicts, wanted)
+                          if not v.ok and v.path in recorded and recorded[v.path].sha256 == mf.sha256)
         to_fetch = [f for f in artifact.files if f.path not in keep]
         pdir = partial_dir(model_dir)
         pdir.mkdir(parents=True, exist_ok=True)
@@ -231,7 +235,8 @@ def install(root: Path, repo_id: str, artifact: Artifact, fetch: Fetch, where: s
     return InstallResult(name=ref.repo_id, path=str(model_dir), revision=artifact.revision, commit=artifact.commit,
                          files=len(files), bytes_total=artifact.bytes_total, bytes_transferred=counter.bytes,
                          kept_files=len(keep), verified=True, manifest_digest=artifact.manifest_digest,
-                         fetched_files=[f.path for f in to_fetch], chat_template=template)
+                         fetched_files=[f.path for f in to_fetch], chat_template=template, repaired=repaired,
+                         hashed_files=len(to_fetch) + sum(1 for v in verdicts if v.ok and v.hashed))
 
 
 def _template(model_dir: Path, repo_id: str) -> str | None:

@@ -88,6 +88,8 @@ class OciPullResult:
     commit: str | None
     kept_files: int
     chat_template: str | None
+    repaired: list[str]
+    hashed_files: int
 
 
 def _check_workers(workers: int) -> None:
@@ -231,7 +233,8 @@ def pull(root: Path, target: str, name: str | None = None, insecure: bool = Fals
                          files=result.files, bytes_downloaded=result.bytes_transferred,
                          bytes_total=result.bytes_total, verified=result.verified,
                          reference=f"{ref.registry}/{ref.repository}@{a.manifest_digest}", digest=a.manifest_digest,
-                         commit=result.commit, kept_files=result.kept_files, chat_template=result.chat_template)
+                         commit=result.commit, kept_files=result.kept_files, chat_template=result.chat_template,
+                         repaired=result.repaired, hashed_files=result.hashed_files)
 
 
 def export(root: Path, name: str, target: str | os.PathLike, tag: str | None = None) -> ExportResult:
