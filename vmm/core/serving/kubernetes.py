@@ -294,8 +294,9 @@ def _dump(docs: list[dict], header: list[str]) -> str:
 # PVC and no fill Job. Kubernetes docs (kubernetes.io/docs/tasks/configure-pod-container/
 # image-volumes, read 2026-12): alpha in v1.31, beta in v1.33 (ImageVolume feature gate, off
 # by default), beta and on by default in v1.35; the runtime must support it (CRI-O mounts OCI
-# artifacts' raw layers as files named by `org.opencontainers.image.title`, the docs' example
-# is an artifact; containerd from 2.1). Not tried on a real cluster here (none reachable).
+# artifacts' raw layers as files named by `org.opencontainers.image.title`: the docs' example
+# mounts an artifact; containerd's support depends on its version). Not tried on a real
+# cluster here (none reachable): docs/kubernetes.md says so.
 IMAGE_VOLUME_MIN_K8S = "1.33"
 
 
