@@ -109,6 +109,7 @@ class Faults:
     cuts: int = 0                       # how many bodies to cut
     corrupt: bool = False               # flip a byte in every blob GET body
     rate: int | None = None             # bytes/s for blob bodies (GET and upload)
+    ignore_range: bool = False          # drop Range headers: the registry answers 200 with the whole blob
     requests: list[tuple[str, str, str]] = field(default_factory=list)   # (method, path, Range)
 
 
@@ -146,9 +147,10 @@ class FaultProxy:
                     return
                 host, port = proxy.upstream.split(":")
                 up = http.client.HTTPConnection(host, int(port), timeout=60)
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection", "transfer-encoding")}
+                dropped = ("connection", "transfer-encoding") + (("range",) if proxy.faults.ignore_range else ())
+                headers = [(k, v) for k, v in self.headers.items() if k.lower() not in dropped]
                 up.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
-                for k, v in headers.items():
+                for k, v in headers:            # repeated headers (several Accept lines) kept
                     up.putheader(k, v)
                 up.endheaders()
                 remaining = length
@@ -200,8 +202,13 @@ class FaultProxy:
 
             do_GET = do_HEAD = do_PUT = do_POST = do_PATCH = do_DELETE = _forward
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+
+            def handle_error(self, request, client_address) -> None:
+                pass        # a client that went away mid-body (a kill -9, a cut): not news
+
+        self.server = Server(("127.0.0.1", 0), Handler)
         self.host = f"127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 

@@ -3,9 +3,10 @@
 Shared by ``vmm pull oci://`` and ``vmm import`` of an OCI layout. Under the model's lock:
 
 1. files already in place whose recorded (or re-hashed) sha256 is the layer digest are kept;
-2. every other blob is fetched into ``<model>/.vmm/partial/oci/<hex>.tmp`` (a rerun resumes it:
-   the bytes present are hashed again and the rest asked for by offset), its sha256 and size
-   checked, then renamed to ``<hex>`` (verified, kept across runs);
+2. every other blob is fetched into ``<model>/.vmm/partial/oci/<hex>.tmp``, blobs over
+   SEGMENT_BYTES in parallel segments (Range requests, like the Hub engine's chunks), with a
+   progress map ``<hex>.tmp.json`` (a rerun resumes each segment by offset; the bytes present
+   are hashed again), its sha256 checked, then renamed to ``<hex>`` (verified, kept across runs);
 3. only when every blob is verified are they linked to their file names (atomic rename each),
    files the old manifest had and the artifact does not are removed, and the manifest is
    written last (with each file's identity, so ``vmm check`` trusts it without re-hashing).
@@ -17,8 +18,10 @@ unverified ever gets a file name, nothing verified is lost.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -27,18 +30,28 @@ from pathlib import Path
 
 from vmm.core import names
 from vmm.core.errors import DiskSpaceError, IntegrityError, VmmError
+from vmm.core.fsutil import atomic_write_json
 from vmm.core.hub import ondisk
 from vmm.core.hub.connection import Retry
-from vmm.core.oci.artifact import Artifact, LayerFile
+from vmm.core.oci.artifact import ANN_CREATED, Artifact, LayerFile
 from vmm.core.oci.registry import with_retries
 from vmm.core.store import local, locking, manifests, paths
 
 DISK_MARGIN_BYTES = 64 * 1024 * 1024
 PARTIAL_SUBDIR = "oci"
 
-# fetch(layer, start, sink, restart): stream the blob's bytes from ``start`` into ``sink``;
-# raise Retry for a transient failure (the installer resumes from what arrived).
-Fetch = Callable[[LayerFile, int, Callable[[memoryview], None], Callable[[], None]], None]
+# fetch(layer, start, end, sink, restart): stream bytes [start, end) of the blob into ``sink``;
+# raise Retry for a transient failure (the installer resumes from what arrived). A source that
+# can only send the whole blob calls ``restart()`` first (which resets, or raises RangeIgnored).
+Fetch = Callable[[LayerFile, int, int, Callable[[memoryview], None], Callable[[], None]], None]
+
+SEGMENT_BYTES = 64 * 1024 * 1024     # a blob larger than this is fetched in parallel segments
+MAP_FLUSH_BYTES = 2 * 1024 * 1024    # progress map rewritten at least this often per segment (as the Hub engine)
+HASH_BLOCK = 8 * 1024 * 1024
+
+
+class RangeIgnored(Exception):
+    """The source sent the whole blob to a segment request: fetch that blob as one stream."""
 
 
 @dataclass
@@ -65,8 +78,6 @@ def partial_dir(model_dir: Path) -> Path:
 
 class _Counter:
     def __init__(self) -> None:
-        import threading
-
         self.lock = threading.Lock()
         self.bytes = 0
 
@@ -75,73 +86,199 @@ class _Counter:
             self.bytes += n
 
 
-def _fetch_blob(layer: LayerFile, pdir: Path, fetch: Fetch, counter: _Counter, where: str) -> Path:
-    """The verified blob at ``pdir/<hex>``, fetched (resuming ``<hex>.tmp``) when not there yet."""
-    ready = pdir / layer.hex
-    try:
-        if ready.stat().st_size == layer.size:
-            return ready
-    except FileNotFoundError:
-        pass
-    tmp = pdir / f"{layer.hex}.tmp"
-    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
-    try:
-        with os.fdopen(fd, "r+b", buffering=0) as handle:
-            state = {"hasher": hashlib.sha256(), "written": 0}
-            present = os.fstat(handle.fileno()).st_size
-            if present > layer.size:
-                handle.truncate(0)
-                present = 0
-            while state["written"] < present:      # hash what an earlier run left, resume after it
-                chunk = handle.read(min(8 << 20, present - state["written"]))
-                if not chunk:
-                    break
-                state["hasher"].update(chunk)
-                state["written"] += len(chunk)
-            handle.seek(state["written"])
-            handle.truncate(state["written"])
+class _Blob:
+    """One blob being fetched into ``<hex>.tmp`` (preallocated, data at its final offsets) in
+    segments, with ``<hex>.tmp.json`` saying which segments are complete and how far each one
+    in flight got (rewritten after the data it describes, so a kill -9 loses at most
+    MAP_FLUSH_BYTES per segment). Complete segments are hashed in order as they finish; the
+    digest is checked once all are there, then the file is renamed ``<hex>`` (verified)."""
 
-            def sink(view: memoryview) -> None:
-                if state["written"] + len(view) > layer.size:
-                    raise IntegrityError("the source sent more bytes than the layer's size", where,
-                                         "the registry or layout is damaged; nothing was installed")
-                handle.write(view)
-                state["hasher"].update(view)
-                state["written"] += len(view)
-                counter.add(len(view))
+    def __init__(self, layer: LayerFile, pdir: Path, segment_bytes: int, where: str) -> None:
+        self.layer = layer
+        self.where = where
+        self.ready = pdir / layer.hex
+        self.tmp = pdir / f"{layer.hex}.tmp"
+        self.map_path = pdir / f"{layer.hex}.tmp.json"
+        self.segment = max(1, segment_bytes)
+        self.lock = threading.Lock()
+        self.hash_lock = threading.Lock()
+        self.done: set[int] = set()
+        self.written: dict[int, int] = {}
+        self.unsaved: dict[int, int] = {}
+        self.hasher = hashlib.sha256()
+        self.hashed = 0                    # segments hashed (a contiguous prefix)
+        self.fd = -1
+        self.verified = False
 
-            def restart() -> None:
-                handle.seek(0)
-                handle.truncate(0)
-                state["hasher"], state["written"] = hashlib.sha256(), 0
+    @property
+    def nseg(self) -> int:
+        return max(1, -(-self.layer.size // self.segment))
 
-            def once() -> None:
-                handle.seek(state["written"])
-                if state["written"] < layer.size:
-                    fetch(layer, state["written"], sink, restart)
-                if state["written"] != layer.size:
-                    raise Retry(f"{state['written']} of {layer.size} bytes")
+    def bounds(self, index: int) -> tuple[int, int]:
+        start = index * self.segment
+        return start, min(self.layer.size, start + self.segment)
 
-            with_retries(once, f"fetching {layer.path}", where)
-            if state["hasher"].hexdigest() != layer.hex:
-                handle.truncate(0)
-                tmp.unlink(missing_ok=True)
-                raise IntegrityError("a blob does not match its digest", f"{layer.path} ({layer.digest})",
-                                     "the registry or layout is damaged or lying; nothing was installed, "
-                                     "the blob was discarded: run the same command again or fix the source")
-            os.fsync(handle.fileno())
-    except OSError as exc:
-        import errno
+    def present(self) -> int:
+        return sum(self.bounds(i)[1] - self.bounds(i)[0] for i in self.done) + sum(self.written.values())
 
-        if exc.errno == errno.ENOSPC:
-            raise DiskSpaceError("no space left on device", str(tmp), "free space and run the same command again") from exc
-        raise
-    os.replace(tmp, ready)
-    return ready
+    def open(self) -> list[int]:
+        """Open (resuming what a previous run left); the segments still to fetch."""
+        try:
+            if self.ready.stat().st_size == self.layer.size:
+                self.verified = True
+                return []
+        except FileNotFoundError:
+            pass
+        try:
+            doc = json.loads(self.map_path.read_text())
+            if (doc.get("size") == self.layer.size and doc.get("segment") and self.tmp.is_file()
+                    and self.tmp.stat().st_size == self.layer.size):
+                self.segment = int(doc["segment"])
+                self.done = {int(i) for i in doc.get("done", [])}
+                self.written = {int(k): int(v) for k, v in doc.get("written", {}).items() if int(k) not in self.done}
+            else:
+                raise ValueError("stale map")
+        except (OSError, ValueError, TypeError, KeyError):
+            self.done, self.written = set(), {}
+        self.fd = os.open(self.tmp, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        if os.fstat(self.fd).st_size != self.layer.size:
+            os.ftruncate(self.fd, self.layer.size)
+        self.save_map()
+        return [i for i in range(self.nseg) if i not in self.done]
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def save_map(self) -> None:
+        with self.lock:
+            doc = {"size": self.layer.size, "segment": self.segment, "done": sorted(self.done),
+                   "written": {str(k): v for k, v in self.written.items()}}
+        atomic_write_json(self.map_path, doc)
+
+    def reset_to_one_stream(self) -> None:
+        with self.lock:
+            self.segment = max(1, self.layer.size)
+            self.done, self.written, self.unsaved = set(), {}, {}
+            self.hasher, self.hashed = hashlib.sha256(), 0
+
+    def fetch_segment(self, index: int, fetch: Fetch, counter: _Counter) -> None:
+        layer = self.layer
+        seg_start, seg_end = self.bounds(index)
+
+        def sink(view: memoryview) -> None:
+            with self.lock:
+                offset = seg_start + self.written.get(index, 0)
+            if offset + len(view) > seg_end:
+                raise IntegrityError("the source sent more bytes than the layer's size", f"{layer.path} ({layer.digest})",
+                                     "the registry or layout is damaged; nothing was installed")
+            os.pwrite(self.fd, view, offset)
+            with self.lock:
+                self.written[index] = self.written.get(index, 0) + len(view)
+                self.unsaved[index] = self.unsaved.get(index, 0) + len(view)
+                flush = self.unsaved[index] >= MAP_FLUSH_BYTES
+                if flush:
+                    self.unsaved[index] = 0
+            counter.add(len(view))
+            if flush:
+                self.save_map()
+
+        def restart() -> None:
+            if self.nseg > 1:
+                raise RangeIgnored()
+            with self.lock:
+                self.written[index] = 0
+
+        def once() -> None:
+            with self.lock:
+                have = self.written.get(index, 0)
+            if seg_start + have < seg_end:
+                fetch(layer, seg_start + have, seg_end, sink, restart)
+            with self.lock:
+                have = self.written.get(index, 0)
+            if seg_start + have != seg_end:
+                raise Retry(f"{have} of {seg_end - seg_start} bytes")
+
+        with_retries(once, f"fetching {layer.path}", self.where)
+        with self.lock:
+            self.done.add(index)
+            self.written.pop(index, None)
+            self.unsaved.pop(index, None)
+        self.save_map()
+        self.advance_hash(block=False)
+
+    def advance_hash(self, block: bool) -> None:
+        """Hash the complete segments that follow the hashed prefix (one thread at a time)."""
+        if not self.hash_lock.acquire(blocking=block):
+            return
+        try:
+            while True:
+                with self.lock:
+                    if self.hashed >= self.nseg or self.hashed not in self.done:
+                        return
+                    index = self.hashed
+                start, end = self.bounds(index)
+                while start < end:
+                    data = os.pread(self.fd, min(HASH_BLOCK, end - start), start)
+                    if not data:
+                        raise IntegrityError("a partial blob shrank while it was hashed", str(self.tmp),
+                                             "run the same command again")
+                    self.hasher.update(data)
+                    start += len(data)
+                with self.lock:
+                    self.hashed += 1
+        finally:
+            self.hash_lock.release()
+
+    def finish(self) -> Path:
+        """Check the digest of the complete blob; rename it ``<hex>``."""
+        if self.verified:
+            return self.ready
+        self.advance_hash(block=True)
+        if self.hashed != self.nseg or self.hasher.hexdigest() != self.layer.hex:
+            self.close()
+            self.tmp.unlink(missing_ok=True)
+            self.map_path.unlink(missing_ok=True)
+            raise IntegrityError("a blob does not match its digest", f"{self.layer.path} ({self.layer.digest})",
+                                 "the registry or layout is damaged or lying; nothing was installed, "
+                                 "the blob was discarded: run the same command again or fix the source")
+        os.fsync(self.fd)
+        self.close()
+        os.replace(self.tmp, self.ready)
+        self.map_path.unlink(missing_ok=True)
+        self.verified = True
+        return self.ready
+
+
+def _fetch_all(blobs: list[_Blob], fetch: Fetch, counter: _Counter, workers: int) -> None:
+    """Every missing segment of every blob, ``workers`` at a time; a blob whose source ignores
+    Range is fetched again as one stream. The first error is raised once all have stopped
+    (an integrity error before any other: it says more)."""
+    tasks = [(blob, i) for blob in blobs for i in blob.open()]
+    errors: list[BaseException] = []
+    while tasks:
+        ignored: list[_Blob] = []
+        with ThreadPoolExecutor(max_workers=max(1, min(workers, len(tasks)))) as pool:
+            futures = [(blob, pool.submit(blob.fetch_segment, i, fetch, counter)) for blob, i in tasks]
+            for blob, fut in futures:
+                try:
+                    fut.result()
+                except RangeIgnored:
+                    if not any(b is blob for b in ignored):
+                        ignored.append(blob)
+                except BaseException as exc:  # noqa: BLE001 - raised below, after every worker stopped
+                    errors.append(exc)
+        # Only once no worker touches them: those blobs start again as one stream each.
+        for blob in ignored:
+            blob.reset_to_one_stream()
+        tasks = [(blob, 0) for blob in ignored]
+    if errors:
+        raise next((e for e in errors if isinstance(e, IntegrityError)), errors[0])
 
 
 def install(root: Path, repo_id: str, artifact: Artifact, fetch: Fetch, where: str, workers: int = 8,
-            wait: bool = True, extra: dict | None = None) -> InstallResult:
+            wait: bool = True, extra: dict | None = None, segment_bytes: int | None = None) -> InstallResult:
     """Install ``artifact``'s files as the managed model ``repo_id``; see the module doc."""
     ref = names.parse_model_name(repo_id)
     root = Path(root).absolute()
@@ -166,33 +303,32 @@ def install(root: Path, repo_id: str, artifact: Artifact, fetch: Fetch, where: s
             unique.setdefault(f.digest, f)
         needed = 0
         for layer in unique.values():
-            have = 0
-            for candidate in (pdir / layer.hex, pdir / f"{layer.hex}.tmp"):
-                try:
-                    have = max(have, min(candidate.stat().st_size, layer.size))
-                except FileNotFoundError:
-                    pass
+            try:
+                have = layer.size if (pdir / layer.hex).stat().st_size == layer.size else 0
+            except FileNotFoundError:
+                have = 0
+            if not have and (pdir / f"{layer.hex}.tmp").exists():
+                have = layer.size      # preallocated by an earlier run: its space is taken already
             needed += layer.size - have
         free = local.free_bytes(model_dir)
         if needed + DISK_MARGIN_BYTES > free:
             raise DiskSpaceError(f"not enough disk space: {needed} bytes needed (+{DISK_MARGIN_BYTES} margin), "
                                  f"{free} free", str(model_dir), "free space or install to another --root")
         counter = _Counter()
-        blobs: dict[str, Path] = {}
-        if unique:
-            with ThreadPoolExecutor(max_workers=max(1, min(workers, len(unique)))) as pool:
-                futures = {d: pool.submit(_fetch_blob, layer, pdir, fetch, counter, where)
-                           for d, layer in unique.items()}
-                first_error: BaseException | None = None
-                for d, fut in futures.items():
-                    try:
-                        blobs[d] = fut.result()
-                    except BaseException as exc:  # noqa: BLE001 - the first one is raised after all finish
-                        if first_error is None or (isinstance(exc, IntegrityError)
-                                                   and not isinstance(first_error, IntegrityError)):
-                            first_error = exc
-                if first_error is not None:
-                    raise first_error
+        pending = [_Blob(layer, pdir, segment_bytes or SEGMENT_BYTES, where) for layer in unique.values()]
+        try:
+            _fetch_all(pending, fetch, counter, workers)
+            blobs = {blob.layer.digest: blob.finish() for blob in pending}
+        except OSError as exc:
+            import errno
+
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise DiskSpaceError("no space left on device", str(pdir),
+                                     "free space and run the same command again; verified blobs are kept") from exc
+            raise
+        finally:
+            for blob in pending:
+                blob.close()
         # Every blob is verified: give them their names.
         for f in to_fetch:
             target = names.safe_repo_path(model_dir, f.path)
@@ -219,7 +355,8 @@ def install(root: Path, repo_id: str, artifact: Artifact, fetch: Fetch, where: s
         manifest = manifests.Manifest(repo_id=ref.repo_id, revision=artifact.revision, commit=artifact.commit,
                                       quant=artifact.quant, files=files, pulled_at=now,
                                       extra={**(old.extra if old else {}), "oci": {**(extra or {}),
-                                             "manifest_digest": artifact.manifest_digest}})
+                                             "manifest_digest": artifact.manifest_digest,
+                                             "created": artifact.annotations.get(ANN_CREATED)}})
         if old is not None:
             manifest.previous_revisions = list(old.previous_revisions)
             if old.commit and old.commit != artifact.commit:

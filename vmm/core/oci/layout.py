@@ -125,6 +125,17 @@ class Layout:
                                 "the archive is incomplete: export it again")
         return self._tar.extractfile(member)
 
+    def _open_blob(self, hex_digest: str):
+        """A file object of its own for one blob (workers read in parallel: a tar member is
+        read through a fresh handle on the archive at the member's data offset)."""
+        name = f"blobs/sha256/{hex_digest}"
+        if self._tar is None:
+            return self._open(name)
+        member = self._members.get(name)
+        if member is None or member.sparse is not None:
+            return self._open(name)
+        return _Window(open(self.path, "rb"), member.offset_data, member.size)
+
     def read_small(self, name: str, limit: int = art.MAX_MANIFEST_BYTES) -> bytes:
         with self._open(name) as handle:
             data = handle.read(limit + 1)
@@ -162,21 +173,45 @@ class Layout:
     def fetcher(self) -> Callable:
         """The install ``fetch`` reading blobs from this layout."""
 
-        def fetch(layer: art.LayerFile, start: int, sink, restart) -> None:
-            with self._open(f"blobs/sha256/{layer.hex}") as handle:
+        def fetch(layer: art.LayerFile, start: int, end: int, sink, restart) -> None:
+            with self._open_blob(layer.hex) as handle:
                 handle.seek(start)
-                remaining = layer.size - start + 1     # one byte more: a longer blob is caught
+                # The last piece reads one byte more: a blob longer than its layer is caught.
+                remaining = end - start + (1 if end == layer.size else 0)
                 while remaining > 0:
                     chunk = handle.read(min(COPY_BLOCK, remaining))
                     if not chunk:
                         break
                     sink(memoryview(chunk))
                     remaining -= len(chunk)
-            if remaining > 1:
+            if remaining > (1 if end == layer.size else 0):
                 raise IntegrityError("a blob is shorter than its layer's size", f"{self.path}: {layer.path} "
                                      f"({layer.digest})", "the layout is damaged; nothing was installed")
 
         return fetch
+
+
+class _Window:
+    """Bytes [offset, offset + size) of a file, as a read-only file object."""
+
+    def __init__(self, handle, offset: int, size: int) -> None:
+        self.handle, self.offset, self.size, self.pos = handle, offset, size, 0
+
+    def seek(self, pos: int) -> None:
+        self.pos = max(0, min(pos, self.size))
+
+    def read(self, n: int) -> bytes:
+        n = max(0, min(n, self.size - self.pos))
+        self.handle.seek(self.offset + self.pos)
+        data = self.handle.read(n)
+        self.pos += len(data)
+        return data
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.handle.close()
 
 
 def is_layout(path: Path) -> bool:

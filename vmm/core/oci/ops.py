@@ -135,8 +135,9 @@ def model_artifact(root: Path, name: str) -> tuple[art.Artifact, dict[str, Path]
         fmt = formats.detect_format(model.path)
     except Exception:  # noqa: BLE001 - the format is only a hint in the config
         fmt = None
-    created = None
-    if manifest.pulled_at:
+    # An installed artifact keeps the creation time it came with: exported again, same digest.
+    created = (manifest.extra.get("oci") or {}).get("created") if isinstance(manifest.extra.get("oci"), dict) else None
+    if created is None and manifest.pulled_at:
         created = datetime.datetime.fromtimestamp(manifest.pulled_at, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     a = art.build(manifest.repo_id, manifest.revision, manifest.commit, manifest.quant, files, fmt, created)
     return a, sources, manifest
@@ -221,8 +222,8 @@ def pull(root: Path, target: str, name: str | None = None, insecure: bool = Fals
         a.config = registry.get_blob_bytes(cdigest, csize, "config")
         repo_id = _name_for(a, name, "/".join(ref.repository.split("/")[-2:]), where)
 
-        def fetch(layer, start, sink, restart):
-            registry.fetch_blob(layer.digest, start, layer.size, sink, restart)
+        def fetch(layer, start, end, sink, restart):
+            registry.fetch_blob(layer.digest, start, end, layer.size, sink, restart)
 
         result = install.install(Path(root), repo_id, a, fetch, where, workers=workers, wait=wait,
                                  extra={"source": f"oci://{ref.registry}/{ref.repository}",

@@ -321,28 +321,35 @@ class Registry:
                                  "the registry is damaged or lying; nothing was installed")
         return data
 
-    def fetch_blob(self, digest: str, start: int, size: int, sink: Callable[[memoryview], None],
+    def fetch_blob(self, digest: str, start: int, end: int, size: int, sink: Callable[[memoryview], None],
                    restart: Callable[[], None]) -> None:
-        """Stream bytes [start, size) of a blob into ``sink`` (one try; raises :class:`Retry`).
-        A registry that answers 200 to a Range request makes the caller ``restart`` from 0."""
-        headers = {"Range": f"bytes={start}-"} if start else {}
+        """Stream bytes [start, end) of a ``size``-byte blob into ``sink`` (one try; raises
+        :class:`Retry`). A registry that ignores the Range (200 with the whole blob) makes the
+        caller ``restart``: it either takes the whole blob from offset 0 or raises."""
+        whole = start == 0 and end == size
+        headers = {} if whole else {"Range": f"bytes={start}-{end - 1}"}
         resp, url = self.request("GET", self.url(f"blobs/{digest}"), headers, follow=True)
         key = host_key(url)
-        if resp.status == 206:
+        if resp.status == 206 and not whole:
             crange = resp.getheader("Content-Range") or ""
-            if not crange.startswith(f"bytes {start}-"):
+            if not crange.startswith(f"bytes {start}-{end - 1}/"):
                 self._drain(resp, key)
                 raise Retry(f"unexpected Content-Range {crange!r}")
-        elif resp.status == 200:
-            if start:
-                restart()
-                start = 0
+        elif resp.status in (200, 206):
+            if not whole:
+                try:
+                    restart()
+                except BaseException:
+                    resp.close()
+                    self.conns().drop(key)
+                    raise
+                start, end = 0, size
         elif resp.status == 416 and start >= size:
             self._drain(resp, key)
             return
         else:
             self.fail(resp, "a blob download", f"{self.ref} {digest}", key)
-        want = size - start
+        want = end - start
         buf = bytearray(min(READ_BLOCK, max(want, 1)))
         view = memoryview(buf)
         got = 0
@@ -360,11 +367,14 @@ class Registry:
             self.conns().drop(key)
             raise Retry("connection closed mid-body")
         if not resp.isclosed():
-            extra = resp.read(1)
+            extra = resp.read(1) if end == size else b""
             if extra:
                 self.conns().drop(key)
                 raise IntegrityError("the registry sent more bytes than the layer's size", f"{self.ref} {digest}",
                                      "the registry is damaged or lying; nothing was installed")
+            if not resp.isclosed():
+                resp.close()
+                self.conns().drop(key)
 
     def upload_blob(self, digest: str, size: int, path: str | None = None, data: bytes | None = None,
                     mount_from: str | None = None) -> str:
