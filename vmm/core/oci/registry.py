@@ -217,6 +217,9 @@ class Registry:
         except (OSError, http.client.HTTPException) as exc:
             conns.drop(key)
             raise Retry(f"token request: {type(exc).__name__}: {exc}") from exc
+        if resp.status in (401, 403) and "Authorization" not in headers:
+            raise RemoteError(f"the registry needs a login (token service: HTTP {resp.status})", self.ref.registry,
+                              LOGIN_HINT.format(host=self.ref.registry))
         if resp.status in (401, 403):
             raise RemoteError(f"the registry's token service refused the credentials (HTTP {resp.status})",
                               self.ref.registry, LOGIN_HINT.format(host=self.ref.registry))
