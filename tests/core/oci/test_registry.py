@@ -399,3 +399,18 @@ def test_documented_oci_keys_are_in_the_json_documents(tmp_path, registry):
         assert doc["schema_version"] == 1
         missing = contract_keys(command) - set(doc)
         assert not missing, f"docs/contract.md lists {sorted(missing)} for {command}, the output lacks them"
+
+
+def test_https_to_a_plain_http_registry_is_one_tls_error_with_the_insecure_hint(registry):
+    from vmm.core.errors import RemoteError
+    from vmm.core.hub.connection import host_key
+    from vmm.core.oci import reference
+    from vmm.core.oci.registry import Registry
+
+    reg = Registry(reference.parse(registry.ref("x/y:1")))
+    reg.base = f"https://{registry.host}"        # what a non-loopback name gets
+    reg.key = host_key(reg.base)
+    with pytest.raises(RemoteError, match="TLS") as info:
+        reg.get_manifest()
+    assert "--insecure" in info.value.line()
+    reg.close()
