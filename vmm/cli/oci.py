@@ -81,8 +81,11 @@ def pull_oci(target: str, root: Path | None, name: str | None, insecure: bool, w
     from vmm import render
     from vmm.core.oci import ops
 
-    with sigterm_interrupts():
-        result = ops.pull(root_of(root), target, name=name, insecure=insecure, workers=workers, wait=wait)
+    from vmm.render.progress import PullProgress
+
+    with sigterm_interrupts(), PullProgress(target) as progress:
+        result = ops.pull(root_of(root), target, name=name, insecure=insecure, workers=workers, wait=wait,
+                          progress=progress)
     if json_out:
         render.emit_json(result)
         return
@@ -99,8 +102,10 @@ def import_oci(source: str, root: Path | None, name: str | None, tag: str | None
     from vmm import render
     from vmm.core.oci import ops
 
-    with sigterm_interrupts():
-        result = ops.import_layout(root_of(root), source, name=name, tag=tag)
+    from vmm.render.progress import PullProgress
+
+    with sigterm_interrupts(), PullProgress(str(source)) as progress:
+        result = ops.import_layout(root_of(root), source, name=name, tag=tag, progress=progress)
     if json_out:
         render.emit_json(result)
         return

@@ -33,6 +33,7 @@ from vmm.core.errors import DiskSpaceError, IntegrityError, VmmError
 from vmm.core.fsutil import atomic_write_json
 from vmm.core.hub import ondisk
 from vmm.core.hub.connection import Retry
+from vmm.core.hub.transfer import Counters, ProgressCallback, ProgressUpdate
 from vmm.core.oci.artifact import ANN_CREATED, Artifact, LayerFile
 from vmm.core.oci.registry import with_retries
 from vmm.core.store import local, locking, manifests, paths
@@ -74,16 +75,6 @@ class InstallResult:
 
 def partial_dir(model_dir: Path) -> Path:
     return paths.partial_dir(model_dir) / PARTIAL_SUBDIR
-
-
-class _Counter:
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.bytes = 0
-
-    def add(self, n: int) -> None:
-        with self.lock:
-            self.bytes += n
 
 
 class _Blob:
@@ -163,7 +154,7 @@ class _Blob:
             self.done, self.written, self.unsaved = set(), {}, {}
             self.hasher, self.hashed = hashlib.sha256(), 0
 
-    def fetch_segment(self, index: int, fetch: Fetch, counter: _Counter) -> None:
+    def fetch_segment(self, index: int, fetch: Fetch, counter: Counters) -> None:
         layer = self.layer
         seg_start, seg_end = self.bounds(index)
 
@@ -180,7 +171,8 @@ class _Blob:
                 flush = self.unsaved[index] >= MAP_FLUSH_BYTES
                 if flush:
                     self.unsaved[index] = 0
-            counter.add(len(view))
+            counter.add(done=len(view), downloaded=len(view))
+            counter.report()
             if flush:
                 self.save_map()
 
@@ -200,7 +192,8 @@ class _Blob:
             if seg_start + have != seg_end:
                 raise Retry(f"{have} of {seg_end - seg_start} bytes")
 
-        with_retries(once, f"fetching {layer.path}", self.where)
+        with_retries(once, f"fetching {layer.path}", self.where,
+                     on_retry=lambda why: counter.report(message=f"retrying {layer.path}: {why}"))
         with self.lock:
             self.done.add(index)
             self.written.pop(index, None)
@@ -251,11 +244,16 @@ class _Blob:
         return self.ready
 
 
-def _fetch_all(blobs: list[_Blob], fetch: Fetch, counter: _Counter, workers: int) -> None:
+def _fetch_all(blobs: list[_Blob], fetch: Fetch, counter: Counters, workers: int) -> None:
     """Every missing segment of every blob, ``workers`` at a time; a blob whose source ignores
     Range is fetched again as one stream. The first error is raised once all have stopped
     (an integrity error before any other: it says more)."""
-    tasks = [(blob, i) for blob in blobs for i in blob.open()]
+    tasks = []
+    for blob in blobs:
+        missing = blob.open()
+        counter.add(done=blob.layer.size if blob.verified else blob.present())
+        tasks += [(blob, i) for i in missing]
+    counter.report(force=True)
     errors: list[BaseException] = []
     while tasks:
         ignored: list[_Blob] = []
@@ -278,7 +276,8 @@ def _fetch_all(blobs: list[_Blob], fetch: Fetch, counter: _Counter, workers: int
 
 
 def install(root: Path, repo_id: str, artifact: Artifact, fetch: Fetch, where: str, workers: int = 8,
-            wait: bool = True, extra: dict | None = None, segment_bytes: int | None = None) -> InstallResult:
+            wait: bool = True, extra: dict | None = None, segment_bytes: int | None = None,
+            progress: ProgressCallback | None = None) -> InstallResult:
     """Install ``artifact``'s files as the managed model ``repo_id``; see the module doc."""
     ref = names.parse_model_name(repo_id)
     root = Path(root).absolute()
@@ -286,7 +285,11 @@ def install(root: Path, repo_id: str, artifact: Artifact, fetch: Fetch, where: s
     model_dir = root / ref.dir_name
     for f in artifact.files:
         names.safe_repo_path(model_dir, f.path)
-    with locking.model_lock(root, ref.dir_name, "pull", wait=wait):
+    def waiting(who: str) -> None:
+        if progress is not None:
+            progress(ProgressUpdate(0, 0, 0, 0, 0, message=f"waiting for the lock held by {who}"))
+
+    with locking.model_lock(root, ref.dir_name, "pull", wait=wait, on_wait=waiting):
         old = manifests.read_manifest(model_dir) if model_dir.exists() else None
         recorded = {f.path: f for f in (old.files if old else [])}
         wanted = [manifests.ManifestFile(f.path, f.size, f.hex, f.git_sha1) for f in artifact.files]
@@ -314,11 +317,14 @@ def install(root: Path, repo_id: str, artifact: Artifact, fetch: Fetch, where: s
         if needed + DISK_MARGIN_BYTES > free:
             raise DiskSpaceError(f"not enough disk space: {needed} bytes needed (+{DISK_MARGIN_BYTES} margin), "
                                  f"{free} free", str(model_dir), "free space or install to another --root")
-        counter = _Counter()
+        kept_bytes = sum(f.size for f in artifact.files if f.path in keep)
+        counter = Counters(progress, artifact.bytes_total, kept_bytes, len(artifact.files), len(keep))
         pending = [_Blob(layer, pdir, segment_bytes or SEGMENT_BYTES, where) for layer in unique.values()]
         try:
             _fetch_all(pending, fetch, counter, workers)
             blobs = {blob.layer.digest: blob.finish() for blob in pending}
+            counter.add(files=len(to_fetch))
+            counter.report(force=True)
         except OSError as exc:
             import errno
 
@@ -367,10 +373,13 @@ def install(root: Path, repo_id: str, artifact: Artifact, fetch: Fetch, where: s
             paths.partial_dir(model_dir).rmdir()
         except OSError:
             pass
+        if progress is not None:
+            progress(ProgressUpdate(artifact.bytes_total, artifact.bytes_total, counter.bytes_downloaded,
+                                    len(files), len(files), finished=True))
         template = _template(model_dir, ref.repo_id)
         manifests.touch_usage(model_dir, "pull")
     return InstallResult(name=ref.repo_id, path=str(model_dir), revision=artifact.revision, commit=artifact.commit,
-                         files=len(files), bytes_total=artifact.bytes_total, bytes_transferred=counter.bytes,
+                         files=len(files), bytes_total=artifact.bytes_total, bytes_transferred=counter.bytes_downloaded,
                          kept_files=len(keep), verified=True, manifest_digest=artifact.manifest_digest,
                          fetched_files=[f.path for f in to_fetch], chat_template=template, repaired=repaired,
                          hashed_files=len(to_fetch) + sum(1 for v in verdicts if v.ok and v.hashed))

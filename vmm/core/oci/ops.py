@@ -20,6 +20,7 @@ from pathlib import Path
 from vmm.core import hashing, names
 from vmm.core.errors import IntegrityError, UsageError
 from vmm.core.hub import ondisk
+from vmm.core.hub.transfer import ProgressCallback
 from vmm.core.oci import artifact as art
 from vmm.core.oci import install, layout, reference
 from vmm.core.oci.registry import Registry, with_retries
@@ -209,7 +210,7 @@ def _name_for(a: art.Artifact, name: str | None, fallback: str, where: str) -> s
 
 
 def pull(root: Path, target: str, name: str | None = None, insecure: bool = False,
-         workers: int = DEFAULT_WORKERS, wait: bool = True) -> OciPullResult:
+         workers: int = DEFAULT_WORKERS, wait: bool = True, progress: ProgressCallback | None = None) -> OciPullResult:
     """``vmm pull oci://REGISTRY/REPO[:TAG|@DIGEST]``; see the module doc."""
     _check_workers(workers)
     ref = reference.parse(target)
@@ -225,7 +226,7 @@ def pull(root: Path, target: str, name: str | None = None, insecure: bool = Fals
         def fetch(layer, start, end, sink, restart):
             registry.fetch_blob(layer.digest, start, end, layer.size, sink, restart)
 
-        result = install.install(Path(root), repo_id, a, fetch, where, workers=workers, wait=wait,
+        result = install.install(Path(root), repo_id, a, fetch, where, workers=workers, wait=wait, progress=progress,
                                  extra={"source": f"oci://{ref.registry}/{ref.repository}",
                                         "reference": where})
     finally:
@@ -259,7 +260,7 @@ def export(root: Path, name: str, target: str | os.PathLike, tag: str | None = N
 
 
 def import_layout(root: Path, source: str | os.PathLike, name: str | None = None, tag: str | None = None,
-                  workers: int = 4) -> OciImportResult:
+                  workers: int = 4, progress: ProgressCallback | None = None) -> OciImportResult:
     """Install the model of an OCI layout (directory or tar), every blob verified."""
     path = Path(source).expanduser().absolute()
     lay = layout.Layout(path)
@@ -269,7 +270,7 @@ def import_layout(root: Path, source: str | os.PathLike, name: str | None = None
         cdigest, csize = art.config_descriptor(data)
         a.config = lay.blob_bytes(cdigest, csize)
         repo_id = _name_for(a, name, path.name.removesuffix(".tar"), str(path))
-        result = install.install(Path(root), repo_id, a, lay.fetcher(), str(path), workers=workers,
+        result = install.install(Path(root), repo_id, a, lay.fetcher(), str(path), workers=workers, progress=progress,
                                  extra={"source": str(path), "kind": lay.kind})
     finally:
         lay.close()
