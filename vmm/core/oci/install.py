@@ -344,13 +344,9 @@ def install(root: Path, repo_id: str, artifact: Artifact, fetch: Fetch, where: s
             os.link(blobs[f.digest], tmp)
             os.replace(tmp, target)
         if old is not None:
-            new_paths = {f.path for f in artifact.files}
-            for f in old.files:
-                if f.path not in new_paths:
-                    try:
-                        names.safe_repo_path(model_dir, f.path).unlink()
-                    except (OSError, IntegrityError):
-                        pass
+            from vmm.core.hub.pull import _remove_dropped     # the Hub pull's rule, shared
+
+            _remove_dropped(model_dir, old, {f.path for f in artifact.files})
         now = time.time()
         files = []
         by_path = {v.path: v for v in verdicts}

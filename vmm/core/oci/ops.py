@@ -25,6 +25,7 @@ from vmm.core.oci import artifact as art
 from vmm.core.oci import install, layout, reference
 from vmm.core.oci.registry import Registry, with_retries
 from vmm.core.store import local, locking, manifests
+from vmm.core.store.adopt import ImportResult
 
 DEFAULT_WORKERS = 8
 
@@ -54,23 +55,11 @@ class ExportResult:
 
 
 @dataclass
-class OciImportResult:
+class OciImportResult(ImportResult):
     """``vmm import`` of a layout: the keys of a directory import, plus the artifact's digest."""
 
-    name: str
-    path: str
-    source: str
-    kind: str            # "oci-layout" or "oci-archive"
-    revision: str | None
-    commit: str | None
-    files: int
-    bytes_total: int
-    linked: int
-    copied: int
-    verified: bool
-    moved: bool
-    digest: str
-    kept_files: int
+    digest: str = ""
+    kept_files: int = 0
 
 
 @dataclass
