@@ -3,7 +3,6 @@ that `pull` and `import` dispatch to (docs/oci.md)."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -71,8 +70,8 @@ def export_cmd(
     if json_out:
         render.emit_json(result)
         return
-    sys.stdout.write(f"exported {result.name} to {result.path} ({result.format}, tag {result.tag}): "
-                     f"{result.files} files, {render.human_bytes(result.bytes_total)}, {result.digest}\n")
+    render.result(f"exported {result.name} to {result.path} ({result.format}, tag {result.tag}): "
+                     f"{result.files} files, {render.human_bytes(result.bytes_total)}, {result.digest}")
 
 
 def pull_oci(target: str, root: Path | None, name: str | None, insecure: bool, workers: int, wait: bool,
@@ -109,6 +108,6 @@ def import_oci(source: str, root: Path | None, name: str | None, tag: str | None
     if json_out:
         render.emit_json(result)
         return
-    sys.stdout.write(f"imported {result.name} from {result.source} ({result.kind}): {result.files} files, "
+    render.result(f"imported {result.name} from {result.source} ({result.kind}): {result.files} files, "
                      f"{render.human_bytes(result.bytes_total)}, {result.copied} copied, "
-                     f"{result.kept_files} already present, verified\n")
+                     f"{result.kept_files} already present, verified")
