@@ -56,6 +56,7 @@ def serve_cmd(
     emit: Annotated[Optional[str], typer.Option("--emit", help="Print a `docker run`, a systemd unit, Kubernetes manifests or an operator's resources (OME, KServe) for the same plan instead of starting (kubernetes-pull: the Job that fills the models volume).", metavar="docker|systemd|kubernetes|kubernetes-pull|ome|kserve")] = None,
     k8s_volume: Annotated[str, typer.Option("--k8s-volume", help="Kubernetes: the models root is a PersistentVolumeClaim (pvc) or the node's own directory (hostpath).", metavar="pvc|hostpath")] = "pvc",
     k8s_claim: Annotated[str, typer.Option("--k8s-claim", help="Kubernetes: the PersistentVolumeClaim holding the models root.")] = "vmm-models",
+    k8s_model_image: Annotated[Optional[str], typer.Option("--k8s-model-image", metavar="REGISTRY/REPO:TAG", show_default=False, help="Kubernetes: mount this model artifact (pushed by `vmm push`) as an image volume instead of the models PVC (Kubernetes >= 1.33, ImageVolume gate; docs/kubernetes.md).")] = None,
     k8s_vmm_image: Annotated[str, typer.Option("--k8s-vmm-image", help="Kubernetes: image with vmm installed, running `vmm check` before vLLM starts and `vmm pull` in the Job (the Containerfile's; nothing is installed at pod start).")] = IMAGE,
     tool_parser: Annotated[Optional[str], typer.Option("--tool-parser", help="vLLM tool-call parser (--enable-auto-tool-choice --tool-call-parser NAME), or none; default: chosen from the model.", metavar="NAME|none")] = None,
     reasoning_parser: Annotated[Optional[str], typer.Option("--reasoning-parser", help="vLLM reasoning parser, or none; default: chosen from the model.", metavar="NAME|none")] = None,
@@ -102,7 +103,8 @@ def serve_cmd(
         render.note(f"warning: {line}")
     if emit:
         render.result(_emitted(emit, cmd, model, base, nodes, name, install,
-                                  k8s_volume=k8s_volume, k8s_claim=k8s_claim, k8s_vmm_image=k8s_vmm_image))
+                               k8s_volume=k8s_volume, k8s_claim=k8s_claim, k8s_vmm_image=k8s_vmm_image,
+                               k8s_model_image=k8s_model_image))
         return
     if dry_run:
         if json_out:
@@ -118,7 +120,7 @@ def serve_cmd(
 
 
 def _emitted(emit: str, cmd, model, base: Path, nodes: int, name: str, install, *, k8s_volume: str,
-             k8s_claim: str, k8s_vmm_image: str) -> str:
+             k8s_claim: str, k8s_vmm_image: str, k8s_model_image: str | None = None) -> str:
     """The same plan as a `docker run`, a systemd unit or Kubernetes manifests."""
     from vmm.core.serving import deploy
 
@@ -130,7 +132,8 @@ def _emitted(emit: str, cmd, model, base: Path, nodes: int, name: str, install, 
     from vmm.core.serving import kubernetes
 
     plan = kubernetes.plan_from(cmd, name, model.name, model.model_dir, base, nodes, version)
-    opts = kubernetes.K8sOptions(volume=k8s_volume, claim=k8s_claim, vmm_image=k8s_vmm_image)
+    opts = kubernetes.K8sOptions(volume=k8s_volume, claim=k8s_claim, vmm_image=k8s_vmm_image,
+                                 model_image=k8s_model_image)
     if emit in ("ome", "kserve"):
         from vmm.core.serving import operators
 

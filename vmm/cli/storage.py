@@ -124,7 +124,8 @@ def unpin_cmd(name: NameArg, root: RootOpt = None, json_out: JsonOpt = False) ->
 @app.command("import")
 def import_cmd(source: Annotated[str, typer.Argument(
                    help="A model directory, an HF cache entry (models--org--name or its snapshots/<sha>), "
-                        "or org/name[@REVISION] looked up in HF_HUB_CACHE.", metavar="PATH_OR_CACHE_ENTRY",
+                        "org/name[@REVISION] looked up in HF_HUB_CACHE, or an OCI layout (DIR or FILE.tar "
+                        "from `vmm export`).", metavar="PATH_OR_CACHE_ENTRY",
                    show_default=False)],
                root: RootOpt = None, json_out: JsonOpt = False,
                name: Annotated[Optional[str], typer.Option("--name", metavar="ORG/NAME",
@@ -133,14 +134,36 @@ def import_cmd(source: Annotated[str, typer.Argument(
                move: Annotated[bool, typer.Option("--move", help="Remove the source once adopted (a directory on "
                                                   "the same filesystem is renamed; a cache entry is deleted "
                                                   "whole, every revision).")] = False,
-               force: Annotated[bool, typer.Option("--force", help="Replace a model of the same name.")] = False) -> None:
+               force: Annotated[bool, typer.Option("--force", help="Replace a model of the same name.")] = False,
+               tag: Annotated[Optional[str], typer.Option("--tag", metavar="TAG", show_default=False,
+                   help="OCI layouts only: which image of index.json (needed when it holds several).")] = None) -> None:
     """Adopt an existing model directory or Hugging Face cache entry into the root.
+
+    An OCI image layout (a directory with oci-layout, or a tar of one, as `vmm export`
+    writes) is installed instead: every blob verified against its digest, the manifest
+    written last, so `vmm check` passes with no network (docs/oci.md).
 
     Every file is hashed (cache blobs must match their sha256 / git sha1 names) and
     hardlinked into <root>/org--name (copied across filesystems), with a manifest, so the
     model is managed like a pulled one. Nothing is downloaded. A name already in the root
     exits 2 unless --force.
     """
+    from pathlib import Path
+
+    from vmm.core.oci import layout
+
+    if layout.is_layout(Path(source).expanduser()):
+        from vmm.cli.oci import import_oci
+        from vmm.core.errors import UsageError
+
+        if move:
+            raise UsageError("--move is for directories and HF cache entries", source, "drop it for an OCI layout")
+        import_oci(source, root, name, tag, json_out)
+        return
+    if tag is not None:
+        from vmm.core.errors import UsageError
+
+        raise UsageError("--tag is for OCI layouts", source, "drop it")
     from vmm import render
     from vmm.core.store import adopt
 

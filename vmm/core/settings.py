@@ -31,6 +31,10 @@ ENVIRONMENT: dict[str, str] = {
     "COLUMNS": "width of the pull progress bar (rich reads it); tables and lists are never cut (one row per line)",
     "NCCL_SOCKET_IFNAME": "multi-node plans: NCCL's network interface, shown and passed on (same on every node)",
     "GLOO_SOCKET_IFNAME": "multi-node plans: Gloo's network interface, shown and passed on (same on every node)",
+    "REGISTRY_AUTH_FILE": "OCI registry credentials file (podman/skopeo's auth.json); read first",
+    "XDG_RUNTIME_DIR": "podman's default credentials: $XDG_RUNTIME_DIR/containers/auth.json",
+    "DOCKER_CONFIG": "directory of docker's config.json (default ~/.docker)",
+    "VMM_INSECURE_REGISTRIES": "comma-separated registry hosts (host or host:port) spoken to over plain HTTP",
 }
 
 MULTINODE_ENV = ("NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME")
@@ -112,3 +116,26 @@ def child_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment a child (vLLM, its argument parser) runs with: vmm's own, plus ``extra``."""
     return {**os.environ, **(extra or {})}
 
+
+def registry_auth_files() -> list[Path]:
+    """Where registry credentials are looked for, in order: ``REGISTRY_AUTH_FILE``,
+    ``$XDG_RUNTIME_DIR/containers/auth.json`` (podman, containers-auth.json(5)),
+    ``~/.config/containers/auth.json``, then docker's ``$DOCKER_CONFIG/config.json``
+    (default ``~/.docker/config.json``)."""
+    out: list[Path] = []
+    raw = os.environ.get("REGISTRY_AUTH_FILE")
+    if raw:
+        out.append(Path(raw).expanduser())
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime:
+        out.append(Path(runtime) / "containers" / "auth.json")
+    out.append(Path.home() / ".config" / "containers" / "auth.json")
+    docker = os.environ.get("DOCKER_CONFIG")
+    out.append((Path(docker).expanduser() if docker else Path.home() / ".docker") / "config.json")
+    return out
+
+
+def insecure_registries() -> set[str]:
+    """Registry hosts (``host`` or ``host:port``, lower-cased) allowed over plain HTTP."""
+    raw = os.environ.get("VMM_INSECURE_REGISTRIES", "")
+    return {part.strip().lower() for part in raw.split(",") if part.strip()}

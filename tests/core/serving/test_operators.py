@@ -224,3 +224,16 @@ def test_a_gguf_file_moves_with_the_model_folder(tmp_path):
     assert argv[argv.index("--chat-template") + 1] == "/mnt/models/chat_template.jinja"
     assert argv[argv.index("--tokenizer") + 1] == "org/base"
     assert "$$(Y)" in argv                  # Kubernetes does not expand the plan's own words
+
+
+def test_an_image_volume_is_refused_for_operator_outputs(root):
+    """--k8s-model-image mounts an OCI artifact in a plain Deployment only; an operator output
+    would silently ignore it, so it is one error line instead."""
+    import builders as b
+    from conftest import assert_error_line, run_vmm
+
+    b.make_model(root, "Qwen/Qwen2-7B-Instruct", cfg=b.QWEN2_7B_INSTRUCT, shards=2)
+    for emit in ("ome", "kserve"):
+        assert_error_line(run_vmm("serve", "Qwen/Qwen2-7B-Instruct", "--gpus", "1", "--gpu-memory", "80GiB",
+                                  "--emit", emit, "--k8s-model-image", "reg.example/m:1"),
+                          2, "--k8s-model-image")
