@@ -24,7 +24,7 @@ log (``server.requests``) let tests assert what a client did.
 As a script::
 
     python tests/hubserver.py --repo org/name=DIR [--repo org/other=DIR2] --port 0
-        [--fake-hashes] [--rate BYTES_PER_S]
+        [--fake-hashes] [--rate BYTES_PER_S] [--signed-url-ttl S] [--ignore-range]
 """
 
 from __future__ import annotations
@@ -182,7 +182,7 @@ class Fault:
     """One injected misbehaviour on file bodies (resolve and CDN GETs).
 
     kind: ``status`` (answer ``status`` with optional ``retry_after``), ``reset`` (close the
-    connection after ``after_bytes`` of the body), ``stall`` (send ``after_bytes`` of the body,
+    connection after ``after_bytes`` of the body: with a TCP RST, or a FIN when ``rst=False``), ``stall`` (send ``after_bytes`` of the body,
     then nothing for ``seconds`` with the connection open, then close it: a link that went
     silent), ``corrupt`` (flip the byte at file offset ``offset`` when a served range covers
     it), ``lie_size`` (advertise ``size`` in headers), ``ignore_range`` (answer 200 with the
@@ -205,6 +205,7 @@ class Fault:
     where: str = "any"
     hits: int = 0
     hangups: int = 0        # stall: clients that hung up while it was silent
+    rst: bool = True        # reset: close with a TCP RST (False: a clean FIN, a short body)
 
     def matches(self, path: str, cdn: bool | None) -> bool:
         if cdn is not None and self.where != "any" and self.where != ("cdn" if cdn else "hub"):
@@ -812,8 +813,9 @@ def _handler(hub: HubServer, cdn: bool):
                     if reset.kind == "stall":
                         self._stall(reset)
                         return
-                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
-                                               b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                    if reset.rst:
+                        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                                   b"\x01\x00\x00\x00\x00\x00\x00\x00")
                     self.close_connection = True
                     self.connection.close()
                     return
@@ -862,6 +864,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=None,
                         help="cap each connection's body bytes/s (e.g. 104857600)")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds added before every answer")
+    parser.add_argument("--signed-url-ttl", type=float, default=3600.0,
+                        help="seconds the CDN URLs of LFS files stay valid (then 403, as S3/CloudFront answer)")
+    parser.add_argument("--signed-url-style", choices=["cloudfront", "sigv4"], default="cloudfront")
+    parser.add_argument("--ignore-range", action="store_true", help="answer 200 with the whole file to Range requests")
     parser.add_argument("--fake-hashes", action="store_true",
                         help="advertise made-up hashes (plans of huge sparse repos; pulls then fail verification)")
     args = parser.parse_args(argv)
@@ -874,6 +880,9 @@ def main(argv: list[str] | None = None) -> int:
         hub.add_repo(name, Path(directory), revision=rev or "main", fake_hashes=args.fake_hashes)
     hub.faults.rate_bytes_per_s = args.rate
     hub.faults.latency_s = args.latency
+    hub.signed_url_ttl_s, hub.signed_url_style = args.signed_url_ttl, args.signed_url_style
+    if args.ignore_range:
+        hub.faults.add("ignore_range", times=None)
     hub.start()
     print(hub.url, flush=True)
     try:

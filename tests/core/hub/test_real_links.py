@@ -53,11 +53,12 @@ def _resolves(hub, path: str) -> int:
 
 # --------------------------------------------------------------------------- signed URLs
 
-def test_cdn_refusing_a_signed_url_mid_pull_re_resolves_and_loses_no_byte(hub, root):
+def test_cdn_refusing_a_signed_url_mid_pull_re_resolves_and_loses_no_byte(hub, root, monkeypatch):
     """The CDN stops honouring a URL well before the expiry it states (as when its clock runs
-    ahead): 403 AccessDenied. vmm asks /resolve/ again and goes on; nothing is fetched twice
-    and the operator is not told to log in."""
-    hub.add_repo("org/tiny", FILES)
+    ahead): 403 AccessDenied. vmm asks /resolve/ again and goes on; nothing is fetched twice,
+    the operator is not told to log in, and the token still goes to the endpoint only."""
+    hub.add_repo("org/tiny", FILES, gated_tokens={"hf_good"})
+    monkeypatch.setenv("HF_TOKEN", "hf_good")
     hub.signed_url_valid_s = 0.3
     hub.faults.rate_bytes_per_s = 2 * MIB      # per connection: a file takes longer than 0.3 s
     run = run_vmm("pull", "org/tiny", "--chunk-size", "256KiB", "--workers", "2")
@@ -68,6 +69,8 @@ def test_cdn_refusing_a_signed_url_mid_pull_re_resolves_and_loses_no_byte(hub, r
     for path in LFS:
         assert hub.count(path) == len(FILES[path]), path     # no byte served twice
         assert _resolves(hub, path) > 1, path                 # the URL was signed again
+    assert all(r.headers.get("Authorization") == "Bearer hf_good" for r in hub.requests if not r.cdn)
+    assert not any("Authorization" in r.headers for r in hub.requests if r.cdn)
 
 
 @pytest.mark.parametrize("style", ["cloudfront", "sigv4"])

@@ -2,8 +2,13 @@
 streamed into a callback.
 
 Redirects are followed by hand and the Authorization header goes only to the endpoint's own
-host (a CDN never sees the token). Retryable failures (5xx, 429, resets, short bodies) raise
-:class:`Retry`; the others raise the contract's :class:`VmmError`.
+host (a CDN never sees the token); only http(s) redirects are followed (any other scheme or a
+malformed Location is a RemoteError at once). A CDN URL's signature expiry is read from the
+URL (:func:`signed_url_deadline`) so an expired one is not used; a CDN refusing one (401/403)
+raises :class:`Retry` and the next try asks the endpoint again, while 401/403 from the
+endpoint itself means "log in". The connection's timeout is the stall deadline: a read that
+waits longer raises :class:`Retry`. Retryable failures (5xx, 429, resets, stalls, short
+bodies) raise :class:`Retry`; the others raise the contract's :class:`VmmError`.
 """
 
 from __future__ import annotations
