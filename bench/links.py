@@ -25,10 +25,8 @@ sha256 matches. Each client is run with a time limit (``--limit``).
 from __future__ import annotations
 
 import argparse
-import datetime
 import hashlib
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -41,7 +39,7 @@ sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(HERE))
 
 from hubserver import HubServer  # noqa: E402
-from pull import OUT, PY, make_repo  # noqa: E402
+from pull import OUT, PY, machine, make_repo, record_in_pull_section, stamp  # noqa: E402
 
 MIB = 1 << 20
 CUT_AFTER = 8 * MIB
@@ -146,25 +144,17 @@ def main() -> int:
 
 
 def record(rows: list[dict], total: int, args) -> None:
-    path = REPO / "docs" / "benchmarks.md"
-    text = path.read_text()
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    machine = f"{platform.node()}, {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
-    lines = [f"\n### links, {stamp}: {total / 2**30:.2f} GiB in {args.shards} shards, {machine}",
+    lines = [f"\n### links, {stamp()}: {total / 2**30:.2f} GiB in {args.shards} shards, {machine()}",
              f"`bench/links.py --rate-mib {args.rate_mib:g} --ttl {args.ttl:g} --faults {args.faults} "
              f"--workers {args.workers} --chunk-size {args.chunk_size}` (resets, cuts and stalls "
              f"after {CUT_AFTER // MIB} MiB of a response; a stall lasts 120 s)\n",
              "| scenario | client | exit | seconds | MiB served | every sha256 right | last line |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
-        last = r["last"].replace("|", "\\|")
+        last = f"`{r['last']}`".replace("|", "\\|") if r["last"] else ""
         lines.append(f"| {r['scenario']} | {r['client']} | {r['code']} | {r['seconds']:.1f} | "
                      f"{r['served'] / MIB:.1f} | {'yes' if r['ok'] else 'no'} | {last} |")
-    block = "\n".join(lines) + "\n"
-    head, _, tail = text.partition("## pull")
-    body, sep, rest = tail.partition("\n## ")
-    path.write_text(head + "## pull" + body.rstrip("\n") + "\n" + block + (("\n## " + rest) if sep else ""))
-    print(f"recorded in {path}")
+    record_in_pull_section("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -146,25 +146,35 @@ def main() -> int:
 
 
 def record(table, total: int, args) -> None:
-    path = REPO / "docs" / "benchmarks.md"
-    path.parent.mkdir(exist_ok=True)
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    machine = f"{platform.node()}, {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
-    lines = [f"\n### {stamp}: {total / 2**30:.2f} GiB in {args.shards} shards, {machine}",
+    lines = [f"\n### {stamp()}: {total / 2**30:.2f} GiB in {args.shards} shards, {machine()}",
              f"`bench/pull.py --workers {args.workers} --chunk-size {args.chunk_size} --rate-mib {args.rate_mib:g}`"
              " (vmm pull includes sha256 verification; hf download checks sizes only; hf_transfer checks nothing)\n",
              "| link | client | seconds | MB/s | vs hf download |", "| --- | --- | --- | --- | --- |"]
     for mode, client, elapsed, mbs, ratio in table:
         lines.append(f"| {mode} | {client} | {elapsed:.2f} | {mbs:.0f} | {ratio} |")
-    block = "\n".join(lines) + "\n"
+    record_in_pull_section("\n".join(lines) + "\n")
+
+
+def stamp() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def machine() -> str:
+    return f"{platform.node()}, {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+
+
+def record_in_pull_section(block: str) -> None:
+    """Append ``block`` at the end of docs/benchmarks.md's "## pull" section (bench/pull.py,
+    resume.py and links.py all record there)."""
+    path = REPO / "docs" / "benchmarks.md"
+    path.parent.mkdir(exist_ok=True)
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
     if "## pull" not in text:
         text = text.rstrip("\n") + "\n\n## pull\n\nHow to read: see bench/pull.py's docstring.\n"
     head, _, tail = text.partition("## pull")
     # Insert at the end of the pull section (before the next "## " heading).
     body, sep, rest = tail.partition("\n## ")
-    text = head + "## pull" + body.rstrip("\n") + "\n" + block + (("\n## " + rest) if sep else "")
-    path.write_text(text)
+    path.write_text(head + "## pull" + body.rstrip("\n") + "\n" + block + (("\n## " + rest) if sep else ""))
     print(f"recorded in {path}")
 
 

@@ -19,9 +19,7 @@ Clients: ``vmm pull`` (this checkout: progress inside each chunk is kept), ``vmm
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import platform
 import random
 import shutil
 import signal
@@ -36,7 +34,7 @@ sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(HERE))
 
 from hubserver import HubServer  # noqa: E402
-from pull import OUT, PY, make_repo  # noqa: E402
+from pull import OUT, PY, machine, make_repo, record_in_pull_section, stamp  # noqa: E402
 
 MIB = 1 << 20
 
@@ -114,11 +112,7 @@ def main() -> int:
 
 
 def record(rows: list[dict], total: int, args) -> None:
-    path = REPO / "docs" / "benchmarks.md"
-    text = path.read_text()
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    machine = f"{platform.node()}, {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
-    lines = [f"\n### resume, {stamp}: {total / 2**30:.2f} GiB in {args.shards} shards, {machine}",
+    lines = [f"\n### resume, {stamp()}: {total / 2**30:.2f} GiB in {args.shards} shards, {machine()}",
              f"`bench/resume.py --kills {args.kills} --rate-mib {args.rate_mib:g} --workers {args.workers} "
              f"--chunk-size {args.chunk_size} --seed {args.seed}` (SIGKILL once the server has sent a random "
              "amount; then one uncapped run to the end)\n",
@@ -128,11 +122,7 @@ def record(rows: list[dict], total: int, args) -> None:
         per_kill = r["refetched"] / MIB / max(1, r["kills"])
         per_conn = f"{per_kill / args.workers:.1f}" if r["client"].startswith("vmm") else "-"
         lines.append(f"| {r['client']} | {r['kills']} | {r['refetched'] / MIB:.1f} | {per_kill:.1f} | {per_conn} |")
-    block = "\n".join(lines) + "\n"
-    head, _, tail = text.partition("## pull")
-    body, sep, rest = tail.partition("\n## ")
-    path.write_text(head + "## pull" + body.rstrip("\n") + "\n" + block + (("\n## " + rest) if sep else ""))
-    print(f"recorded in {path}")
+    record_in_pull_section("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

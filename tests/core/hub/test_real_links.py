@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import time
+import random
 
 import pytest
 from conftest import assert_error_line, run_vmm
@@ -22,12 +22,7 @@ MIB = 1024 * 1024
 
 
 def _rand(n: int, seed: int) -> bytes:
-    out = bytearray()
-    block = hashlib.sha256(str(seed).encode()).digest()
-    while len(out) < n:
-        block = hashlib.sha256(block).digest()
-        out += block * 64
-    return bytes(out[:n])
+    return random.Random(seed).randbytes(n)
 
 
 FILES = {
