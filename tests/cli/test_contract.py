@@ -11,17 +11,9 @@ import re
 import pytest
 
 import builders as b
-from conftest import REPO, run_vmm
+from conftest import REPO, contract_keys, run_vmm
 
 DOC = (REPO / "docs" / "contract.md").read_text()
-
-
-def contract_keys(command: str) -> set[str]:
-    """Backticked names of the block after `<!-- contract: command -->`, flags and values aside."""
-    block = DOC.split(f"<!-- contract: {command} -->", 1)[1].split("<!--", 1)[0]
-    names = set(re.findall(r"`([a-z_]+)`", block))
-    return names - {"null", "safetensors", "pytorch", "gguf", "mixed", "unknown", "pass", "warn", "fail",
-                    "family", "chat_template", "tokenizer_config"}
 
 
 def nested_keys(doc, prefix="") -> set[str]:

@@ -2,7 +2,7 @@
 
 The CPU lane (scripts/test-e2e) has vLLM's own parser: the Deployment's ``command + args``
 and the LeaderWorkerSet leader's ``args`` (``sh -c SCRIPT`` runs them as ``"$0" "$@"``) go
-through :func:`vmm.core.serving.vllm_env.serve_arg_errors`, as the computed commands in
+through ``serve_arg_errors`` (tests/e2e/lane.py), as the computed commands in
 test_real_vllm.py do. Kubernetes' ``$$(`` escape is undone first, as the kubelet would.
 """
 
@@ -19,6 +19,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 import builders  # noqa: E402
+
+from .lane import serve_arg_errors  # noqa: E402
 
 pytestmark = pytest.mark.e2e
 
@@ -44,8 +46,6 @@ def _container_argvs(docs: list[dict]) -> list[list[str]]:
 
 
 def test_kubernetes_containers_pass_vllms_own_parser(tmp_path):
-    from vmm.core.serving import vllm_env
-
     root = tmp_path / "models"
     builders.make_model(root, "Qwen/Qwen2-7B-Instruct", cfg=builders.QWEN2_7B_INSTRUCT, shards=4)
     builders.make_model(root, "meta-llama/Meta-Llama-3-8B-Instruct", cfg=builders.LLAMA3_8B_INSTRUCT, shards=4)
@@ -59,8 +59,8 @@ def test_kubernetes_containers_pass_vllms_own_parser(tmp_path):
         assert len(found) == 1 and found[0][:2] == ["vllm", "serve"], found
         argvs += found
     assert any("--pipeline-parallel-size" in a for a in argvs)
-    errors = vllm_env.serve_arg_errors(argvs)
+    errors = serve_arg_errors(argvs)
     assert errors == [None] * len(argvs), list(zip(argvs, errors))
     # The check can fail: a flag vLLM does not know is refused by the same parser.
-    [bad] = vllm_env.serve_arg_errors([argvs[0] + ["--max-model-length", "64"]])
+    [bad] = serve_arg_errors([argvs[0] + ["--max-model-length", "64"]])
     assert bad and "--max-model-length" in bad

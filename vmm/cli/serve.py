@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -68,30 +67,30 @@ def serve_cmd(
     before ready: 130 / vLLM's code; once ready, vLLM's own exit code.
     """
     from vmm import render
-    from vmm.core import settings
-    from vmm.core.serving import fit, launcher, planner, supervisor, vllm_env
+    from vmm.core.serving import fit, launcher, supervisor, vllm_env
+    from vmm.core.serving.request import ServeRequest
+    from vmm.core.store import paths
 
     _check_choice("--device", device, DEVICES)
     _check_choice("--emit", emit, EMITS)
     _check_choice("--k8s-volume", k8s_volume, K8S_VOLUMES)
     base = root_of(root)
     model = fit.resolve_target(name, base, allow_hub=dry_run and emit is None)
-    quant = model.quant
     install = vllm_env.find_vllm()
-    req = launcher.ServeRequest(
+    req = ServeRequest(
         name=model.name, model_dir=model.model_dir, served_name=model.name, host=host, port=port, device=device,
-        gpus=gpus, gpu_memory=gpu_memory, nodes=nodes, quant=quant, tokenizer=tokenizer,
-        quantization=quantization, trust_remote_code=trust_remote_code,
-        options=planner.PlanOptions(max_model_len, min_context, gpu_memory_utilization, tensor_parallel_size,
-                                    kv_cache_dtype, enforce_eager),
+        gpus=gpus, gpu_memory=gpu_memory, nodes=nodes, gguf_quant=model.gguf_quant, tokenizer=tokenizer,
+        quantization=quantization, trust_remote_code=trust_remote_code, max_model_len=max_model_len,
+        min_context=min_context, gpu_memory_utilization=gpu_memory_utilization,
+        tensor_parallel_size=tensor_parallel_size, kv_cache_dtype=kv_cache_dtype, enforce_eager=enforce_eager,
         passthrough=list(ctx.args), gpu_ids=fit.parse_gpu_ids(gpu_ids), root=base, remote=model.remote,
         tool_parser=tool_parser, reasoning_parser=reasoning_parser, force=force,
-        cache_dir=settings.state_dir(base) / "cache", on_this_host=emit not in ("kubernetes", "kubernetes-pull"))
+        cache_dir=paths.cache_dir(base), on_this_host=emit not in ("kubernetes", "kubernetes-pull"))
     cmd = launcher.build(req, install)
     for line in cmd.warnings:
         render.note(f"warning: {line}")
     if emit:
-        sys.stdout.write(_emitted(emit, cmd, model, base, nodes, name, install,
+        render.result(_emitted(emit, cmd, model, base, nodes, name, install,
                                   k8s_volume=k8s_volume, k8s_claim=k8s_claim, k8s_vmm_image=k8s_vmm_image))
         return
     if dry_run:
@@ -101,7 +100,7 @@ def serve_cmd(
             render.serve_plan(cmd)
         return
     code = supervisor.run(cmd, req, base, detach=detach, ready_timeout_s=ready_timeout,
-                        on_wait=render.note, on_ready=lambda url: (sys.stdout.write(url + "\n"), sys.stdout.flush()),
+                        on_wait=render.note, on_ready=render.result,
                         on_line=render.note, on_hint=lambda text: render.note(f"hint: {text}"))
     if code:
         raise ExitQuietly(code)      # vLLM's code (or 130 for Ctrl-C at start-up): no error line
@@ -180,10 +179,10 @@ def logs_cmd(
     root: RootOpt = None,
 ) -> None:
     """Print the log of a server started with `vmm serve --detach`."""
+    from vmm import render
     from vmm.core.serving import runtime
 
     path = runtime.log_path_for(root_of(root), target)
     shown = runtime.follow(path, lines) if follow else runtime.follow(path, lines, stop=lambda: True)
     for line in shown:
-        sys.stdout.write(line + "\n")
-        sys.stdout.flush()
+        render.result(line)

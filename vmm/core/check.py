@@ -27,10 +27,6 @@ from vmm.core.serving import multinode
 from vmm.core.store import local, manifests
 from vmm.core.errors import IncompatibleError, IntegrityError, NotFoundError, UsageError, VmmError
 
-CHECK_KEYS = ("ok", "checks")
-STATUSES = ("pass", "warn", "fail")
-
-
 @dataclass
 class Check:
     name: str
@@ -55,9 +51,12 @@ class CheckReport:
     manifest_digest: str | None = None
     commit: str | None = None
 
-    def contract(self) -> dict:
+    def document(self) -> dict:
+        """``check --json``: the contract's ``ok`` and ``checks`` (docs/contract.md), then the rest."""
         return {"ok": self.ok, "checks": [{"name": c.name, "status": c.status, "detail": c.detail}
-                                          for c in self.checks]}
+                                          for c in self.checks],
+                "name": self.name, "path": self.path, "vllm_version": self.vllm_version,
+                "exit_code": self.exit_code, "manifest_digest": self.manifest_digest, "commit": self.commit}
 
     def error(self) -> VmmError | None:
         """The one error line for a failed check (most specific exit code first)."""

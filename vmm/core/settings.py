@@ -29,7 +29,7 @@ ENVIRONMENT: dict[str, str] = {
     "CUDA_VISIBLE_DEVICES": "GPUs that serve plans for and vLLM sees",
     "VLLM_TARGET_DEVICE": "cpu: take the vLLM on PATH for a CPU build (vLLM itself then picks its CPU platform)",
     "NO_COLOR": "disables colour in tables and progress (read by rich)",
-    "COLUMNS": "table width; unset, piped output is not cut (one row per line)",
+    "COLUMNS": "width of the pull progress bar (rich reads it); tables and lists are never cut (one row per line)",
     "NCCL_SOCKET_IFNAME": "multi-node plans: NCCL's network interface, shown and passed on (same on every node)",
     "GLOO_SOCKET_IFNAME": "multi-node plans: Gloo's network interface, shown and passed on (same on every node)",
 }
@@ -112,11 +112,6 @@ def vllm_target_device() -> str | None:
 def child_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment a child (vLLM, its argument parser) runs with: vmm's own, plus ``extra``."""
     return {**os.environ, **(extra or {})}
-
-
-def columns() -> str | None:
-    """``COLUMNS`` as set (rich reads it too); None when unset."""
-    return os.environ.get("COLUMNS")
 
 
 DEFAULT_STALL_TIMEOUT_S = 10.0

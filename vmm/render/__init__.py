@@ -16,27 +16,11 @@ from typing import Any
 
 SCHEMA_VERSION = 1
 
-_stdout = None
 _stderr = None
 
 
-def out():
-    """rich Console on stdout (results only)."""
-    global _stdout
-    if _stdout is None:
-        from rich.console import Console
-
-        from vmm.core import settings
-
-        # Piped output is not cut to 80 columns (rich's default without a terminal): a
-        # table row stays one line for grep and awk. COLUMNS, when set, still wins.
-        wide = not sys.stdout.isatty() and settings.columns() is None
-        _stdout = Console(soft_wrap=True, width=1000 if wide else None)
-    return _stdout
-
-
 def err():
-    """rich Console on stderr (progress, notes, warnings)."""
+    """rich Console on stderr (the pull progress bar)."""
     global _stderr
     if _stderr is None:
         from rich.console import Console
@@ -46,9 +30,9 @@ def err():
 
 
 def reset_consoles() -> None:
-    """Forget cached consoles (tests swap sys.stdout/sys.stderr between runs)."""
-    global _stdout, _stderr
-    _stdout = _stderr = None
+    """Forget the cached console (tests swap sys.stderr between runs)."""
+    global _stderr
+    _stderr = None
 
 
 def _plain(value: Any) -> Any:
@@ -73,14 +57,17 @@ def emit_json(document: Any) -> None:
 
 
 def note(message: str) -> None:
-    """A line for the operator on stderr (never on stdout: stdout is for results)."""
+    """A line for the operator on stderr (never on stdout: stdout is for results); also the
+    one ``error: what: which (what to do)`` line of a failure."""
     sys.stderr.write(message.rstrip("\n") + "\n")
     sys.stderr.flush()
 
 
-def error_line(line: str) -> None:
-    sys.stderr.write(line.rstrip("\n") + "\n")
-    sys.stderr.flush()
+def result(text: str) -> None:
+    """Result text on stdout (a line, or a whole document such as a manifest or a unit file),
+    flushed at once: scripts read it while vmm runs (``serve`` prints its URL when ready)."""
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    sys.stdout.flush()
 
 
 def human_count(n: int | None) -> str:
@@ -91,6 +78,13 @@ def human_count(n: int | None) -> str:
         if n >= div:
             return f"{n / div:.2f}{suffix}"
     return str(n)
+
+
+def ago(when: float | str | None) -> str:
+    """'3d ago' / 'never' for an epoch time or a manifest's ISO stamp (:func:`units.age_s`)."""
+    from vmm.core.units import age_s
+
+    return human_age(age_s(when))
 
 
 def human_age(seconds: float | None) -> str:
@@ -116,20 +110,16 @@ def table(title: str | None, columns: list[str], rows: list[list[Any]]) -> None:
     lines = [title] if title else []
     for r in cells:
         lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
-    sys.stdout.write("\n".join(lines) + "\n")
-    sys.stdout.flush()
+    result("\n".join(lines))
 
 
 def key_values(pairs: list[tuple[str, Any]]) -> None:
     width = max((len(k) for k, _ in pairs), default=0)
-    for key, value in pairs:
-        sys.stdout.write(f"{key.ljust(width)}  {'-' if value is None else value}\n")
-    sys.stdout.flush()
+    if pairs:
+        result("\n".join(f"{key.ljust(width)}  {'-' if value is None else value}" for key, value in pairs))
 
 
 def servers_table(statuses) -> None:
-    import time
-
     rows = []
     for s in statuses:
         def num(v, fmt="{:.0f}"):
@@ -139,7 +129,7 @@ def servers_table(statuses) -> None:
             if getattr(s, "gpu_bytes", None) else "-"
         rows.append([
             s.model, s.pid, s.url, "up" if s.alive else "dead (cleaned)", gpus, gpu_mem,
-            human_age(time.time() - s.started_at).replace(" ago", "") if s.alive else "-",
+            ago(s.started_at).replace(" ago", "") if s.alive else "-",
             num(s.running), num(s.waiting),
             "-" if s.kv_cache_usage is None else f"{s.kv_cache_usage * 100:.0f}%",
             num(s.generation_tokens_per_s, "{:.1f}"), num(s.prompt_tokens_per_s, "{:.1f}"),
@@ -165,7 +155,7 @@ def serve_plan(cmd) -> None:
     import shlex
 
     p = cmd.plan
-    sys.stdout.write(shlex.join(cmd.argv) + "\n\n")
+    result(shlex.join(cmd.argv) + "\n\n")
     gpu_line = (f"{p.gpu_count} x {human_bytes(p.gpu_memory_bytes)}" if p.device != "cpu"
                 else f"CPU, {human_bytes(p.gpu_memory_bytes)} of host memory usable")
     key_values([
@@ -192,15 +182,13 @@ def serve_plan(cmd) -> None:
                      f"{human_bytes(cmd.hub['bytes_read'])} read of {human_bytes(cmd.hub['repo_bytes'])} "
                      f"in {cmd.hub['requests']} requests")] if getattr(cmd, "hub", None) else []))
     if getattr(cmd, "gpus", None):
-        sys.stdout.write("\n")
+        result("")
         table(None, ["gpu", "name", "total", "free", "vmm servers", "chosen"],
               [[g["index"], g["name"], human_bytes(g["total_bytes"]), human_bytes(g["free_bytes"]),
                 "; ".join(g["vmm_servers"]) or "-", "yes" if g["index"] in (cmd.gpu_ids or []) else ""]
                for g in cmd.gpus])
-    for line in cmd.notes:
-        sys.stdout.write(f"note: {line}\n")
-    for line in cmd.ray_commands:
-        sys.stdout.write(f"ray: {line}\n")
+    tail = [f"note: {line}" for line in cmd.notes] + [f"ray: {line}" for line in cmd.ray_commands]
     if getattr(cmd, "identical", None) is not None:
-        for line in cmd.identical.lines():
-            sys.stdout.write(f"same on every node: {line}\n")
+        tail += [f"same on every node: {line}" for line in cmd.identical.lines()]
+    if tail:
+        result("\n".join(tail))

@@ -18,6 +18,7 @@ from conftest import REPO, assert_error_line, run_vmm
 from vmm.core.errors import IncompatibleError, UsageError
 from vmm.core.model import config as config_mod
 from vmm.core.serving import fit, gpu, planner
+from vmm.core.serving.request import plan_only
 
 GIB = 1 << 30
 MIB = 1 << 20
@@ -33,7 +34,7 @@ def h100(index: int, free_mib: int = 81000) -> gpu.GpuInfo:
 # ------------------------------------------------------------------ the choice, as a function
 
 def test_an_empty_host_gives_the_smallest_set_with_vllms_default_fraction():
-    p = fit.place(QWEN, QWEN_BYTES, [h100(0), h100(1)], None, planner.PlanOptions())
+    p = fit.place(QWEN, QWEN_BYTES, [h100(0), h100(1)], plan_only())
     assert p.gpu_ids == [0] and p.plan.gpu_memory_utilization == 0.92 and not p.shared
     assert p.plan.max_model_len == 32768
 
@@ -42,7 +43,7 @@ def test_a_gpu_another_process_uses_gets_a_fraction_of_what_is_free():
     # GPU 0: 40 GiB used by something else; GPU 1: 70 GiB used: its 9.6 GiB free cannot hold
     # 14.2 GiB of weights, GPU 0's 41.6 GiB can.
     gpus = [h100(0, 81559 - 40 * 1024), h100(1, 81559 - 70 * 1024)]
-    p = fit.place(QWEN, QWEN_BYTES, gpus, None, planner.PlanOptions())
+    p = fit.place(QWEN, QWEN_BYTES, gpus, plan_only())
     assert p.gpu_ids == [0] and p.shared
     util = p.plan.gpu_memory_utilization
     assert util * 81559 * MIB <= gpus[0].free_bytes - fit.SHARED_MARGIN_BYTES      # vLLM's start-up check passes
@@ -51,15 +52,15 @@ def test_a_gpu_another_process_uses_gets_a_fraction_of_what_is_free():
 
 def test_the_tightest_gpu_that_holds_the_whole_context_wins():
     gpus = [h100(0, 81559 - 40 * 1024), h100(1, 81559 - 60 * 1024)]      # 41.6 and 21.6 GiB free
-    p = fit.place(QWEN, QWEN_BYTES, gpus, None, planner.PlanOptions())
+    p = fit.place(QWEN, QWEN_BYTES, gpus, plan_only())
     assert p.gpu_ids == [1] and p.plan.max_model_len == 32768
 
 
 def test_gpu_ids_override_and_bad_ids_are_usage_errors():
-    p = fit.place(QWEN, QWEN_BYTES, [h100(0), h100(1)], None, planner.PlanOptions(), gpu_ids=[1, 0])
+    p = fit.place(QWEN, QWEN_BYTES, [h100(0), h100(1)], plan_only(gpu_ids=[1, 0]))
     assert p.gpu_ids == [1, 0] and p.plan.tensor_parallel_size == 2
     with pytest.raises(UsageError):
-        fit.place(QWEN, QWEN_BYTES, [h100(0)], None, planner.PlanOptions(), gpu_ids=[3])
+        fit.place(QWEN, QWEN_BYTES, [h100(0)], plan_only(gpu_ids=[3]))
     with pytest.raises(UsageError):
         fit.parse_gpu_ids("0,x")
 
@@ -67,10 +68,10 @@ def test_gpu_ids_override_and_bad_ids_are_usage_errors():
 def test_no_room_names_the_users_and_too_big_keeps_the_planners_reason():
     full = [h100(0, 2048), h100(1, 1024)]
     with pytest.raises(IncompatibleError) as exc:
-        fit.place(QWEN, QWEN_BYTES, full, None, planner.PlanOptions())
+        fit.place(QWEN, QWEN_BYTES, full, plan_only())
     assert "no room" in exc.value.what and "other processes: 77.6 GiB" in exc.value.which
     with pytest.raises(IncompatibleError) as exc:
-        fit.place(QWEN, 200 * GIB, [h100(0), h100(1)], None, planner.PlanOptions())
+        fit.place(QWEN, 200 * GIB, [h100(0), h100(1)], plan_only())
     assert "does not fit these GPUs" in exc.value.what and "would fit" in exc.value.hint
 
 
@@ -78,12 +79,12 @@ def test_pull_verdict_names_more_gpus_and_smaller_gguf_quants():
     from vmm.core.hub.remote import GgufVariant
 
     small = [gpu.GpuInfo(0, "NVIDIA L4", 23034 * MIB, 23000 * MIB, "8.9")]
-    v = fit.verdict(QWEN, 30 * GIB, small, planner.PlanOptions(),
+    v = fit.verdict(QWEN, 30 * GIB, small, plan_only(),
                     [GgufVariant("Q4_K_M", ["m-Q4_K_M.gguf"], 5 * GIB), GgufVariant("F16", ["m-F16.gguf"], 30 * GIB)],
                     quant="F16")
     assert not v.fits and "weights 30.0 GiB" in v.reason
     assert v.alternatives == ["2 GPUs like these (tensor parallel 2)", "the :Q4_K_M quantization (5.0 GiB)"]
-    assert fit.verdict(QWEN, QWEN_BYTES, small, planner.PlanOptions()).fits
+    assert fit.verdict(QWEN, QWEN_BYTES, small, plan_only()).fits
 
 
 # ------------------------------------------------------------------ with the fake vllm and nvidia-smi

@@ -272,3 +272,26 @@ def test_detach_returns_when_ready_and_leaves_logs_ps_and_stop(fake_env):
         stop = _vmm(fake_env, "stop", str(port), "--json")
     assert stop.returncode == 0, stop.stderr
     assert json.loads(stop.stdout)["stopped"][0]["signal"] == "SIGTERM"
+
+
+def test_online_fp8_quantization_is_planned_at_fp8_bytes(models):
+    """--quantization fp8 on a bf16 checkpoint reaches the planner: vLLM stores the linear
+    layers in 8 bits, so the 16 GB Llama 3 8B fits a 16 GiB GPU that it does not fit unquantized."""
+    bf16 = run_vmm("serve", "meta-llama/Meta-Llama-3-8B-Instruct", "--dry-run", "--json",
+                   "--gpus", "1", "--gpu-memory", "16GiB")
+    assert bf16.exit_code == 6, bf16.stderr
+    doc = dry("meta-llama/Meta-Llama-3-8B-Instruct", "--gpus", "1", "--gpu-memory", "16GiB",
+              "--quantization", "fp8")
+    checkpoint = b.LLAMA3_8B_INSTRUCT_PARAMETERS * 2
+    assert doc["estimate"]["weight_bytes"] == checkpoint // 2
+    assert doc["command"][doc["command"].index("--quantization") + 1] == "fp8"
+    assert any("--quantization fp8: weights sized" in n for n in doc["notes"])
+
+
+def test_serve_request_is_keyword_only():
+    from vmm.core.serving.request import ServeRequest
+
+    with pytest.raises(TypeError):
+        ServeRequest("org/x", Path("/m/org--x"), "org/x")          # a new field can never shift the others
+    req = ServeRequest(name="org/x", model_dir=Path("/m/org--x"), served_name="org/x", gguf_quant="Q4_K_M")
+    assert req.but(max_model_len=4096).max_model_len == 4096 and req.max_model_len is None

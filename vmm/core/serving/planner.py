@@ -25,6 +25,8 @@ from vmm.core.model import config as config_mod
 from vmm.core import units
 from vmm.core.model import layers
 from vmm.core.model.config import ModelConfig
+from vmm.core.model import quant as quant_mod
+from vmm.core.serving.request import ServeRequest
 from vmm.core.errors import IncompatibleError, UsageError
 
 GIB = 1 << 30
@@ -76,6 +78,10 @@ def valid_tp(cfg: ModelConfig, tp: int) -> str | None:
     return None
 
 
+def _is_moe(cfg: ModelConfig) -> bool:
+    return "moe" in (cfg.model_type or "").lower() or any("moe" in a.lower() for a in cfg.architectures)
+
+
 def activation_bytes(cfg: ModelConfig, tp: int, dtype_bytes: float) -> int:
     hidden = cfg.hidden_size or 0
     inter = cfg.intermediate_size or 4 * hidden
@@ -90,17 +96,6 @@ class Hardware:
     compute_capability: str | None = None
     nodes: int = 1
     source: str = "detected"        # "detected" or "given" (--gpus/--gpu-memory)
-
-
-@dataclass
-class PlanOptions:
-    max_model_len: int | None = None
-    min_context: int | None = None
-    gpu_memory_utilization: float | None = None
-    tensor_parallel_size: int | None = None
-    kv_cache_dtype: str | None = None
-    enforce_eager: bool = False
-    vllm_version: str | None = None
 
 
 @dataclass
@@ -139,7 +134,7 @@ def _dtype(cfg: ModelConfig, hw: Hardware) -> str | None:
     return "bfloat16" if major >= 8.0 else "float16"
 
 
-def plan(cfg: ModelConfig, weight_bytes: int | None, hw: Hardware, opts: PlanOptions) -> Plan:
+def plan(cfg: ModelConfig, weight_bytes: int | None, hw: Hardware, req: ServeRequest) -> Plan:
     """The smallest valid tensor-parallel size at which the model's whole context fits;
     failing that, the largest valid one with the context capped; exit 6 when nothing fits."""
     if not weight_bytes:
@@ -147,33 +142,36 @@ def plan(cfg: ModelConfig, weight_bytes: int | None, hw: Hardware, opts: PlanOpt
                                 "check the model with `vmm check`")
     dtype = _dtype(cfg, hw)
     dbytes = config_mod.dtype_bytes(dtype or cfg.torch_dtype)
+    checkpoint_bytes = weight_bytes
+    weight_bytes = quant_mod.online_weight_bytes(weight_bytes, req.quantization, cfg.quant_method,
+                                                 8 * config_mod.dtype_bytes(cfg.torch_dtype), _is_moe(cfg))
     full_len = model_max_len(cfg)
-    if opts.max_model_len is not None:
-        if full_len is not None and opts.max_model_len > full_len:
+    if req.max_model_len is not None:
+        if full_len is not None and req.max_model_len > full_len:
             raise IncompatibleError("--max-model-len is longer than the model's maximum",
-                                    f"{opts.max_model_len} > {full_len}", f"use at most {full_len}")
-        full_len = opts.max_model_len
+                                    f"{req.max_model_len} > {full_len}", f"use at most {full_len}")
+        full_len = req.max_model_len
     if full_len is None:
         raise IncompatibleError("the model does not say its maximum length", "config.json",
                                 "pass --max-model-len")
     if hw.device == "cpu":
-        return _plan_cpu(cfg, weight_bytes, hw, opts, dtype, full_len)
+        return _plan_cpu(cfg, weight_bytes, hw, req, dtype, full_len)
 
-    util = opts.gpu_memory_utilization or default_gpu_memory_utilization(opts.vllm_version)
+    util = req.gpu_memory_utilization or default_gpu_memory_utilization(req.vllm_version)
     pp = max(1, hw.nodes)
     n_layers = cfg.num_hidden_layers or 0
     if pp > 1 and n_layers and n_layers < pp:
         raise IncompatibleError("more pipeline stages than layers", f"{pp} nodes, {n_layers} layers",
                                 "use fewer nodes")
-    if opts.tensor_parallel_size:
-        why = valid_tp(cfg, opts.tensor_parallel_size)
+    if req.tensor_parallel_size:
+        why = valid_tp(cfg, req.tensor_parallel_size)
         if why:
-            raise IncompatibleError("invalid tensor-parallel size", f"{opts.tensor_parallel_size}: {why}",
+            raise IncompatibleError("invalid tensor-parallel size", f"{req.tensor_parallel_size}: {why}",
                                     "choose a size that divides the attention heads")
-        if opts.tensor_parallel_size > hw.gpu_count:
+        if req.tensor_parallel_size > hw.gpu_count:
             raise IncompatibleError("tensor-parallel size exceeds the GPUs per node",
-                                    f"{opts.tensor_parallel_size} > {hw.gpu_count}", "use fewer or plan more GPUs")
-        candidates = [opts.tensor_parallel_size]
+                                    f"{req.tensor_parallel_size} > {hw.gpu_count}", "use fewer or plan more GPUs")
+        candidates = [req.tensor_parallel_size]
     else:
         candidates = [tp for tp in range(1, hw.gpu_count + 1) if valid_tp(cfg, tp) is None]
     if not candidates:
@@ -182,26 +180,29 @@ def plan(cfg: ModelConfig, weight_bytes: int | None, hw: Hardware, opts: PlanOpt
                                 "plan with a GPU count that divides the attention heads")
     best = None
     for tp in candidates:
-        option = _fit(cfg, weight_bytes, hw, tp, pp, util, dbytes, opts, full_len)
+        option = _fit(cfg, weight_bytes, hw, tp, pp, util, dbytes, req, full_len)
         if option is None:
             continue
         best = option
         if option.max_len >= full_len:
             break
     if best is None:
-        raise _no_fit(cfg, weight_bytes, hw, pp, util, dbytes, opts, candidates)
+        raise _no_fit(cfg, weight_bytes, hw, pp, util, dbytes, req, candidates)
     tp, kv_per_gpu, tokens, kv_per_token, overhead = best.tp, best.kv_bytes, best.tokens, best.per_token, best.overhead
     max_len = best.max_len
     notes = []
     if max_len < full_len:
         notes.append(f"context capped at {max_len} tokens: the KV cache holds {kv_per_gpu} B per GPU "
                      f"(the model allows {full_len}); more GPUs or --kv-cache-dtype fp8 give more")
-    if opts.min_context and max_len < opts.min_context:
+    if req.min_context and max_len < req.min_context:
         raise IncompatibleError("the context that fits is shorter than --min-context",
-                                f"{max_len} < {opts.min_context} tokens",
+                                f"{max_len} < {req.min_context} tokens",
                                 "use more GPUs, --kv-cache-dtype fp8, or a quantized variant")
     if max_len < BLOCK_TOKENS:
-        raise _no_fit(cfg, weight_bytes, hw, pp, util, dbytes, opts, candidates)
+        raise _no_fit(cfg, weight_bytes, hw, pp, util, dbytes, req, candidates)
+    if weight_bytes != checkpoint_bytes:
+        notes.append(f"--quantization {req.quantization}: weights sized at about {weight_bytes} B on the GPUs "
+                     f"({checkpoint_bytes} B in the checkpoint), as vLLM quantizes them at load time")
     if best.hybrid:
         counts = layers.kind_counts(cfg)
         kinds = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
@@ -253,26 +254,26 @@ class _Fit:
         return -(-self.spec.sequence_bytes(length, self.cfg) // self.pp)
 
 
-def _fit(cfg, weight_bytes, hw, tp, pp, util, dbytes, opts, full_len=None):
+def _fit(cfg, weight_bytes, hw, tp, pp, util, dbytes, req, full_len=None):
     budget = util * hw.gpu_memory_bytes
-    overhead = RUNTIME_OVERHEAD_BYTES + (0 if opts.enforce_eager else CUDA_GRAPH_BYTES) \
+    overhead = RUNTIME_OVERHEAD_BYTES + (0 if req.enforce_eager else CUDA_GRAPH_BYTES) \
         + activation_bytes(cfg, tp, dbytes)
     kv_bytes = budget - weight_bytes / (tp * pp) - overhead
     if kv_bytes <= 0:
         return None
-    kv_per_token = _kv_per_token(cfg, tp, pp, opts.kv_cache_dtype)
+    kv_per_token = _kv_per_token(cfg, tp, pp, req.kv_cache_dtype)
     tokens = int(kv_bytes // kv_per_token)
     if tokens < BLOCK_TOKENS:
         return None
     limit = full_len or tokens
-    spec = _kv_spec(cfg, tp, opts.kv_cache_dtype, in_flight=layers.in_flight_tokens(hw.gpu_memory_bytes, pp))
+    spec = _kv_spec(cfg, tp, req.kv_cache_dtype, in_flight=layers.in_flight_tokens(hw.gpu_memory_bytes, pp))
     # Pipeline stages each hold 1/pp of the layers: a sequence costs 1/pp per GPU.
     max_len = spec.max_length(int(kv_bytes) * pp, limit, cfg)
-    full = _kv_spec(cfg, tp, opts.kv_cache_dtype, hybrid=False).max_length(int(kv_bytes) * pp, limit, cfg)
+    full = _kv_spec(cfg, tp, req.kv_cache_dtype, hybrid=False).max_length(int(kv_bytes) * pp, limit, cfg)
     return _Fit(tp, pp, int(kv_bytes), tokens, kv_per_token, int(overhead), max_len, full, spec, cfg)
 
 
-def _no_fit(cfg, weight_bytes, hw, pp, util, dbytes, opts, candidates) -> IncompatibleError:
+def _no_fit(cfg, weight_bytes, hw, pp, util, dbytes, req, candidates) -> IncompatibleError:
     from vmm.core.units import human_bytes
 
     per_gpu = weight_bytes / (max(candidates) * pp)
@@ -280,7 +281,7 @@ def _no_fit(cfg, weight_bytes, hw, pp, util, dbytes, opts, candidates) -> Incomp
     for count in range(hw.gpu_count + 1, 65):
         if valid_tp(cfg, count) is None and _fit(cfg, weight_bytes, Hardware(
                 "cuda", count, hw.gpu_memory_bytes, hw.compute_capability, hw.nodes), count, pp, util, dbytes,
-                opts) is not None:
+                req) is not None:
             hint = f"{count} such GPUs would fit it (tensor parallel {count}), or {hint}"
             break
     return IncompatibleError(
@@ -290,14 +291,14 @@ def _no_fit(cfg, weight_bytes, hw, pp, util, dbytes, opts, candidates) -> Incomp
         hint)
 
 
-def _plan_cpu(cfg, weight_bytes, hw, opts, dtype, full_len) -> Plan:
+def _plan_cpu(cfg, weight_bytes, hw, req, dtype, full_len) -> Plan:
     head = cfg.effective_head_dim
     if head not in CPU_HEAD_SIZES:
         raise IncompatibleError("vLLM's CPU backend cannot run this head size", f"head_dim {head}",
                                 f"CPU attention supports {', '.join(map(str, CPU_HEAD_SIZES))}; serve it on a GPU")
     from vmm.core.units import human_bytes
 
-    kv_per_token = _kv_per_token(cfg, 1, 1, opts.kv_cache_dtype)
+    kv_per_token = _kv_per_token(cfg, 1, 1, req.kv_cache_dtype)
     room = int(hw.gpu_memory_bytes - weight_bytes - RUNTIME_OVERHEAD_BYTES)
     if room < CPU_MIN_KV_BYTES:
         raise IncompatibleError("the model does not fit in host memory",
@@ -308,9 +309,9 @@ def _plan_cpu(cfg, weight_bytes, hw, opts, dtype, full_len) -> Plan:
     tokens = kv_bytes // kv_per_token
     max_len = min(full_len, tokens // BLOCK_TOKENS * BLOCK_TOKENS)
     notes = ["CPU target: --kv-cache-memory-bytes from the plan, --enforce-eager (no compile at start)"]
-    if opts.min_context and max_len < opts.min_context:
+    if req.min_context and max_len < req.min_context:
         raise IncompatibleError("the context that fits is shorter than --min-context",
-                                f"{max_len} < {opts.min_context} tokens", "free host memory")
+                                f"{max_len} < {req.min_context} tokens", "free host memory")
     plan_doc = Plan(1, 1, max_len, model_max_len(cfg), None, dtype, weight_bytes, kv_per_token, int(kv_bytes),
                     int(tokens), RUNTIME_OVERHEAD_BYTES, 0, hw.gpu_memory_bytes, "cpu", notes)
     # The CPU plan sizes the cache itself (--kv-cache-memory-bytes): full-attention accounting.
