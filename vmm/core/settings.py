@@ -121,15 +121,19 @@ def stall_timeout_s() -> float:
     """``VMM_STALL_TIMEOUT``: seconds a download connection may send nothing before it is
     dropped and its range resumed on a new one. Default 10 s, huggingface_hub's own
     download read timeout (``HF_HUB_DOWNLOAD_TIMEOUT``, constants.py, 2.4.0)."""
+    from vmm.core.errors import UsageError
+    from vmm.core.units import parse_duration
+
     raw = os.environ.get("VMM_STALL_TIMEOUT", "").strip()
     if not raw:
         return DEFAULT_STALL_TIMEOUT_S
     try:
-        value = float(raw)
+        value = float(raw)            # plain seconds, or with a unit: 15s, 2m
     except ValueError:
-        value = -1.0
+        try:
+            value = parse_duration(raw)
+        except UsageError:
+            value = -1.0
     if not 0.1 <= value <= 3600:
-        from vmm.core.errors import UsageError
-
         raise UsageError("VMM_STALL_TIMEOUT must be seconds between 0.1 and 3600", raw, "e.g. VMM_STALL_TIMEOUT=10")
     return value
