@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
 import shutil
 import subprocess
 import sys
@@ -39,7 +38,7 @@ sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(HERE))
 
 from hubserver import HubServer  # noqa: E402
-from pull import OUT, PY, machine, make_repo, record_in_pull_section, stamp  # noqa: E402
+from pull import OUT, client_command, client_env, machine, make_repo, record_in_pull_section, stamp  # noqa: E402
 
 MIB = 1 << 20
 CUT_AFTER = 8 * MIB
@@ -69,13 +68,6 @@ def scenario(hub: HubServer, name: str, args) -> None:
         raise SystemExit(f"unknown scenario {name!r}")
 
 
-def command(client: str, dest: Path, args) -> list[str]:
-    if client == "hf download":
-        return [str(Path(PY).with_name("hf")), "download", "bench/model", "--local-dir", str(dest)]
-    return [PY, "-m", "vmm", "pull", "bench/model", "--root", str(dest), "--workers", str(args.workers),
-            "--chunk-size", args.chunk_size]
-
-
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -91,7 +83,7 @@ def run_client(hub: HubServer, client: str, env: dict, args, expected: dict[str,
     hub.reset_counters()
     began = time.monotonic()
     try:
-        proc = subprocess.run(command(client, dest, args), env=env, cwd=REPO, stdout=subprocess.DEVNULL,
+        proc = subprocess.run(client_command(client, dest, args.workers, args.chunk_size), env=env, cwd=REPO, stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True, timeout=args.limit)
         code, err = proc.returncode, proc.stderr
     except subprocess.TimeoutExpired as exc:
@@ -127,9 +119,7 @@ def main() -> int:
     rows = []
     with HubServer() as hub:
         hub.add_repo("bench/model", repo)
-        env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HUB_DISABLE_TELEMETRY": "1",
-               "HF_HOME": str(OUT / "hf-home"), "NO_COLOR": "1"}
-        env.pop("HF_TOKEN", None)
+        env = client_env(hub.url)
         for name in [s.strip() for s in args.scenarios.split(",") if s.strip()]:
             for client in [c.strip() for c in args.clients.split(",") if c.strip()]:
                 scenario(hub, name, args)

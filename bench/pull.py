@@ -78,12 +78,26 @@ def timed(cmd: list[str], env: dict[str, str]) -> float:
     return elapsed
 
 
-def run_mode(repo: Path, total: int, rate: float | None, workers: int, chunk: str,
-             clients: list[str]) -> dict[str, float]:
-    server, url = start_server(repo, rate)
+def client_env(url: str) -> dict[str, str]:
+    """The environment every client runs with: the local Hub, no token, a scratch HF home."""
     env = {**os.environ, "HF_ENDPOINT": url, "HF_HUB_DISABLE_TELEMETRY": "1",
            "HF_HOME": str(OUT / "hf-home"), "NO_COLOR": "1"}
     env.pop("HF_TOKEN", None)
+    return env
+
+
+def client_command(client: str, dest: Path, workers: int, chunk: str) -> list[str]:
+    """``hf download`` into ``dest``, or ``vmm pull`` with ``dest`` as its root."""
+    if client == "hf download":
+        return [str(Path(PY).with_name("hf")), "download", "bench/model", "--local-dir", str(dest)]
+    return [PY, "-m", "vmm", "pull", "bench/model", "--root", str(dest), "--workers", str(workers),
+            "--chunk-size", chunk]
+
+
+def run_mode(repo: Path, total: int, rate: float | None, workers: int, chunk: str,
+             clients: list[str]) -> dict[str, float]:
+    server, url = start_server(repo, rate)
+    env = client_env(url)
     results: dict[str, float] = {}
     files = sorted(p.name for p in repo.iterdir() if not p.name.startswith("."))
     try:
@@ -91,11 +105,8 @@ def run_mode(repo: Path, total: int, rate: float | None, workers: int, chunk: st
             dest = OUT / f"dest-{client}"
             shutil.rmtree(dest, ignore_errors=True)
             shutil.rmtree(OUT / "hf-home", ignore_errors=True)
-            if client == "hf download":
-                cmd = [str(Path(PY).with_name("hf")), "download", "bench/model", "--local-dir", str(dest)]
-            elif client == "vmm pull":
-                cmd = [PY, "-m", "vmm", "pull", "bench/model", "--root", str(dest), "--workers", str(workers),
-                       "--chunk-size", chunk]
+            if client in ("hf download", "vmm pull"):
+                cmd = client_command(client, dest, workers, chunk)
             else:  # hf_transfer direct, one file after another, as huggingface_hub 0.x drove it
                 code = ("import sys, hf_transfer\n"
                         "url, dest, files = sys.argv[1], sys.argv[2], sys.argv[3:]\n"
