@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import random
+import time
 
 import pytest
 from conftest import assert_error_line, run_vmm
@@ -70,17 +71,47 @@ def test_cdn_refusing_a_signed_url_mid_pull_re_resolves_and_loses_no_byte(hub, r
 
 @pytest.mark.parametrize("style", ["cloudfront", "sigv4"])
 def test_signed_url_past_its_stated_expiry_is_signed_again_before_use(hub, root, style):
-    hub.add_repo("org/tiny", FILES)
+    """URLs that live 1 s, one connection at 512 KiB/s, a 1.5 MiB file: the file outlives
+    several URLs, each renewed through /resolve/; every byte is served once."""
+    files = {"model.safetensors": _rand(1536 * 1024, 5)}
+    hub.add_repo("org/tiny", files)
     hub.signed_url_style = style
-    hub.signed_url_ttl_s = 2
-    hub.faults.rate_bytes_per_s = 1 * MIB
-    run = run_vmm("pull", "org/tiny", "--chunk-size", "256KiB", "--workers", "2")
+    hub.signed_url_ttl_s = 1
+    hub.faults.rate_bytes_per_s = 512 * 1024
+    run = run_vmm("pull", "org/tiny", "--chunk-size", "128KiB", "--workers", "1")
     assert run.exit_code == 0, run.stderr
-    _assert_pulled(root)
+    _assert_pulled(root, files)
     assert "auth login" not in run.stderr
-    for path in LFS:
-        assert hub.count(path) == len(FILES[path]), path
-        assert _resolves(hub, path) > 1, path
+    assert hub.count("model.safetensors") == len(files["model.safetensors"])
+    assert _resolves(hub, "model.safetensors") >= 2      # one worker: each resolve is a renewal
+
+
+def test_an_expired_cached_url_is_not_used_the_endpoint_signs_a_new_one(hub):
+    """The renewal happens before the request: a cached CDN URL past its deadline is never
+    sent; a live one is (and /resolve/ is not asked)."""
+    import threading
+
+    hub.add_repo("org/tiny", FILES)
+    path = LFS[1]
+    url = f"{hub.url}/org/tiny/resolve/main/{path}"
+    size = len(FILES[path])
+    endpoint = (connection.host_key(hub.url), None)
+    conns = connection.Connections(5.0)
+    got = bytearray()
+    try:
+        first = connection.RangeRequest(url, 0, 1000, path, whole_file=False, size=size)
+        connection.fetch_range(conns, first, endpoint, bytearray(1 << 16), got.extend, threading.Event())
+        assert first.redirect and "/xet-bridge-us/" in first.redirect and first.redirect_expires is not None
+        for expired in (False, True):
+            hub.reset_counters()
+            req = connection.RangeRequest(url, 1000, 2000, path, whole_file=False, size=size)
+            req.redirect = first.redirect
+            req.redirect_expires = time.monotonic() + (-1 if expired else 3600)
+            connection.fetch_range(conns, req, endpoint, bytearray(1 << 16), got.extend, threading.Event())
+            assert [r.cdn for r in hub.requests] == ([False, True] if expired else [True])
+    finally:
+        conns.close()
+    assert bytes(got) == FILES[path][:1000] + FILES[path][1000:2000] * 2
 
 
 def test_signed_url_deadline_reads_the_hubs_two_url_formats():
@@ -92,10 +123,11 @@ def test_signed_url_deadline_reads_the_hubs_two_url_formats():
              "X-Amz-Credential=cas%2F20260130%2Fus-east-1%2Fs3%2Faws4_request&X-Amz-Date=20260130T083308Z&"
              "X-Amz-Expires=3600&X-Amz-Signature=7ded&X-Amz-SignedHeaders=host&x-id=GetObject")
     left = connection.signed_url_deadline(sigv4, "Fri, 30 Jan 2026 08:43:08 GMT", now=1000.0)
-    assert left == pytest.approx(1000.0 + 3600 - 600)
+    assert left == pytest.approx(1000.0 + 3600 - 600 - connection.SIGNED_URL_MARGIN_S)
     cloudfront = ("https://cas-bridge.xethub.hf.co/xet-bridge-us/63802ba88a841ab26d7be375/709e?"
                   "Expires=1781589350&Policy=eyJTdGF0ZW1lbnQiOlt7&Signature=MEUCIQ~&Key-Pair-Id=K1LYXO563TGWFU")
-    assert connection.signed_url_deadline(cloudfront, "Tue, 16 Jun 2026 04:55:50 GMT", now=0.0) == pytest.approx(3600)
+    assert connection.signed_url_deadline(cloudfront, "Tue, 16 Jun 2026 04:55:50 GMT",
+                                          now=0.0) == pytest.approx(3600 - connection.SIGNED_URL_MARGIN_S)
     assert connection.signed_url_deadline("https://mirror.example/f.bin?sig=abc", None) is None
 
 

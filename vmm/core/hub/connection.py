@@ -28,6 +28,7 @@ RETRY_AFTER_CAP_S = 60.0
 READ_BLOCK = 1024 * 1024            # TLS / chunked bodies: one readinto at a time
 READ_BLOCK_WAITALL = 4 * 1024 * 1024  # plain TCP: one recv(MSG_WAITALL) per this many bytes
 MAX_REDIRECTS = 6
+SIGNED_URL_MARGIN_S = 5.0           # a signed URL is renewed this long before it expires (at most)
 
 HostKey = tuple[str, str, int]
 
@@ -98,7 +99,10 @@ def signed_url_deadline(url: str, server_date: str | None, now: float | None = N
         return None
     if expires_at is None:
         return None
-    return (time.monotonic() if now is None else now) + (expires_at - issued_at)
+    lifetime = expires_at - issued_at
+    # HTTP dates and epoch expiries have 1 s resolution: let go of a URL a little early.
+    margin = min(SIGNED_URL_MARGIN_S, max(0.0, lifetime) * 0.1)
+    return (time.monotonic() if now is None else now) + lifetime - margin
 
 
 class Connections:
