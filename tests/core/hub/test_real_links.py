@@ -292,3 +292,27 @@ def test_a_60_gb_file_goes_through_the_same_engine_at_offsets_past_4_gib(hub, ro
     assert run.json()["bytes_downloaded"] == hub.total_served()
     by_path = {f.path: f for f in manifests.read_manifest(root / "org--big").files}
     assert by_path["weights.dat"].size == BIG_SIZE
+
+
+# --------------------------------------------------------------------------- the engine as a library
+
+def test_engine_fetches_from_urls_a_caller_chooses(hub, tmp_path):
+    """Another source (an OCI registry's blob URLs) drives the same engine through
+    ``url_for``: here the Hub's /resolve/ by branch name instead of by commit."""
+    from vmm.core import hashing
+    from vmm.core.hub.client import RemoteFile, RepoSnapshot
+
+    hub.add_repo("org/tiny", FILES)
+    remote = [RemoteFile(p, len(d), hashlib.sha256(d).hexdigest(), None) for p, d in FILES.items()]
+    snapshot = RepoSnapshot("org/tiny", "main", "0" * 40, remote)      # no such commit: url_for decides
+    counters = transfer.Counters(None, sum(f.size for f in remote), 0, len(remote), 0)
+    engine = transfer.Engine(snapshot, hub.url, None, 2, 256 * 1024, counters,
+                             url_for=lambda rf: f"{hub.url}/org/tiny/resolve/main/{rf.path}")
+    out = tmp_path / "out"
+    jobs = transfer.make_jobs(remote, {f.path: out / f.path for f in remote}, tmp_path / "partial", 256 * 1024)
+    for job in jobs:
+        job.open()
+    engine.run(jobs)
+    for path, data in FILES.items():
+        assert hashing.sha256_file(out / path) == hashlib.sha256(data).hexdigest()
+    assert counters.bytes_downloaded == sum(map(len, FILES.values()))

@@ -39,7 +39,7 @@ from urllib.parse import quote
 
 from vmm.core import settings
 from vmm.core.errors import IntegrityError, Interrupted, RemoteError
-from vmm.core.hub.client import RepoSnapshot
+from vmm.core.hub.client import RemoteFile, RepoSnapshot
 from vmm.core.hub.connection import Connections, RangeRequest, Retry, fetch_range, host_key
 from vmm.core.hub.partial import FileJob
 
@@ -105,8 +105,14 @@ class Counters:
 
 class Engine:
     def __init__(self, snapshot: RepoSnapshot, endpoint: str, token: str | None, workers: int,
-                 chunk_size: int, counters: Counters, stall_timeout_s: float | None = None) -> None:
+                 chunk_size: int, counters: Counters, stall_timeout_s: float | None = None,
+                 url_for: Callable[[RemoteFile], str] | None = None) -> None:
+        """``url_for``: the URL of a file (default the Hub's ``/resolve/{commit}/{path}``);
+        another source (an OCI registry's blob URL) passes its own. The token goes to the
+        host of ``endpoint`` only; a redirect elsewhere is a CDN (signed URLs renewed by
+        asking ``url_for`` again)."""
         self.snapshot = snapshot
+        self._url_for = url_for
         self.stall_timeout_s = stall_timeout_s if stall_timeout_s is not None else settings.stall_timeout_s()
         self.endpoint = endpoint.rstrip("/")
         self.auth = (host_key(self.endpoint), token)
@@ -203,6 +209,8 @@ class Engine:
             conns.close()
 
     def url_for(self, job: FileJob) -> str:
+        if self._url_for is not None:
+            return self._url_for(job.rf)
         return (f"{self.endpoint}/{quote(self.snapshot.repo_id, safe='/')}/resolve/"
                 f"{quote(self.snapshot.commit, safe='')}/{quote(job.rf.path, safe='/')}")
 
