@@ -25,6 +25,7 @@ ENVIRONMENT: dict[str, str] = {
     "XDG_CACHE_HOME": "base of the default HF_HOME (default ~/.cache)",
     "HF_HUB_CACHE": "Hugging Face cache whose verified blobs pull may reuse",
     "HF_HUB_OFFLINE": "1 forbids any network access (same as --offline)",
+    "VMM_STALL_TIMEOUT": "seconds a download connection may send nothing before vmm drops it and resumes elsewhere (default 10)",
     "CUDA_VISIBLE_DEVICES": "GPUs that serve plans for and vLLM sees",
     "VLLM_TARGET_DEVICE": "cpu: take the vLLM on PATH for a CPU build (vLLM itself then picks its CPU platform)",
     "NO_COLOR": "disables colour in tables and progress (read by rich)",
@@ -139,3 +140,28 @@ def insecure_registries() -> set[str]:
     """Registry hosts (``host`` or ``host:port``, lower-cased) allowed over plain HTTP."""
     raw = os.environ.get("VMM_INSECURE_REGISTRIES", "")
     return {part.strip().lower() for part in raw.split(",") if part.strip()}
+
+
+DEFAULT_STALL_TIMEOUT_S = 10.0
+
+
+def stall_timeout_s() -> float:
+    """``VMM_STALL_TIMEOUT``: seconds a download connection may send nothing before it is
+    dropped and its range resumed on a new one. Default 10 s, huggingface_hub's own
+    download read timeout (``HF_HUB_DOWNLOAD_TIMEOUT``, constants.py, 2.4.0)."""
+    from vmm.core.errors import UsageError
+    from vmm.core.units import parse_duration
+
+    raw = os.environ.get("VMM_STALL_TIMEOUT", "").strip()
+    if not raw:
+        return DEFAULT_STALL_TIMEOUT_S
+    try:
+        value = float(raw)            # plain seconds, or with a unit: 15s, 2m
+    except ValueError:
+        try:
+            value = parse_duration(raw)
+        except UsageError:
+            value = -1.0
+    if not 0.1 <= value <= 3600:
+        raise UsageError("VMM_STALL_TIMEOUT must be seconds between 0.1 and 3600", raw, "e.g. VMM_STALL_TIMEOUT=10")
+    return value
