@@ -78,12 +78,26 @@ def timed(cmd: list[str], env: dict[str, str]) -> float:
     return elapsed
 
 
-def run_mode(repo: Path, total: int, rate: float | None, workers: int, chunk: str,
-             clients: list[str]) -> dict[str, float]:
-    server, url = start_server(repo, rate)
+def client_env(url: str) -> dict[str, str]:
+    """The environment every client runs with: the local Hub, no token, a scratch HF home."""
     env = {**os.environ, "HF_ENDPOINT": url, "HF_HUB_DISABLE_TELEMETRY": "1",
            "HF_HOME": str(OUT / "hf-home"), "NO_COLOR": "1"}
     env.pop("HF_TOKEN", None)
+    return env
+
+
+def client_command(client: str, dest: Path, workers: int, chunk: str) -> list[str]:
+    """``hf download`` into ``dest``, or ``vmm pull`` with ``dest`` as its root."""
+    if client == "hf download":
+        return [str(Path(PY).with_name("hf")), "download", "bench/model", "--local-dir", str(dest)]
+    return [PY, "-m", "vmm", "pull", "bench/model", "--root", str(dest), "--workers", str(workers),
+            "--chunk-size", chunk]
+
+
+def run_mode(repo: Path, total: int, rate: float | None, workers: int, chunk: str,
+             clients: list[str]) -> dict[str, float]:
+    server, url = start_server(repo, rate)
+    env = client_env(url)
     results: dict[str, float] = {}
     files = sorted(p.name for p in repo.iterdir() if not p.name.startswith("."))
     try:
@@ -91,11 +105,8 @@ def run_mode(repo: Path, total: int, rate: float | None, workers: int, chunk: st
             dest = OUT / f"dest-{client}"
             shutil.rmtree(dest, ignore_errors=True)
             shutil.rmtree(OUT / "hf-home", ignore_errors=True)
-            if client == "hf download":
-                cmd = [str(Path(PY).with_name("hf")), "download", "bench/model", "--local-dir", str(dest)]
-            elif client == "vmm pull":
-                cmd = [PY, "-m", "vmm", "pull", "bench/model", "--root", str(dest), "--workers", str(workers),
-                       "--chunk-size", chunk]
+            if client in ("hf download", "vmm pull"):
+                cmd = client_command(client, dest, workers, chunk)
             else:  # hf_transfer direct, one file after another, as huggingface_hub 0.x drove it
                 code = ("import sys, hf_transfer\n"
                         "url, dest, files = sys.argv[1], sys.argv[2], sys.argv[3:]\n"
@@ -146,25 +157,35 @@ def main() -> int:
 
 
 def record(table, total: int, args) -> None:
-    path = REPO / "docs" / "benchmarks.md"
-    path.parent.mkdir(exist_ok=True)
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    machine = f"{platform.node()}, {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
-    lines = [f"\n### {stamp}: {total / 2**30:.2f} GiB in {args.shards} shards, {machine}",
+    lines = [f"\n### {stamp()}: {total / 2**30:.2f} GiB in {args.shards} shards, {machine()}",
              f"`bench/pull.py --workers {args.workers} --chunk-size {args.chunk_size} --rate-mib {args.rate_mib:g}`"
              " (vmm pull includes sha256 verification; hf download checks sizes only; hf_transfer checks nothing)\n",
              "| link | client | seconds | MB/s | vs hf download |", "| --- | --- | --- | --- | --- |"]
     for mode, client, elapsed, mbs, ratio in table:
         lines.append(f"| {mode} | {client} | {elapsed:.2f} | {mbs:.0f} | {ratio} |")
-    block = "\n".join(lines) + "\n"
+    record_in_pull_section("\n".join(lines) + "\n")
+
+
+def stamp() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def machine() -> str:
+    return f"{platform.node()}, {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+
+
+def record_in_pull_section(block: str) -> None:
+    """Append ``block`` at the end of docs/benchmarks.md's "## pull" section (bench/pull.py,
+    resume.py and links.py all record there)."""
+    path = REPO / "docs" / "benchmarks.md"
+    path.parent.mkdir(exist_ok=True)
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
     if "## pull" not in text:
         text = text.rstrip("\n") + "\n\n## pull\n\nHow to read: see bench/pull.py's docstring.\n"
     head, _, tail = text.partition("## pull")
     # Insert at the end of the pull section (before the next "## " heading).
     body, sep, rest = tail.partition("\n## ")
-    text = head + "## pull" + body.rstrip("\n") + "\n" + block + (("\n## " + rest) if sep else "")
-    path.write_text(text)
+    path.write_text(head + "## pull" + body.rstrip("\n") + "\n" + block + (("\n## " + rest) if sep else ""))
     print(f"recorded in {path}")
 
 

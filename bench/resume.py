@@ -19,9 +19,6 @@ Clients: ``vmm pull`` (this checkout: progress inside each chunk is kept), ``vmm
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
-import platform
 import random
 import shutil
 import signal
@@ -36,16 +33,9 @@ sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(HERE))
 
 from hubserver import HubServer  # noqa: E402
-from pull import OUT, PY, make_repo  # noqa: E402
+from pull import OUT, client_command, client_env, machine, make_repo, record_in_pull_section, stamp  # noqa: E402
 
 MIB = 1 << 20
-
-
-def command(client: str, dest: Path, workers: int, chunk: str) -> list[str]:
-    if client == "hf download":
-        return [str(Path(PY).with_name("hf")), "download", "bench/model", "--local-dir", str(dest)]
-    return [PY, "-m", "vmm", "pull", "bench/model", "--root", str(dest), "--workers", str(workers),
-            "--chunk-size", chunk]
 
 
 def run_client(hub: HubServer, client: str, env: dict, cwd: Path, args, rng: random.Random,
@@ -53,7 +43,7 @@ def run_client(hub: HubServer, client: str, env: dict, cwd: Path, args, rng: ran
     dest = OUT / f"resume-{client.replace(' ', '-')}"
     shutil.rmtree(dest, ignore_errors=True)
     shutil.rmtree(OUT / "hf-home", ignore_errors=True)
-    cmd = command(client, dest, args.workers, args.chunk_size)
+    cmd = client_command(client, dest, args.workers, args.chunk_size)
     hub.reset_counters()
     hub.faults.rate_bytes_per_s = args.rate_mib * MIB
     kills = 0
@@ -94,17 +84,15 @@ def main() -> int:
     rows = []
     with HubServer() as hub:
         hub.add_repo("bench/model", repo)
-        env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HUB_DISABLE_TELEMETRY": "1",
-               "HF_HOME": str(OUT / "hf-home"), "NO_COLOR": "1"}
-        env.pop("HF_TOKEN", None)
+        env = client_env(hub.url)
         for client in [c.strip() for c in args.clients.split(",") if c.strip()]:
-            client_env, cwd = dict(env), REPO
+            run_env, cwd = dict(env), REPO
             if client == "vmm pull (before)":
                 if args.before is None:
                     continue
                 # `python -m` looks in the working directory first: run from the other checkout.
-                client_env["PYTHONPATH"], cwd = str(args.before), args.before
-            row = run_client(hub, client, client_env, cwd, args, random.Random(args.seed), total)
+                run_env["PYTHONPATH"], cwd = str(args.before), args.before
+            row = run_client(hub, client, run_env, cwd, args, random.Random(args.seed), total)
             rows.append(row)
             print(f"  {client:<20} {row['kills']} kills: {row['refetched'] / MIB:8.1f} MiB fetched again "
                   f"({row['refetched'] / MIB / max(1, row['kills']):.1f} MiB per kill)", flush=True)
@@ -114,11 +102,7 @@ def main() -> int:
 
 
 def record(rows: list[dict], total: int, args) -> None:
-    path = REPO / "docs" / "benchmarks.md"
-    text = path.read_text()
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    machine = f"{platform.node()}, {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
-    lines = [f"\n### resume, {stamp}: {total / 2**30:.2f} GiB in {args.shards} shards, {machine}",
+    lines = [f"\n### resume, {stamp()}: {total / 2**30:.2f} GiB in {args.shards} shards, {machine()}",
              f"`bench/resume.py --kills {args.kills} --rate-mib {args.rate_mib:g} --workers {args.workers} "
              f"--chunk-size {args.chunk_size} --seed {args.seed}` (SIGKILL once the server has sent a random "
              "amount; then one uncapped run to the end)\n",
@@ -128,11 +112,7 @@ def record(rows: list[dict], total: int, args) -> None:
         per_kill = r["refetched"] / MIB / max(1, r["kills"])
         per_conn = f"{per_kill / args.workers:.1f}" if r["client"].startswith("vmm") else "-"
         lines.append(f"| {r['client']} | {r['kills']} | {r['refetched'] / MIB:.1f} | {per_kill:.1f} | {per_conn} |")
-    block = "\n".join(lines) + "\n"
-    head, _, tail = text.partition("## pull")
-    body, sep, rest = tail.partition("\n## ")
-    path.write_text(head + "## pull" + body.rstrip("\n") + "\n" + block + (("\n## " + rest) if sep else ""))
-    print(f"recorded in {path}")
+    record_in_pull_section("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

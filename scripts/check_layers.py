@@ -11,6 +11,7 @@ wrong import fails CI. Layers, lowest first; a module may import its own layer a
     2 model      vmm.core.model.*        (config, formats, gguf_meta, templates, ...)
     3 store      vmm.core.store.*        (catalog, usage, gc, dedup, adopt)
     4 hub        vmm.core.hub.*          (client, selection, transfer, pull, updates)
+    4b oci       vmm.core.oci.*          (reference, artifact, auth, registry, layout, install, ops)
     5 serving    vmm.core.serving.*      (vllm_env, compat, gpu, planner, launcher, ...)
     6 check      vmm.core.check
     7 render     vmm.render.*
@@ -35,6 +36,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("model", ("vmm.core.model",)),
     ("store", ("vmm.core.store",)),
     ("hub", ("vmm.core.hub",)),
+    ("oci", ("vmm.core.oci",)),
     ("serving", ("vmm.core.serving",)),
     ("check", ("vmm.core.check",)),
     ("render", ("vmm.render",)),

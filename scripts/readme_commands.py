@@ -3,7 +3,7 @@
 
 README.md marks each command with an HTML comment on the line before its code block:
 ``<!-- command: test -->``. `.ci/run` runs the ``test`` ones, so CI runs exactly what a new
-user runs; tests/test_readme.py checks the markers are there.
+user runs; tests/cli/test_readme.py checks the markers are there.
 """
 
 from __future__ import annotations

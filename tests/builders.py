@@ -278,6 +278,17 @@ def _write_json(path: Path, doc: Any) -> None:
     path.write_text(json.dumps(doc, indent=2) + "\n")
 
 
+def _model_dir_with_configs(model_dir, cfg, tokenizer_config) -> tuple[Path, dict]:
+    """The model directory, created, with its config.json (TINY_LLAMA by default) and tokenizer_config.json."""
+    model_dir = Path(model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    cfg = TINY_LLAMA if cfg is None else cfg
+    _write_json(model_dir / "config.json", cfg)
+    if tokenizer_config is not None:
+        _write_json(model_dir / "tokenizer_config.json", tokenizer_config)
+    return model_dir, cfg
+
+
 def make_safetensors_model(model_dir: Path | str, cfg: dict[str, Any] | None = None, shards: int = 1,
                            sparse: bool = True, tokenizer_config: dict[str, Any] | None = None,
                            tensors: dict[str, tuple[str, Any]] | None = None,
@@ -287,12 +298,7 @@ def make_safetensors_model(model_dir: Path | str, cfg: dict[str, Any] | None = N
     The index's ``metadata.total_size`` is the real sum of tensor bytes (as transformers
     writes it). Returns the model directory.
     """
-    model_dir = Path(model_dir)
-    model_dir.mkdir(parents=True, exist_ok=True)
-    cfg = TINY_LLAMA if cfg is None else cfg
-    _write_json(model_dir / "config.json", cfg)
-    if tokenizer_config is not None:
-        _write_json(model_dir / "tokenizer_config.json", tokenizer_config)
+    model_dir, cfg = _model_dir_with_configs(model_dir, cfg, tokenizer_config)
     tensors = llama_like_tensors(cfg) if tensors is None else tensors
     groups = split_tensors(tensors, shards)
     if len(groups) == 1:
@@ -338,12 +344,7 @@ def make_pytorch_model(model_dir: Path | str, cfg: dict[str, Any] | None = None,
 
     The .bin files are zip-looking bytes of the right size: vmm must never unpickle them.
     """
-    model_dir = Path(model_dir)
-    model_dir.mkdir(parents=True, exist_ok=True)
-    cfg = TINY_LLAMA if cfg is None else cfg
-    _write_json(model_dir / "config.json", cfg)
-    if tokenizer_config is not None:
-        _write_json(model_dir / "tokenizer_config.json", tokenizer_config)
+    model_dir, cfg = _model_dir_with_configs(model_dir, cfg, tokenizer_config)
     tensors = llama_like_tensors(cfg)
     groups = split_tensors(tensors, shards)
     if len(groups) == 1:

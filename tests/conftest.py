@@ -109,3 +109,19 @@ def hub(monkeypatch):
         monkeypatch.setenv("HF_ENDPOINT", server.url)
         monkeypatch.setattr(transfer, "BACKOFF_BASE_S", 0.01)
         yield server
+
+
+def contract_keys(command: str, after: str | None = None) -> set[str]:
+    """The JSON keys docs/contract.md lists for ``command`` (the backticked names of the block
+    after ``<!-- contract: command -->``, flags and enumerated values aside): the one copy of
+    the contract that tests read. ``after``: only the sentence that follows that phrase (e.g.
+    the keys of inspect's ``config``)."""
+    import re
+
+    doc = (REPO / "docs" / "contract.md").read_text()
+    block = doc.split(f"<!-- contract: {command} -->", 1)[1].split("<!--", 1)[0]
+    if after is not None:
+        block = block.split(after, 1)[1].split(". ", 1)[0]
+    names = set(re.findall(r"`([a-z_]+)`", block))
+    return names - {"null", "safetensors", "pytorch", "gguf", "mixed", "unknown", "pass", "warn", "fail",
+                    "family", "chat_template", "tokenizer_config"}

@@ -10,7 +10,10 @@ in-memory file dicts), with the endpoints huggingface_hub 2.4.0 uses (read in it
 - ``POST /api/models/{repo}/paths-info/{rev}``
 - ``HEAD``/``GET /{repo}/resolve/{rev}/{path}`` with ``X-Repo-Commit``, ``ETag``,
   ``X-Linked-Etag``, ``X-Linked-Size``, ``Accept-Ranges``; Range -> 206 / 416; LFS files
-  answer 302 to a second "CDN" listener (host ``localhost`` instead of ``127.0.0.1``).
+  answer 302 to a second "CDN" listener (host ``localhost`` instead of ``127.0.0.1``) with a
+  signed URL shaped like the Hub's (``/xet-bridge-us/<repo>/<hash>?Expires=..&Policy=..&
+  Signature=..&Key-Pair-Id=..``, or the SigV4 ``X-Amz-*`` form) that expires after
+  ``signed_url_ttl_s``; an expired URL gets S3's / CloudFront's 403 ``AccessDenied`` XML.
 - ``GET /api/whoami-v2``
 - errors: 404 + ``X-Error-Code: RepoNotFound|RevisionNotFound|EntryNotFound``; gated repos
   401 (no token) / 403 (wrong token) with ``X-Error-Code: GatedRepo``.
@@ -21,12 +24,13 @@ log (``server.requests``) let tests assert what a client did.
 As a script::
 
     python tests/hubserver.py --repo org/name=DIR [--repo org/other=DIR2] --port 0
-        [--fake-hashes] [--rate BYTES_PER_S]
+        [--fake-hashes] [--rate BYTES_PER_S] [--signed-url-ttl S] [--ignore-range]
 """
 
 from __future__ import annotations
 
 import argparse
+import calendar
 import fnmatch
 import hashlib
 import json
@@ -39,7 +43,7 @@ import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import parse_qs, quote, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
 LFS_THRESHOLD = 10 * 1024 * 1024
 LFS_EXTENSIONS = (".safetensors", ".bin", ".gguf", ".pt", ".pth", ".h5", ".msgpack", ".onnx", ".ckpt")
@@ -47,15 +51,35 @@ LFS_EXTENSIONS = (".safetensors", ".bin", ".gguf", ".pt", ".pth", ".h5", ".msgpa
 
 # --------------------------------------------------------------------------- repo content
 
+def synthetic_bytes(start: int, end: int) -> bytes:
+    """Bytes [start, end) of a synthetic file of any size: every 4 KiB block holds its own
+    block number (8 bytes, little-endian) 512 times, so any range can be made cheaply and
+    bytes written at a wrong offset (a 32-bit overflow, an off-by-one chunk) read back wrong."""
+    out = bytearray()
+    block = start // 4096
+    while block * 4096 < end:
+        out += block.to_bytes(8, "little") * 512
+        block += 1
+    first = start - (start // 4096) * 4096
+    return bytes(out[first:first + (end - start)])
+
+
 class RepoFileEntry:
-    """One file of one revision: bytes in memory or a path on disk; hashes computed lazily."""
+    """One file of one revision: bytes in memory, a path on disk or ``synthetic_size``
+    bytes of :func:`synthetic_bytes` (listed by size only: hashing it would read it all);
+    hashes computed lazily."""
 
     def __init__(self, path: str, data: bytes | None = None, disk: Path | None = None,
-                 lfs: bool | None = None) -> None:
+                 lfs: bool | None = None, synthetic_size: int | None = None) -> None:
         self.path = path
         self.data = data
         self.disk = disk
-        self.size = len(data) if data is not None else disk.stat().st_size
+        self.synthetic = synthetic_size is not None
+        if self.synthetic:
+            self.size = synthetic_size
+            lfs = False
+        else:
+            self.size = len(data) if data is not None else disk.stat().st_size
         self._lock = threading.Lock()
         self._sha256: str | None = None
         self._sha1: str | None = None
@@ -65,6 +89,8 @@ class RepoFileEntry:
 
     def read(self, start: int, end: int, handle=None) -> bytes:
         """Bytes [start, end); ``handle``: an open file of ``disk`` to reuse."""
+        if self.synthetic:
+            return synthetic_bytes(start, min(end, self.size))
         if self.data is not None:
             return self.data[start:end]
         if handle is not None:
@@ -73,6 +99,8 @@ class RepoFileEntry:
             return os.pread(own.fileno(), end - start, start)
 
     def _hash(self) -> None:
+        if self.synthetic:
+            raise RuntimeError(f"{self.path} is synthetic: listed by size only, never hashed")
         with self._lock:
             if self._sha256 is not None:
                 return
@@ -154,9 +182,14 @@ class Fault:
     """One injected misbehaviour on file bodies (resolve and CDN GETs).
 
     kind: ``status`` (answer ``status`` with optional ``retry_after``), ``reset`` (close the
-    connection after ``after_bytes`` of the body), ``corrupt`` (flip the byte at file offset
-    ``offset`` when a served range covers it), ``lie_size`` (advertise ``size`` in headers).
+    connection after ``after_bytes`` of the body: with a TCP RST, or a FIN when ``rst=False``), ``stall`` (send ``after_bytes`` of the body,
+    then nothing for ``seconds`` with the connection open, then close it: a link that went
+    silent), ``corrupt`` (flip the byte at file offset ``offset`` when a served range covers
+    it), ``lie_size`` (advertise ``size`` in headers), ``ignore_range`` (answer 200 with the
+    whole file whatever Range asked: a mirror without Range support), ``redirect`` (``/resolve/``
+    answers 302 to ``location``, verbatim).
     ``times``: how many requests it hits (None: forever). ``path``: fnmatch on the file path.
+    ``where``: ``any``, ``hub`` (the endpoint's own answers) or ``cdn`` (the signed-URL host).
     """
 
     kind: str
@@ -167,10 +200,20 @@ class Fault:
     after_bytes: int = 0
     offset: int = 0
     size: int = 0
+    seconds: float = 60.0
+    location: str = ""
+    where: str = "any"
     hits: int = 0
+    hangups: int = 0        # stall: clients that hung up while it was silent
+    rst: bool = True        # reset: close with a TCP RST (False: a clean FIN, a short body)
 
-    def take(self, path: str) -> bool:
-        if not fnmatch.fnmatch(path, self.path):
+    def matches(self, path: str, cdn: bool | None) -> bool:
+        if cdn is not None and self.where != "any" and self.where != ("cdn" if cdn else "hub"):
+            return False
+        return fnmatch.fnmatch(path, self.path)
+
+    def take(self, path: str, cdn: bool | None = None) -> bool:
+        if not self.matches(path, cdn):
             return False
         if self.times is not None and self.hits >= self.times:
             return False
@@ -197,17 +240,17 @@ class Faults:
         self.rate_bytes_per_s = None
         self.latency_s = 0.0
 
-    def take(self, kind: str, path: str) -> Fault | None:
+    def take(self, kind: str, path: str, cdn: bool | None = None) -> Fault | None:
         with self.lock:
             for fault in self.items:
-                if fault.kind == kind and fault.take(path):
+                if fault.kind == kind and fault.take(path, cdn):
                     return fault
         return None
 
-    def peek(self, kind: str, path: str) -> Fault | None:
+    def peek(self, kind: str, path: str, cdn: bool | None = None) -> Fault | None:
         with self.lock:
             for fault in self.items:
-                if fault.kind == kind and fnmatch.fnmatch(path, fault.path) and (
+                if fault.kind == kind and fault.matches(path, cdn) and (
                         fault.times is None or fault.hits < fault.times):
                     return fault
         return None
@@ -230,6 +273,8 @@ def fake_commit(repo_id: str, name: str, files: dict[str, RepoFileEntry]) -> str
         entry = files[path]
         if entry.data is not None:
             digest.update(hashlib.sha1(entry.data).digest())
+        elif entry.synthetic:
+            digest.update(b"synthetic")
         else:
             stat = entry.disk.stat()
             digest.update(f"{stat.st_mtime_ns}".encode())
@@ -263,6 +308,17 @@ class HubServer:
         self.tokens: dict[str, str] = {}   # token -> user name, for whoami
         self.lfs_by_sha: dict[str, RepoFileEntry] = {}
         self.metadata_override: dict[str, bytes] = {}   # url path -> raw body (malformed JSON tests)
+        # Signed CDN URLs, as huggingface.co's /resolve/ sends for LFS files (a 302 to
+        # cas-bridge.xethub.hf.co/xet-bridge-us/<repo>/<hash>?...): "cloudfront" (Expires,
+        # Policy, Signature, Key-Pair-Id: what the Hub sent in 2026) or "sigv4" (X-Amz-Date,
+        # X-Amz-Expires, X-Amz-Signature, ...: what it sent in 2025 and early 2026).
+        self.signed_url_style = "cloudfront"
+        self.signed_url_ttl_s = 3600.0                  # the lifetime the URL states
+        self.signed_url_valid_s: float | None = None    # the CDN refuses URLs older than this (None: ttl)
+        self.cdn_refusals = 0                           # 403s the CDN sent for expired URLs
+        self._secret = os.urandom(16)
+        self._issued: dict[str, float] = {}             # signature -> time.monotonic() it was made
+        self.stopping = threading.Event()
         self._host = host
         self.main = _QuietServer((host, port), _handler(self, cdn=False))
         self.cdn = _QuietServer((host, cdn_port), _handler(self, cdn=True))
@@ -324,7 +380,57 @@ class HubServer:
             self._threads.append(thread)
         return self
 
+    def sign(self, repo_id: str, entry: RepoFileEntry) -> str:
+        """A signed CDN URL for ``entry``, in ``signed_url_style``."""
+        import base64
+        import hmac
+
+        now = time.time()
+        ttl = max(1, int(self.signed_url_ttl_s)) if self.signed_url_style == "sigv4" else self.signed_url_ttl_s
+        expires = int(now + ttl)
+        path = f"/xet-bridge-us/{hashlib.md5(repo_id.encode()).hexdigest()[:24]}/{entry.sha256}"
+        name = entry.path.rsplit("/", 1)[-1]
+        disposition = f"inline; filename*=UTF-8''{quote(name)}; filename=\"{name}\";"
+        if self.signed_url_style == "sigv4":
+            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+            params = {"X-Amz-Algorithm": "AWS4-HMAC-SHA256", "X-Amz-Content-Sha256": "UNSIGNED-PAYLOAD",
+                      "X-Amz-Credential": f"cas/{stamp[:8]}/us-east-1/s3/aws4_request", "X-Amz-Date": stamp,
+                      "X-Amz-Expires": str(ttl)}
+            signed = f"{path}\n{stamp}\n{ttl}"
+            params["X-Amz-Signature"] = sig = hmac.new(self._secret, signed.encode(), "sha256").hexdigest()
+            params.update({"X-Amz-SignedHeaders": "host", "X-Xet-Cas-Uid": "public",
+                           "response-content-disposition": disposition, "x-id": "GetObject"})
+        else:
+            policy = json.dumps({"Statement": [{"Resource": f"{self.cdn_url}{path}*", "Condition": {
+                "DateLessThan": {"AWS:EpochTime": expires}}}]}, separators=(",", ":"))
+            # CloudFront's URL-safe base64: + = / become - _ ~
+            encoded = base64.b64encode(policy.encode()).decode().translate(str.maketrans("+=/", "-_~"))
+            sig = hmac.new(self._secret, f"{path}\n{expires}".encode(), "sha256").hexdigest()
+            params = {"Expires": str(expires), "Policy": encoded, "Signature": sig,
+                      "Key-Pair-Id": "KTESTHUBKEY0001", "X-Xet-Cas-Uid": "public",
+                      "response-content-disposition": disposition}
+        with self.lock:
+            self._issued[sig] = time.monotonic()
+        return f"{self.cdn_url}{path}?{urlencode(params, quote_via=quote)}"
+
+    def check_signature(self, path: str, query: dict[str, list[str]]) -> tuple[bool, float]:
+        """(signature valid, seconds since it was made) for a CDN request."""
+        import hmac
+
+        one = {k: v[0] for k, v in query.items() if v}
+        if "X-Amz-Signature" in one:
+            sig = one["X-Amz-Signature"]
+            signed = f"{path}\n{one.get('X-Amz-Date')}\n{one.get('X-Amz-Expires')}"
+        else:
+            sig = one.get("Signature", "")
+            signed = f"{path}\n{one.get('Expires')}"
+        good = hmac.compare_digest(sig, hmac.new(self._secret, signed.encode(), "sha256").hexdigest())
+        with self.lock:
+            issued = self._issued.get(sig)
+        return good and issued is not None, (time.monotonic() - issued) if issued is not None else 0.0
+
     def stop(self) -> None:
+        self.stopping.set()
         for srv in (self.main, self.cdn):
             srv.shutdown()
             srv.server_close()
@@ -484,6 +590,8 @@ def _handler(hub: HubServer, cdn: bool):
             return parse_qs(body.decode()).get("paths", [])
 
         def _file_entry(self, entry: RepoFileEntry) -> dict:
+            if entry.synthetic:
+                return {"type": "file", "size": entry.size, "path": entry.path}
             doc = {"type": "file", "oid": entry.git_sha1, "size": entry.size, "path": entry.path}
             if entry.lfs:
                 doc["lfs"] = {"oid": entry.sha256, "size": entry.size,
@@ -516,7 +624,9 @@ def _handler(hub: HubServer, cdn: bool):
             for path in sorted(revision.files):
                 entry = revision.files[path]
                 sib = {"rfilename": path}
-                if blobs:
+                if blobs and entry.synthetic:
+                    sib["size"] = entry.size
+                elif blobs:
                     sib["size"] = entry.size
                     sib["blobId"] = entry.git_sha1
                     if entry.lfs:
@@ -547,37 +657,78 @@ def _handler(hub: HubServer, cdn: bool):
             if entry is None:
                 self._error(404, "EntryNotFound", f"{file_path} does not exist on {rev_name}")
                 return
+            redirect = hub.faults.take("redirect", entry.path, cdn=False) if self.command == "GET" else None
+            if redirect is not None:
+                self._send(302, b"", {"Location": redirect.location, "X-Repo-Commit": revision.commit})
+                return
             lie = hub.faults.peek("lie_size", entry.path)
             size = lie.size if lie else entry.size
             common = {"X-Repo-Commit": revision.commit, "Accept-Ranges": "bytes"}
             if entry.lfs:
                 hub.lfs_by_sha[entry.sha256] = entry
-                location = f"{hub.cdn_url}/lfs/{entry.sha256}?path={quote(entry.path)}&sig=test"
                 headers = {**common, "X-Linked-Etag": f'"{entry.sha256}"', "X-Linked-Size": str(size),
-                           "ETag": f'"{entry.git_sha1}"', "Location": location}
+                           "ETag": f'"{entry.git_sha1}"', "Location": hub.sign(repo.repo_id, entry)}
                 self._send(302, b"", headers)
                 return
-            self._body(entry, {**common, "ETag": f'"{entry.git_sha1}"'}, size)
+            etag = f'"synthetic-{entry.size}"' if entry.synthetic else f'"{entry.git_sha1}"'
+            self._body(entry, {**common, "ETag": etag}, size)
 
         def _cdn(self, path: str) -> None:
-            if not path.startswith("/lfs/"):
+            parts = path.split("/")
+            if len(parts) != 4 or parts[1] != "xet-bridge-us":
                 self._error(404, None, "not found")
                 return
             if self.headers.get("Authorization"):
                 # A presigned URL refuses an Authorization header, as real CDNs do.
                 self._error(400, None, "Authorization header not allowed with a signed URL")
                 return
-            entry = hub.lfs_by_sha.get(path[len("/lfs/"):])
+            entry = hub.lfs_by_sha.get(parts[3])
             if entry is None:
                 self._error(404, None, "no such object")
+                return
+            query = parse_qs(urlsplit(self.path).query)
+            valid, age = hub.check_signature(path, query)
+            if not valid:
+                self._xml_error(403, "SignatureDoesNotMatch", "The request signature we calculated does "
+                                "not match the signature you provided. Check your key and signing method.")
+                return
+            if self._expired(query, age):
+                with hub.lock:
+                    hub.cdn_refusals += 1
+                if "X-Amz-Signature" in query:
+                    # S3's answer to an expired presigned URL.
+                    self._xml_error(403, "AccessDenied", "Request has expired",
+                                    f"<X-Amz-Expires>{query['X-Amz-Expires'][0]}</X-Amz-Expires>"
+                                    f"<ServerTime>{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}</ServerTime>")
+                else:
+                    # CloudFront's answer to a signed URL past its policy's DateLessThan.
+                    self._xml_error(403, "AccessDenied", "Access denied")
                 return
             lie = hub.faults.peek("lie_size", entry.path)
             self._body(entry, {"ETag": f'"{entry.sha256}"', "Accept-Ranges": "bytes"},
                        lie.size if lie else entry.size)
 
+        def _expired(self, query: dict[str, list[str]], age: float) -> bool:
+            """Checked when a request starts, as S3 and CloudFront do: a body already
+            flowing goes on past the expiry."""
+            if hub.signed_url_valid_s is not None and age > hub.signed_url_valid_s:
+                return True
+            try:
+                if "X-Amz-Date" in query:
+                    signed = calendar.timegm(time.strptime(query["X-Amz-Date"][0], "%Y%m%dT%H%M%SZ"))
+                    return time.time() >= signed + float(query["X-Amz-Expires"][0])
+                return time.time() >= float(query["Expires"][0])
+            except (KeyError, ValueError):
+                return True
+
+        def _xml_error(self, status: int, code: str, message: str, extra: str = "") -> None:
+            body = (f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code><Message>{message}'
+                    f"</Message>{extra}<RequestId>TESTHUB</RequestId></Error>").encode()
+            self._send(status, body, content_type="application/xml")
+
         def _body(self, entry: RepoFileEntry, headers: dict[str, str], advertised: int) -> None:
             if self.command == "GET":
-                fault = hub.faults.take("status", entry.path)
+                fault = hub.faults.take("status", entry.path, cdn)
                 if fault is not None:
                     extra = {}
                     if fault.retry_after is not None:
@@ -588,6 +739,8 @@ def _handler(hub: HubServer, cdn: bool):
             size = entry.size
             start, end, status = 0, size, 200
             rng = self.headers.get("Range")
+            if rng and self.command == "GET" and hub.faults.take("ignore_range", entry.path, cdn):
+                rng = None          # a mirror without Range support: the whole file, 200
             if rng:
                 match = re.fullmatch(r"bytes=(\d*)-(\d*)", rng.strip())
                 if not match or (not match.group(1) and not match.group(2)):
@@ -612,7 +765,7 @@ def _handler(hub: HubServer, cdn: bool):
             self.end_headers()
             if self.command == "HEAD":
                 return
-            reset = hub.faults.take("reset", entry.path)
+            reset = hub.faults.take("reset", entry.path, cdn) or hub.faults.take("stall", entry.path, cdn)
             corrupt = hub.faults.peek("corrupt", entry.path)
             if corrupt is not None and start <= corrupt.offset < end:
                 corrupt = hub.faults.take("corrupt", entry.path)
@@ -657,8 +810,12 @@ def _handler(hub: HubServer, cdn: bool):
                         self.wfile.write(part)
                         self._count(entry.path, len(part))
                     self.wfile.flush()
-                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
-                                               b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                    if reset.kind == "stall":
+                        self._stall(reset)
+                        return
+                    if reset.rst:
+                        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                                   b"\x01\x00\x00\x00\x00\x00\x00\x00")
                     self.close_connection = True
                     self.connection.close()
                     return
@@ -670,6 +827,26 @@ def _handler(hub: HubServer, cdn: bool):
                     ahead = sent / rate - (time.monotonic() - began)
                     if ahead > 0:
                         time.sleep(ahead)
+
+        def _stall(self, fault: Fault) -> None:
+            """Silent with the connection open (a dead CDN node, a NAT that forgot the flow)
+            for ``fault.seconds``; a client that hangs up meanwhile is counted in
+            ``fault.hangups`` (it noticed the silence)."""
+            import select
+
+            self.close_connection = True
+            until = time.monotonic() + fault.seconds
+            while time.monotonic() < until and not hub.stopping.is_set():
+                readable, _, _ = select.select([self.connection], [], [], 0.05)
+                if readable:
+                    try:
+                        data = self.connection.recv(1, socket.MSG_PEEK)
+                    except OSError:
+                        data = b""
+                    if not data:
+                        with hub.lock:
+                            fault.hangups += 1
+                        return
 
         def _count(self, path: str, n: int) -> None:
             with hub.lock:
@@ -687,6 +864,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=None,
                         help="cap each connection's body bytes/s (e.g. 104857600)")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds added before every answer")
+    parser.add_argument("--signed-url-ttl", type=float, default=3600.0,
+                        help="seconds the CDN URLs of LFS files stay valid (then 403, as S3/CloudFront answer)")
+    parser.add_argument("--signed-url-style", choices=["cloudfront", "sigv4"], default="cloudfront")
+    parser.add_argument("--ignore-range", action="store_true", help="answer 200 with the whole file to Range requests")
     parser.add_argument("--fake-hashes", action="store_true",
                         help="advertise made-up hashes (plans of huge sparse repos; pulls then fail verification)")
     args = parser.parse_args(argv)
@@ -699,6 +880,9 @@ def main(argv: list[str] | None = None) -> int:
         hub.add_repo(name, Path(directory), revision=rev or "main", fake_hashes=args.fake_hashes)
     hub.faults.rate_bytes_per_s = args.rate
     hub.faults.latency_s = args.latency
+    hub.signed_url_ttl_s, hub.signed_url_style = args.signed_url_ttl, args.signed_url_style
+    if args.ignore_range:
+        hub.faults.add("ignore_range", times=None)
     hub.start()
     print(hub.url, flush=True)
     try:

@@ -35,21 +35,16 @@ def test_the_package_keeps_its_layers():
     assert _checker().violations(REPO / "vmm") == []
 
 
-def test_core_importing_render_fails(tree):
-    _append(tree / "core" / "serving" / "planner.py", "from vmm.render import human_bytes")
+@pytest.mark.parametrize("module, line, problem", [
+    ("core/serving/planner.py", "from vmm.render import human_bytes", "vmm.core.serving.planner (core) imports vmm.render"),
+    ("core/store/gc.py", "import typer", "imports typer"),
+    ("core/model/formats.py", "from vmm.core.hub import pull", "vmm.core.model.formats (model) imports vmm.core.hub.pull (hub)"),
+])
+def test_a_wrong_import_fails(tree, module, line, problem):
+    """A core module importing render or typer, a lower layer importing a higher one."""
+    _append(tree / module, line)
     problems = _checker().violations(tree)
-    assert any("vmm.core.serving.planner (core) imports vmm.render" in p for p in problems), problems
-
-
-def test_core_importing_typer_fails(tree):
-    _append(tree / "core" / "store" / "gc.py", "import typer")
-    assert any("imports typer" in p for p in _checker().violations(tree))
-
-
-def test_lower_layer_importing_higher_fails(tree):
-    _append(tree / "core" / "model" / "formats.py", "from vmm.core.hub import pull")
-    problems = _checker().violations(tree)
-    assert any("vmm.core.model.formats (model) imports vmm.core.hub.pull (hub)" in p for p in problems), problems
+    assert any(problem in p for p in problems), problems
 
 
 def test_a_cycle_hidden_by_a_lazy_import_fails(tree):

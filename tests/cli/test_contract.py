@@ -11,17 +11,10 @@ import re
 import pytest
 
 import builders as b
-from conftest import REPO, run_vmm
+import vmm
+from conftest import REPO, contract_keys, run_vmm
 
 DOC = (REPO / "docs" / "contract.md").read_text()
-
-
-def contract_keys(command: str) -> set[str]:
-    """Backticked names of the block after `<!-- contract: command -->`, flags and values aside."""
-    block = DOC.split(f"<!-- contract: {command} -->", 1)[1].split("<!--", 1)[0]
-    names = set(re.findall(r"`([a-z_]+)`", block))
-    return names - {"null", "safetensors", "pytorch", "gguf", "mixed", "unknown", "pass", "warn", "fail",
-                    "family", "chat_template", "tokenizer_config"}
 
 
 def nested_keys(doc, prefix="") -> set[str]:
@@ -36,9 +29,21 @@ def nested_keys(doc, prefix="") -> set[str]:
     return keys
 
 
+def test_the_contract_names_the_keys_every_document_has():
+    every = DOC.split("Every document has", 1)[1].split("Required keys", 1)[0]
+    assert '`"schema_version": 1`' in every and '`"vmm_version"`' in every
+
+
+def test_version_names_the_distribution():
+    run = run_vmm("--version")
+    assert run.exit_code == 0
+    assert run.stdout == f"vmm {vmm.__version__} ({vmm.DISTRIBUTION})\n"
+
+
 def test_every_documented_command_has_a_block():
     assert set(re.findall(r"<!-- contract: (\w+) -->", DOC)) == {
-        "ls", "shards", "inspect", "check", "template", "serve", "pull"}
+        "ls", "shards", "inspect", "check", "template", "serve", "pull",
+        "pull_oci", "push", "export", "import_oci"}     # the OCI four: tests/core/oci/test_registry.py
 
 
 @pytest.fixture
@@ -62,6 +67,7 @@ def test_documented_keys_are_in_the_output(model, command, args):
     assert run.exit_code == 0, run.stderr
     doc = run.json()
     assert doc["schema_version"] == 1
+    assert doc["vmm_version"] == vmm.__version__       # which vmm printed it (issue 22)
     missing = contract_keys(command) - nested_keys(doc)
     assert not missing, f"docs/contract.md lists {sorted(missing)} for {command}, the output lacks them"
 

@@ -12,18 +12,14 @@ import time
 import pytest
 
 import builders as b
-from conftest import assert_error_line, run_vmm, run_vmm_subprocess
+from conftest import assert_error_line, contract_keys, run_vmm, run_vmm_subprocess
 from vmm.core.store import catalog, manifests
 
-LS_MODEL_KEYS = {"name", "path", "format", "size_bytes", "files", "sharded", "shard_count",
-                 "revision", "managed", "last_used"}
-INSPECT_KEYS = {"name", "path", "format", "config", "parameters", "weight_bytes",
-                "kv_cache_bytes_per_token"}
-CONFIG_KEYS = {"model_type", "architectures", "max_position_embeddings", "model_max_length",
-               "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-               "num_key_value_heads", "head_dim", "torch_dtype", "rope_scaling", "sliding_window",
-               "quantization"}
-SHARDS_KEYS = {"sharded", "shard_count", "shard_files", "index", "missing", "unindexed"}
+# The contract's keys, read from docs/contract.md (its one copy).
+LS_MODEL_KEYS = contract_keys("ls", after="each model:")
+CONFIG_KEYS = contract_keys("inspect", after="`config` holds")
+INSPECT_KEYS = contract_keys("inspect") - CONFIG_KEYS
+SHARDS_KEYS = contract_keys("shards")
 
 
 @pytest.fixture
@@ -140,11 +136,28 @@ def test_ls_lists_a_model_whose_manifest_is_corrupt_with_a_warning(zoo):
 
 
 def test_ls_reads_no_weights(zoo, monkeypatch):
-    """Weight headers are never opened by ls: a corrupt shard does not change the listing."""
+    """Weight headers are never opened by ls: the header readers are made to fail, a shard is
+    corrupted, and the listing is still the one from before."""
+    from vmm.core.model import formats, gguf_meta, weights
+
+    before = run_vmm("ls", "--json").json()["models"]
     shard = zoo / "Qwen--Qwen2-7B-Instruct" / "model-00001-of-00004.safetensors"
     with open(shard, "r+b") as handle:
         handle.write(b"\xff" * 8)
-    assert run_vmm("ls").exit_code == 0
+
+    def opened(*_args, **_kw):
+        raise AssertionError("ls read a weight file")
+
+    monkeypatch.setattr(weights, "read_safetensors_header", opened)
+    monkeypatch.setattr(weights, "weight_summary", opened)
+    monkeypatch.setattr(gguf_meta, "read_gguf", opened)
+    monkeypatch.setattr(formats, "find_gguf_files", opened)
+    run = run_vmm("ls", "--json")
+    assert run.exit_code == 0, run.stderr
+    after = run.json()["models"]
+    assert [(m["name"], m["size_bytes"], m["format"]) for m in after] == \
+        [(m["name"], m["size_bytes"], m["format"]) for m in before]
+    assert run_vmm("inspect", "Qwen/Qwen2-7B-Instruct").exit_code == 1     # inspect does read them
 
 
 # --------------------------------------------------------------------------- inspect

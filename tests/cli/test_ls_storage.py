@@ -5,13 +5,13 @@ from __future__ import annotations
 import dataclasses
 import time
 
-from conftest import assert_error_line, run_vmm
+from conftest import assert_error_line, contract_keys, run_vmm
 from hubserver import HubServer
 from storage_helpers import COMMIT, blob, make_model
 
-from vmm.core.store import catalog, dedup, manifests
+from vmm.core.store import dedup, manifests
 
-CONTRACT = set(catalog.LS_KEYS)
+CONTRACT = contract_keys("ls", after="each model:")
 
 
 def _root_with_usage(root):

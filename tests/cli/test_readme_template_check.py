@@ -6,7 +6,7 @@ import pytest
 from builders import TINY_LLAMA, config, make_demo_root, make_model
 from conftest import REPO, run_vmm
 
-from vmm.core.serving import compat
+from vmm.core.serving import compat, vllm_env
 
 STABLELM = config(TINY_LLAMA, architectures=["StableLMEpochForCausalLM"], model_type="stablelm_epoch",
                   auto_map={"AutoConfig": "configuration_stablelm_epoch.StableLMEpochConfig",
@@ -22,7 +22,7 @@ def _block(text: str, command: str) -> list[str]:
 @pytest.fixture
 def readme(monkeypatch):
     # The README shows a host without vLLM: judge against the bundled snapshot everywhere.
-    monkeypatch.setattr(compat, "installed_vllm_version", lambda: None)
+    monkeypatch.setattr(vllm_env, "find_vllm", lambda: None)
     return (REPO / "README.md").read_text()
 
 

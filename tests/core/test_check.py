@@ -20,7 +20,7 @@ from builders import (
 from conftest import assert_error_line, run_vmm
 
 from vmm.core import check, hashing
-from vmm.core.serving import compat
+from vmm.core.serving import compat, vllm_env
 from vmm.core.store import manifests
 
 LFS_SUFFIXES = (".safetensors", ".bin", ".gguf")
@@ -30,7 +30,7 @@ TOK = {"bos_token": "<s>", "eos_token": "</s>", "chat_template": QWEN2_TOKENIZER
 @pytest.fixture(autouse=True)
 def _judge_from_snapshot(monkeypatch):
     """Judge against the bundled snapshot even where a vLLM is installed (e2e environments)."""
-    monkeypatch.setattr(compat, "installed_vllm_version", lambda: None)
+    monkeypatch.setattr(vllm_env, "find_vllm", lambda: None)
 
 
 def manage_hashed(model_dir: Path, repo_id: str, quant: str | None = None) -> Path:

@@ -5,6 +5,7 @@ removed)."""
 from __future__ import annotations
 
 import glob
+import json
 import os
 import shutil
 import signal
@@ -17,6 +18,51 @@ import pytest
 from conftest import free_port  # noqa: F401 - the lane's tests take it from here
 
 VLLM_TEMP_GLOB = "/tmp/vllm_dist_*"       # what vLLM's CPU workers leave behind
+
+
+_VALIDATE = r"""
+import json, sys
+argvs = json.loads(sys.argv[1])
+try:
+    from vllm.entrypoints.launchers.cli_args import make_arg_parser, validate_parsed_serve_args
+except ImportError:  # vLLM < 0.32
+    from vllm.entrypoints.openai.cli_args import make_arg_parser, validate_parsed_serve_args
+try:
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+except ImportError:  # vLLM < 0.11
+    from vllm.utils import FlexibleArgumentParser
+
+class Refused(Exception):
+    pass
+
+parser = make_arg_parser(FlexibleArgumentParser(prog="vllm serve"))
+def error(message):
+    raise Refused(message)
+parser.error = error
+verdicts = []
+for argv in argvs:
+    try:
+        validate_parsed_serve_args(parser.parse_args(argv))
+    except (Refused, TypeError, ValueError) as exc:
+        verdicts.append({"ok": False, "error": str(exc)})
+    else:
+        verdicts.append({"ok": True})
+print("VMM-VERDICTS:" + json.dumps(verdicts))
+"""
+
+
+def serve_arg_errors(argvs: list[list[str]], python: str | None = None, timeout_s: float = 300) -> list[str | None]:
+    """Each ``vllm serve ...`` argv through the installed vLLM's own argument parser and
+    ``validate_parsed_serve_args`` (vllm/entrypoints/launchers/cli_args.py, 0.32), in one
+    process (importing the parser costs seconds): None, or vLLM's complaint, for each."""
+    stripped = [list(a[2:]) if len(a) >= 2 and os.path.basename(a[0]) == "vllm" and a[1] == "serve" else list(a)
+                for a in argvs]
+    proc = subprocess.run([python or vllm_python(), "-c", _VALIDATE, json.dumps(stripped)], capture_output=True,
+                          text=True, timeout=timeout_s, env={**os.environ, "VLLM_NO_USAGE_STATS": "1"})
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("VMM-VERDICTS:")), None)
+    assert line is not None, f"vLLM's argument parser failed: {proc.stderr[-2000:]}"
+    verdicts = json.loads(line.removeprefix("VMM-VERDICTS:"))
+    return [None if v.get("ok") else " ".join(str(v.get("error", "")).split()) for v in verdicts]
 
 
 def vllm_python() -> str:

@@ -1,8 +1,8 @@
-"""Every container that `vmm serve --emit kubernetes` prints runs arguments the real vLLM parses.
+"""Every container that `vmm serve --emit kubernetes|ome|kserve` prints runs arguments the real vLLM parses.
 
 The CPU lane (scripts/test-e2e) has vLLM's own parser: the Deployment's ``command + args``
 and the LeaderWorkerSet leader's ``args`` (``sh -c SCRIPT`` runs them as ``"$0" "$@"``) go
-through :func:`vmm.core.serving.vllm_env.serve_arg_errors`, as the computed commands in
+through ``serve_arg_errors`` (tests/e2e/lane.py), as the computed commands in
 test_real_vllm.py do. Kubernetes' ``$$(`` escape is undone first, as the kubelet would.
 """
 
@@ -19,6 +19,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 import builders  # noqa: E402
+
+from .lane import serve_arg_errors  # noqa: E402
 
 pytestmark = pytest.mark.e2e
 
@@ -44,8 +46,6 @@ def _container_argvs(docs: list[dict]) -> list[list[str]]:
 
 
 def test_kubernetes_containers_pass_vllms_own_parser(tmp_path):
-    from vmm.core.serving import vllm_env
-
     root = tmp_path / "models"
     builders.make_model(root, "Qwen/Qwen2-7B-Instruct", cfg=builders.QWEN2_7B_INSTRUCT, shards=4)
     builders.make_model(root, "meta-llama/Meta-Llama-3-8B-Instruct", cfg=builders.LLAMA3_8B_INSTRUCT, shards=4)
@@ -59,8 +59,22 @@ def test_kubernetes_containers_pass_vllms_own_parser(tmp_path):
         assert len(found) == 1 and found[0][:2] == ["vllm", "serve"], found
         argvs += found
     assert any("--pipeline-parallel-size" in a for a in argvs)
-    errors = vllm_env.serve_arg_errors(argvs)
+    # The operators' runtimes (--emit ome / kserve) run the same plan with the folder where the
+    # operator mounts it: $(MODEL_PATH) is expanded by Kubernetes, here by hand.
+    for operator, model_at in (("ome", "$(MODEL_PATH)"), ("kserve", "/mnt/models")):
+        proc = subprocess.run([sys.executable, "-m", "vmm", "serve", "Qwen/Qwen2-7B-Instruct", "--gpus", "1",
+                               "--gpu-memory", "80GiB", "--root", str(root), "--emit", operator],
+                              capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+        assert proc.returncode == 0, proc.stderr
+        [runtime] = [d for d in yaml.safe_load_all(proc.stdout) if d and d["kind"] == "ServingRuntime"]
+        spec = runtime["spec"]
+        [c] = [spec["engineConfig"]["runner"]] if operator == "ome" else spec["containers"]
+        argv = [w.replace("$$(", "$(").replace(model_at, str(root / "Qwen--Qwen2-7B-Instruct"))
+                for w in c["command"] + c["args"]]
+        assert argv[:3] == ["vllm", "serve", str(root / "Qwen--Qwen2-7B-Instruct")]
+        argvs.append(argv)
+    errors = serve_arg_errors(argvs)
     assert errors == [None] * len(argvs), list(zip(argvs, errors))
     # The check can fail: a flag vLLM does not know is refused by the same parser.
-    [bad] = vllm_env.serve_arg_errors([argvs[0] + ["--max-model-length", "64"]])
+    [bad] = serve_arg_errors([argvs[0] + ["--max-model-length", "64"]])
     assert bad and "--max-model-length" in bad

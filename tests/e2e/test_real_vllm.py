@@ -21,7 +21,7 @@ TESTS = HERE.parent
 sys.path.insert(0, str(TESTS))
 
 import builders  # noqa: E402
-from .lane import assert_group_gone, free_port, reaped, start_serve, vllm_python, vmm  # noqa: E402
+from .lane import assert_group_gone, free_port, reaped, serve_arg_errors, start_serve, vllm_python, vmm  # noqa: E402
 
 pytestmark = pytest.mark.e2e
 REPO_ID = "vmm-test/tiny-llama"
@@ -85,8 +85,6 @@ def test_pull_check_template(env, pulled, tiny_repo):
 
 def test_computed_commands_pass_vllms_own_parser(env, pulled, tmp_path):
     """Every plan vmm makes, for CPU and for GPU shapes, parses with the real vLLM."""
-    from vmm.core.serving import vllm_env
-
     root = tmp_path / "plans"
     builders.make_model(root, "Qwen/Qwen2-7B-Instruct", kind="safetensors", cfg=builders.QWEN2_7B_INSTRUCT, shards=4)
     builders.make_model(root, "meta-llama/Meta-Llama-3-8B-Instruct", kind="safetensors",
@@ -99,10 +97,10 @@ def test_computed_commands_pass_vllms_own_parser(env, pulled, tmp_path):
         plans.append(doc["command"])
     cpu = json.loads(vmm("serve", REPO_ID, "--device", "cpu", "--dry-run", "--json", env=env).stdout)
     plans.append(cpu["command"])
-    errors = vllm_env.serve_arg_errors(plans)
+    errors = serve_arg_errors(plans)
     assert errors == [None] * len(plans), list(zip(plans, errors))
     # And the check can fail: a renamed flag is refused by the same parser.
-    [bad] = vllm_env.serve_arg_errors([cpu["command"] + ["--max-model-length", "64"]])
+    [bad] = serve_arg_errors([cpu["command"] + ["--max-model-length", "64"]])
     assert bad and "--max-model-length" in bad
 
 

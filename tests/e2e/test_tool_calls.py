@@ -26,7 +26,7 @@ TESTS = HERE.parent
 sys.path.insert(0, str(TESTS))
 
 import tinymodel  # noqa: E402
-from .lane import free_port, reaped, start_serve, vllm_python, vmm  # noqa: E402
+from .lane import free_port, reaped, serve_arg_errors, start_serve, vllm_python, vmm  # noqa: E402
 
 pytestmark = pytest.mark.e2e
 REPO_ID = "vmm-test/tiny-tools"
@@ -114,10 +114,11 @@ def test_tools_request_answers_200_with_the_parser_and_400_without(env):
 def test_installed_parser_names_equal_the_snapshot_and_vllm_parses_the_flags(env, tmp_path):
     """The bundled snapshot of the installed version is what the installed vLLM registers, and
     the flags vmm builds from it pass vLLM's own argument parser."""
-    from vmm.core.serving import compat, parsers, vllm_env
+    from vmm.core.serving import parsers, vllm_env
 
-    version = compat.installed_vllm_version()
-    installed = parsers.installed_registry(compat.vllm_python(), version, None)
+    install = vllm_env.find_vllm()
+    version = install.version
+    installed = parsers.installed_registry(install, None)
     snapshot = parsers.snapshot_registry(version)
     assert installed.tool_parsers == snapshot.tool_parsers and "hermes" in installed.tool_parsers
     assert installed.reasoning_parsers == snapshot.reasoning_parsers
@@ -128,8 +129,8 @@ def test_installed_parser_names_equal_the_snapshot_and_vllm_parses_the_flags(env
         if choice.argv():
             argvs.append(["vllm", "serve", str(tmp_path), *choice.argv()])
     assert len(argvs) >= 20
-    errors = vllm_env.serve_arg_errors(argvs)
+    errors = serve_arg_errors(argvs)
     assert errors == [None] * len(argvs), [(a, e) for a, e in zip(argvs, errors) if e]
     # And the check bites: vLLM's parser refuses auto tool choice without a parser name.
-    [bad] = vllm_env.serve_arg_errors([["vllm", "serve", str(tmp_path), "--enable-auto-tool-choice"]])
+    [bad] = serve_arg_errors([["vllm", "serve", str(tmp_path), "--enable-auto-tool-choice"]])
     assert bad, "vLLM accepted --enable-auto-tool-choice without --tool-call-parser"

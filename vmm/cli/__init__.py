@@ -7,6 +7,6 @@ module imported below; docs/architecture.md walks through it.
 """
 
 from vmm.cli.app import app, main
-from vmm.cli import models, pull, serve, storage  # noqa: F401,E402 - registers the commands
+from vmm.cli import models, oci, pull, serve, storage  # noqa: F401,E402 - registers the commands
 
 __all__ = ["app", "main"]

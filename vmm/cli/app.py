@@ -14,7 +14,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from vmm import __version__, _typer_fast
+from vmm import DISTRIBUTION, __version__, _typer_fast, render
 from vmm.core import settings
 from vmm.core.errors import Interrupted, VmmError
 
@@ -44,7 +44,7 @@ _global_root: Path | None = None
 
 def _version(value: bool) -> None:
     if value:
-        sys.stdout.write(f"vmm {__version__}\n")
+        render.result(f"vmm {__version__} ({DISTRIBUTION})")
         raise typer.Exit(0)
 
 
@@ -137,33 +137,31 @@ def main(argv: list[str] | None = None) -> None:
         if code == Interrupted.exit_code:
             # typer 0.29 (core.py _main) turns KeyboardInterrupt into Exit(130), which
             # click returns silently when not in standalone mode.
-            sys.stderr.write(Interrupted("interrupted", "", "run the same command again to resume").line() + "\n")
+            render.note(Interrupted("interrupted", "", "run the same command again to resume").line())
     except VmmError as exc:
         if settings.debug():
             import traceback
 
             traceback.print_exc()
-        sys.stderr.write(exc.line() + "\n")
+        render.note(exc.line())
         code = exc.exit_code
     except ExitQuietly as exc:
         code = exc.code
     except typer.Exit as exc:
         code = exc.exit_code
     except (typer.Abort, KeyboardInterrupt):
-        sys.stderr.write(Interrupted("interrupted", "", "run the same command again to resume").line() + "\n")
+        render.note(Interrupted("interrupted", "", "run the same command again to resume").line())
         code = Interrupted.exit_code
     except TyperException as exc:
-        sys.stderr.write(_usage_line(exc) + "\n")
+        render.note(_usage_line(exc))
         code = getattr(exc, "exit_code", 2) or 2
     except BrokenPipeError:
         code = 0
     except Exception as exc:  # noqa: BLE001 - the one place that turns bugs into exit 1
         if settings.debug():
             raise
-        sys.stderr.write(
-            f"error: internal error: {type(exc).__name__}: {' '.join(str(exc).split())} "
-            "(this is a bug in vmm; rerun with VMM_DEBUG=1 and report the traceback)\n"
-        )
+        render.note(f"error: internal error: {type(exc).__name__}: {' '.join(str(exc).split())} "
+                    "(this is a bug in vmm; rerun with VMM_DEBUG=1 and report the traceback)")
         code = 1
     for stream in (sys.stdout, sys.stderr):
         try:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Annotated, Optional
 
 import typer
 
 from vmm.cli.app import JsonOpt, NameArg, RootOpt, app, confirm_or_refuse, refuse_without_terminal, root_of
-from vmm.core import settings
+from vmm.core.store import paths
 
 
 @app.command("ls")
@@ -45,15 +44,15 @@ def ls_cmd(root: RootOpt = None, json_out: JsonOpt = False,
         columns.append("UPDATE")
     render.table(None, columns, [
         [m.name, m.format, render.human_bytes(m.size_bytes),
-         m.shard_count if m.sharded else "-", (m.revision or "-")[:12], _ago(m.last_used), m.uses,
+         m.shard_count if m.sharded else "-", (m.revision or "-")[:12], render.ago(m.last_used), m.uses,
          ("yes" if m.managed else "no") + (", pinned" if m.pinned else "")] + ([_update_cell(m.update)] if updates else [])
         for m in listing.models
     ])
     totals = listing.totals
     shared = f" ({render.human_bytes(totals.shared_bytes)} shared by hardlinks)" if totals.shared_bytes else ""
     free = render.human_bytes(totals.free_bytes) if totals.free_bytes is not None else "unknown"
-    sys.stdout.write(f"total {render.human_bytes(totals.total_bytes)} in {totals.models} models{shared}; "
-                     f"{free} free on the filesystem\n")
+    render.result(f"total {render.human_bytes(totals.total_bytes)} in {totals.models} models{shared}; "
+                     f"{free} free on the filesystem")
 
 
 def _update_cell(row) -> str:
@@ -64,17 +63,6 @@ def _update_cell(row) -> str:
     if row.update_available:
         return f"yes ({(row.local_commit or '?')[:7]} -> {row.remote_commit[:7]})"
     return "no"
-
-
-def _ago(iso: str | None) -> str:
-    from datetime import datetime, timezone
-
-    from vmm import render
-
-    if iso is None:
-        return "never"
-    then = datetime.strptime(iso, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
-    return render.human_age((datetime.now(timezone.utc) - then).total_seconds())
 
 
 @app.command("inspect")
@@ -194,8 +182,8 @@ def rm_cmd(name: NameArg, root: RootOpt = None,
     if json_out:
         render.emit_json(result)
     else:
-        sys.stdout.write(f"deleted {result.name}: {render.human_bytes(result.bytes_freed)} freed "
-                         f"({result.bytes_freed} bytes, {result.files} files)\n")
+        render.result(f"deleted {result.name}: {render.human_bytes(result.bytes_freed)} freed "
+                         f"({result.bytes_freed} bytes, {result.files} files)")
 
 
 @app.command("template")
@@ -245,9 +233,8 @@ def template_cmd(
         ("system", "folded into the first user turn" if result.system_folded else "kept as a system turn"),
         ("other templates", ", ".join(result.named_templates) or None),
     ])
-    sys.stdout.write("\n--- rendered sample (system, user, assistant, user, generation prompt) ---\n")
-    sys.stdout.write(result.rendered + ("" if result.rendered.endswith("\n") else "\n"))
-    sys.stdout.write("--- end ---\n")
+    render.result("\n--- rendered sample (system, user, assistant, user, generation prompt) ---\n"
+                  + result.rendered + ("" if result.rendered.endswith("\n") else "\n") + "--- end ---")
 
 
 
@@ -261,15 +248,20 @@ def check_cmd(
             "--vllm-version", metavar="V",
             help="Judge against this vLLM version (default: the installed vLLM, else the newest "
                  "bundled registry snapshot).")] = None,
+        manifest_digest: Annotated[Optional[str], typer.Option(
+            "--manifest-digest", metavar="DIGEST",
+            help="Also fail (exit 5) unless the manifest digest is DIGEST (`vmm check --json`'s "
+                 "manifest_digest; operator manifests pass the plan's).")] = None,
         root: RootOpt = None, json_out: JsonOpt = False) -> None:
     """Check that vLLM can load the model intact: a pass / warn / fail checklist.
 
     Integrity (every file against the manifest's sha256 / git sha1, in parallel; --fast:
     sizes only), shards against the index, safetensors headers and GGUF files, pickled
-    .bin weights, config sanity, vLLM compatibility (architecture, quantization, GGUF,
-    remote code) and the chat template. Exit 0 when nothing fails; when something fails,
-    5 if any integrity, format, config or template check failed, else 6 (only vLLM
-    compatibility failed). The checklist is printed first, then one error line.
+    .bin weights, config sanity, security (configs that make transformers load code or
+    write files outside the folder: CVE-2026-4372, CVE-2026-9856, auto_map into other repos),
+    vLLM compatibility (architecture, quantization, GGUF, remote code) and the chat template.
+    Exit 0 when nothing fails; when something fails, 5 if any integrity, format, config,
+    security or template check failed, else 6 (only vLLM compatibility failed). The checklist is printed first, then one error line.
     """
     from vmm import render
     from vmm.core import check
@@ -278,13 +270,9 @@ def check_cmd(
     models_root = root_of(root)
     model, quant = catalog.resolve_model(name, models_root)
     report = check.check_model(model, quant, fast, vllm_version,
-                               cache_dir=settings.state_dir(models_root) / "cache")
+                               cache_dir=paths.cache_dir(models_root), expect_digest=manifest_digest)
     if json_out:
-        render.emit_json(report.contract() | {"name": report.name, "path": report.path,
-                                               "vllm_version": report.vllm_version,
-                                               "exit_code": report.exit_code,
-                                               "manifest_digest": report.manifest_digest,
-                                               "commit": report.commit})
+        render.emit_json(report.document())
     else:
         render.table(None, ["CHECK", "STATUS", "DETAIL"],
                      [[c.name, c.status.upper() if c.status != "pass" else "pass", c.detail] for c in report.checks])

@@ -30,13 +30,34 @@ def pull(
                                             metavar="SIZE")] = "16MiB",
     fit: Annotated[bool, typer.Option("--fit", help="Refuse (exit 6, nothing downloaded) a model this host's GPUs "
                                       "cannot serve; planned from the Hub's config and weight headers.")] = False,
+    name_as: Annotated[Optional[str], typer.Option("--name", metavar="ORG/NAME", show_default=False,
+                       help="oci:// only: the model's name in the root (default: the artifact's Hub id).")] = None,
+    insecure: Annotated[bool, typer.Option("--insecure", help="oci:// only: plain HTTP to this registry "
+                                           "(loopback registries always may).")] = False,
     root: RootOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Download a model from the Hub into the models root: parallel, resumable, verified.
 
+    NAME may also be oci://REGISTRY/REPO[:TAG|@DIGEST]: a model artifact `vmm push` or
+    `vmm export` wrote, pulled from that registry instead of the Hub (docs/oci.md).
     On a host with GPUs, a model that will not fit them is pulled with a warning (--fit refuses it).
     """
+    if name.startswith("oci://"):
+        from vmm.cli.oci import pull_oci
+        from vmm.core.errors import UsageError
+
+        hub_only = [flag for flag, used in (("--revision", revision), ("--include", include), ("--exclude", exclude),
+                                            ("--all-files", all_files), ("--offline", offline), ("--verify", verify),
+                                            ("--fit", fit), ("--chunk-size", chunk_size != "16MiB")) if used]
+        if hub_only:
+            raise UsageError("option for Hub pulls only", ", ".join(hub_only), "drop it for an oci:// pull")
+        pull_oci(name, root, name_as, insecure, workers, not no_wait, json_out)
+        return
+    if name_as is not None or insecure:
+        from vmm.core.errors import UsageError
+
+        raise UsageError("--name and --insecure are for oci:// pulls", name, "drop them for a Hub pull")
     from vmm import render
     from vmm.core.hub import pull
     from vmm.core.units import parse_size

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Annotated, Optional
 
 import typer
@@ -34,8 +33,8 @@ def dedup_cmd(root: RootOpt = None, json_out: JsonOpt = False,
             [g.sha256[:12], render.human_bytes(g.size_bytes), len(g.files), g.linked,
              render.human_bytes(g.bytes_saved), ", ".join(g.files)] for g in report.groups])
     verb = "would save" if dry_run else "saved"
-    sys.stdout.write(f"{verb} {render.human_bytes(report.bytes_saved)} ({report.bytes_saved} bytes) by "
-                     f"linking {report.linked} files\n")
+    render.result(f"{verb} {render.human_bytes(report.bytes_saved)} ({report.bytes_saved} bytes) by "
+                     f"linking {report.linked} files")
 
 
 @app.command("gc")
@@ -92,20 +91,14 @@ def _print_gc(report, json_out: bool) -> None:
     verb = "would remove" if report.dry_run else "removed"
     for m in report.removed:
         shared = "" if m.bytes_freed >= m.size_bytes else f", {render.human_bytes(m.bytes_freed)} freed (rest shared)"
-        sys.stdout.write(f"{verb} {m.name} ({render.human_bytes(m.size_bytes)}{shared}; {m.reason}; "
-                         f"last used {render.human_age(_age(m.last_used_epoch))} by {m.last_used_source})\n")
+        render.result(f"{verb} {m.name} ({render.human_bytes(m.size_bytes)}{shared}; {m.reason}; "
+                         f"last used {render.ago(m.last_used_epoch)} by {m.last_used_source})")
     for p in report.partials:
-        sys.stdout.write(f"{verb} partial {p.path} ({render.human_bytes(p.size_bytes)}, "
-                         f"{render.human_age(p.age_s)})\n")
-    sys.stdout.write(f"{'would free' if report.dry_run else 'freed'} {render.human_bytes(report.bytes_freed)} "
+        render.result(f"{verb} partial {p.path} ({render.human_bytes(p.size_bytes)}, "
+                         f"{render.human_age(p.age_s)})")
+    render.result(f"{'would free' if report.dry_run else 'freed'} {render.human_bytes(report.bytes_freed)} "
                      f"({report.bytes_freed} bytes); root {render.human_bytes(report.root_bytes_before)} -> "
-                     f"{render.human_bytes(report.root_bytes_after)}\n")
-
-
-def _age(epoch: float | None) -> float | None:
-    import time
-
-    return None if epoch is None else time.time() - epoch
+                     f"{render.human_bytes(report.root_bytes_after)}")
 
 
 @app.command("pin")
@@ -115,7 +108,7 @@ def pin_cmd(name: NameArg, root: RootOpt = None, json_out: JsonOpt = False) -> N
     from vmm.core.store import gc
 
     result = gc.pin(root_of(root), name)
-    render.emit_json(result) if json_out else sys.stdout.write(f"pinned {result.name}\n")
+    render.emit_json(result) if json_out else render.result(f"pinned {result.name}")
 
 
 @app.command("unpin")
@@ -125,13 +118,14 @@ def unpin_cmd(name: NameArg, root: RootOpt = None, json_out: JsonOpt = False) ->
     from vmm.core.store import gc
 
     result = gc.unpin(root_of(root), name)
-    render.emit_json(result) if json_out else sys.stdout.write(f"unpinned {result.name}\n")
+    render.emit_json(result) if json_out else render.result(f"unpinned {result.name}")
 
 
 @app.command("import")
 def import_cmd(source: Annotated[str, typer.Argument(
                    help="A model directory, an HF cache entry (models--org--name or its snapshots/<sha>), "
-                        "or org/name[@REVISION] looked up in HF_HUB_CACHE.", metavar="PATH_OR_CACHE_ENTRY",
+                        "org/name[@REVISION] looked up in HF_HUB_CACHE, or an OCI layout (DIR or FILE.tar "
+                        "from `vmm export`).", metavar="PATH_OR_CACHE_ENTRY",
                    show_default=False)],
                root: RootOpt = None, json_out: JsonOpt = False,
                name: Annotated[Optional[str], typer.Option("--name", metavar="ORG/NAME",
@@ -140,14 +134,36 @@ def import_cmd(source: Annotated[str, typer.Argument(
                move: Annotated[bool, typer.Option("--move", help="Remove the source once adopted (a directory on "
                                                   "the same filesystem is renamed; a cache entry is deleted "
                                                   "whole, every revision).")] = False,
-               force: Annotated[bool, typer.Option("--force", help="Replace a model of the same name.")] = False) -> None:
+               force: Annotated[bool, typer.Option("--force", help="Replace a model of the same name.")] = False,
+               tag: Annotated[Optional[str], typer.Option("--tag", metavar="TAG", show_default=False,
+                   help="OCI layouts only: which image of index.json (needed when it holds several).")] = None) -> None:
     """Adopt an existing model directory or Hugging Face cache entry into the root.
+
+    An OCI image layout (a directory with oci-layout, or a tar of one, as `vmm export`
+    writes) is installed instead: every blob verified against its digest, the manifest
+    written last, so `vmm check` passes with no network (docs/oci.md).
 
     Every file is hashed (cache blobs must match their sha256 / git sha1 names) and
     hardlinked into <root>/org--name (copied across filesystems), with a manifest, so the
     model is managed like a pulled one. Nothing is downloaded. A name already in the root
     exits 2 unless --force.
     """
+    from pathlib import Path
+
+    from vmm.core.oci import layout
+
+    if layout.is_layout(Path(source).expanduser()):
+        from vmm.cli.oci import import_oci
+        from vmm.core.errors import UsageError
+
+        if move:
+            raise UsageError("--move is for directories and HF cache entries", source, "drop it for an OCI layout")
+        import_oci(source, root, name, tag, json_out)
+        return
+    if tag is not None:
+        from vmm.core.errors import UsageError
+
+        raise UsageError("--tag is for OCI layouts", source, "drop it")
     from vmm import render
     from vmm.core.store import adopt
 
@@ -157,5 +173,5 @@ def import_cmd(source: Annotated[str, typer.Argument(
         return
     how = f"{result.linked} linked, {result.copied} copied" if (result.linked or result.copied) else \
         ("moved" if result.moved else "adopted in place")
-    sys.stdout.write(f"imported {result.name} from {result.source} ({result.kind}): {result.files} files, "
-                     f"{render.human_bytes(result.bytes_total)}, {how}, verified\n")
+    render.result(f"imported {result.name} from {result.source} ({result.kind}): {result.files} files, "
+                     f"{render.human_bytes(result.bytes_total)}, {how}, verified")

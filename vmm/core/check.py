@@ -4,12 +4,14 @@ Checks, in order: ``integrity`` (every file against the manifest: sha256 for LFS
 blob sha1 for the others; sizes only with ``fast``; a hand-made dir gets sizes and headers
 and a warning), ``shards`` (index against files), ``weights`` (safetensors headers parse and
 match the file sizes; GGUF files open), ``gguf choice`` and ``pickle`` (warnings),
-``config`` (fields present and sane), ``vllm`` (:mod:`vmm.core.serving.compat`), ``template``,
+``config`` (fields present and sane), ``security`` (:mod:`vmm.core.model.security`: private
+attributes, chat-template names and ``auto_map`` targets that load code or write files outside
+the repo, with the CVE named), ``vllm`` (:mod:`vmm.core.serving.compat`), ``template``,
 ``tool calls`` (:mod:`vmm.core.serving.parsers`: the tool-call / reasoning parsers ``vmm serve``
 would pass to the target vLLM; a warning, never a failure, when there is none).
 
-Exit code when something fails (docs/exit-codes.md): 5 when any integrity, format, config
-or template check fails (the files must be repaired first), else 6 when only vLLM
+Exit code when something fails (docs/exit-codes.md): 5 when any integrity, format, config,
+security or template check fails (the files must be repaired first), else 6 when only vLLM
 compatibility fails.
 """
 
@@ -21,15 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vmm.core.model import config as config_mod
-from vmm.core.model import formats, templates, weights
+from vmm.core.model import formats, security, templates, weights
 from vmm.core import hashing
 from vmm.core.serving import multinode
 from vmm.core.store import local, manifests
 from vmm.core.errors import IncompatibleError, IntegrityError, NotFoundError, UsageError, VmmError
-
-CHECK_KEYS = ("ok", "checks")
-STATUSES = ("pass", "warn", "fail")
-
 
 @dataclass
 class Check:
@@ -55,9 +53,12 @@ class CheckReport:
     manifest_digest: str | None = None
     commit: str | None = None
 
-    def contract(self) -> dict:
+    def document(self) -> dict:
+        """``check --json``: the contract's ``ok`` and ``checks`` (docs/contract.md), then the rest."""
         return {"ok": self.ok, "checks": [{"name": c.name, "status": c.status, "detail": c.detail}
-                                          for c in self.checks]}
+                                          for c in self.checks],
+                "name": self.name, "path": self.path, "vllm_version": self.vllm_version,
+                "exit_code": self.exit_code, "manifest_digest": self.manifest_digest, "commit": self.commit}
 
     def error(self) -> VmmError | None:
         """The one error line for a failed check (most specific exit code first)."""
@@ -67,7 +68,10 @@ class CheckReport:
         first = failed[0]
         more = f" (+{len(failed) - 1} more failed check(s))" if len(failed) > 1 else ""
         cls = IntegrityError if self.exit_code == IntegrityError.exit_code else IncompatibleError
-        if cls is IncompatibleError:
+        if first.name == "security":
+            hint = ("do not load it with the transformers releases named; remove the keys named from the "
+                    "files, or take the model from a source you trust")
+        elif cls is IncompatibleError:
             hint = "see the vllm check above: another vLLM version (--vllm-version to judge it) or another model"
         elif self.managed:
             hint = f"see the checklist above; `vmm pull --verify {self.name}` re-downloads damaged or missing files"
@@ -355,15 +359,44 @@ def _tool_calls(model: local.LocalModel, cfg: config_mod.ModelConfig | None, qua
                  f"tools and tool_choice \"auto\" get HTTP 400{reasoning}")
 
 
+def _security(model_dir: Path) -> Check:
+    """Settings transformers trusts that load code or write files outside the repo (exit 5)."""
+    findings = security.scan(model_dir)
+    if not findings:
+        return Check("security", "pass", "no private config attributes, chat-template names that are paths, "
+                                         "or auto_map code from outside the repo")
+    shown = "; ".join(f.line() for f in findings[:security.MAX_REPORTED])
+    more = f" (+{len(findings) - security.MAX_REPORTED} more)" if len(findings) > security.MAX_REPORTED else ""
+    return Check("security", "fail", shown + more, IntegrityError.exit_code, failure=findings[0].line())
+
+
+def _digest(model: local.LocalModel, expected: str) -> Check:
+    """The manifest is the one a plan was made from (operators' readiness: same files, same plan)."""
+    actual = multinode.manifest_digest(model.manifest)
+    if actual is None:
+        return Check("manifest digest", "fail", f"no manifest to compare with {expected} (a directory put here "
+                                                "by hand)", IntegrityError.exit_code)
+    if actual != expected:
+        return Check("manifest digest", "fail", f"{actual}, not the {expected} the plan was made for (other files "
+                                                "or another commit on this volume)", IntegrityError.exit_code)
+    return Check("manifest digest", "pass", f"{actual}, as the plan expects")
+
+
 def check_model(model: local.LocalModel, quant: str | None = None, fast: bool = False,
-                vllm_version: str | None = None, cache_dir: Path | None = None) -> CheckReport:
-    """Run every check; never raises for a failed check (the report says), only for bad usage."""
+                vllm_version: str | None = None, cache_dir: Path | None = None,
+                expect_digest: str | None = None) -> CheckReport:
+    """Run every check; never raises for a failed check (the report says), only for bad usage.
+
+    ``expect_digest``: also fail (exit 5) unless the manifest digest is this one."""
     path = model.path
     fmt = formats.detect_format(path)
     checks: list[Check] = [_integrity(model, fast, fmt), _shards(path, quant)]
+    if expect_digest is not None:
+        checks.insert(1, _digest(model, expect_digest))
     checks.extend(_weights(path, fmt, quant, fast))
     config_check, cfg = _config(path, fmt, quant)
     checks.append(config_check)
+    checks.append(_security(path))
     vllm_check, version = _vllm(cfg, model.name, fmt, vllm_version, cache_dir)
     checks.append(vllm_check)
     checks.append(_template(model, quant))

@@ -25,12 +25,17 @@ ENVIRONMENT: dict[str, str] = {
     "XDG_CACHE_HOME": "base of the default HF_HOME (default ~/.cache)",
     "HF_HUB_CACHE": "Hugging Face cache whose verified blobs pull may reuse",
     "HF_HUB_OFFLINE": "1 forbids any network access (same as --offline)",
+    "VMM_STALL_TIMEOUT": "seconds a download connection may send nothing before vmm drops it and resumes elsewhere (default 10)",
     "CUDA_VISIBLE_DEVICES": "GPUs that serve plans for and vLLM sees",
     "VLLM_TARGET_DEVICE": "cpu: take the vLLM on PATH for a CPU build (vLLM itself then picks its CPU platform)",
     "NO_COLOR": "disables colour in tables and progress (read by rich)",
-    "COLUMNS": "table width; unset, piped output is not cut (one row per line)",
+    "COLUMNS": "width of the pull progress bar (rich reads it); tables and lists are never cut (one row per line)",
     "NCCL_SOCKET_IFNAME": "multi-node plans: NCCL's network interface, shown and passed on (same on every node)",
     "GLOO_SOCKET_IFNAME": "multi-node plans: Gloo's network interface, shown and passed on (same on every node)",
+    "REGISTRY_AUTH_FILE": "OCI registry credentials file (podman/skopeo's auth.json); read first",
+    "XDG_RUNTIME_DIR": "podman's default credentials: $XDG_RUNTIME_DIR/containers/auth.json",
+    "DOCKER_CONFIG": "directory of docker's config.json (default ~/.docker)",
+    "VMM_INSECURE_REGISTRIES": "comma-separated registry hosts (host or host:port) spoken to over plain HTTP",
 }
 
 MULTINODE_ENV = ("NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME")
@@ -113,6 +118,50 @@ def child_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
     return {**os.environ, **(extra or {})}
 
 
-def columns() -> str | None:
-    """``COLUMNS`` as set (rich reads it too); None when unset."""
-    return os.environ.get("COLUMNS")
+def registry_auth_files() -> list[Path]:
+    """Where registry credentials are looked for, in order: ``REGISTRY_AUTH_FILE``,
+    ``$XDG_RUNTIME_DIR/containers/auth.json`` (podman, containers-auth.json(5)),
+    ``~/.config/containers/auth.json``, then docker's ``$DOCKER_CONFIG/config.json``
+    (default ``~/.docker/config.json``)."""
+    out: list[Path] = []
+    raw = os.environ.get("REGISTRY_AUTH_FILE")
+    if raw:
+        out.append(Path(raw).expanduser())
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime:
+        out.append(Path(runtime) / "containers" / "auth.json")
+    out.append(Path.home() / ".config" / "containers" / "auth.json")
+    docker = os.environ.get("DOCKER_CONFIG")
+    out.append((Path(docker).expanduser() if docker else Path.home() / ".docker") / "config.json")
+    return out
+
+
+def insecure_registries() -> set[str]:
+    """Registry hosts (``host`` or ``host:port``, lower-cased) allowed over plain HTTP."""
+    raw = os.environ.get("VMM_INSECURE_REGISTRIES", "")
+    return {part.strip().lower() for part in raw.split(",") if part.strip()}
+
+
+DEFAULT_STALL_TIMEOUT_S = 10.0
+
+
+def stall_timeout_s() -> float:
+    """``VMM_STALL_TIMEOUT``: seconds a download connection may send nothing before it is
+    dropped and its range resumed on a new one. Default 10 s, huggingface_hub's own
+    download read timeout (``HF_HUB_DOWNLOAD_TIMEOUT``, constants.py, 2.4.0)."""
+    from vmm.core.errors import UsageError
+    from vmm.core.units import parse_duration
+
+    raw = os.environ.get("VMM_STALL_TIMEOUT", "").strip()
+    if not raw:
+        return DEFAULT_STALL_TIMEOUT_S
+    try:
+        value = float(raw)            # plain seconds, or with a unit: 15s, 2m
+    except ValueError:
+        try:
+            value = parse_duration(raw)
+        except UsageError:
+            value = -1.0
+    if not 0.1 <= value <= 3600:
+        raise UsageError("VMM_STALL_TIMEOUT must be seconds between 0.1 and 3600", raw, "e.g. VMM_STALL_TIMEOUT=10")
+    return value

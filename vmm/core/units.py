@@ -43,3 +43,31 @@ def human_bytes(n: int | float | None) -> str:
         n /= 1024
         i += 1
     return f"{int(n)} B" if i == 0 else f"{n:.1f} {units[i]}"
+
+
+ISO_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+
+
+def iso_time(epoch: float | None) -> str | None:
+    """An epoch time as the ISO-8601 UTC stamp of ``ls --json``'s ``last_used`` (None stays None)."""
+    from datetime import datetime, timezone
+
+    return None if epoch is None else datetime.fromtimestamp(epoch, tz=timezone.utc).strftime(ISO_FORMAT)
+
+
+def age_s(when: float | str | None, now: float | None = None) -> float | None:
+    """Seconds since ``when``: an epoch time, or the ISO-8601 UTC stamp vmm writes in manifests
+    and usage records (``2026-12-06T19:30:00Z``); None for never / unreadable. The one place
+    ages are computed (``ls``'s LAST USED, ``gc``'s reasons, ``ps``'s uptime)."""
+    import time
+
+    if when is None:
+        return None
+    if isinstance(when, str):
+        from datetime import datetime, timezone
+
+        try:
+            when = datetime.strptime(when, ISO_FORMAT).replace(tzinfo=timezone.utc).timestamp()
+        except ValueError:
+            return None
+    return (time.time() if now is None else now) - float(when)

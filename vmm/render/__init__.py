@@ -1,7 +1,7 @@
 """Rendering: tables and text to stdout, progress and messages to stderr, JSON documents.
 
 The core returns dataclasses; this module turns them into what the operator sees. Every
-JSON document passes through :func:`emit_json`, which sets ``schema_version`` in one place.
+JSON document passes through :func:`emit_json`, which sets ``schema_version`` and ``vmm_version`` in one place.
 """
 
 from __future__ import annotations
@@ -11,32 +11,17 @@ import json
 import math
 import sys
 
+from vmm import __version__
 from vmm.core.units import human_bytes  # noqa: F401 (render.human_bytes: one copy, in units)
 from typing import Any
 
 SCHEMA_VERSION = 1
 
-_stdout = None
 _stderr = None
 
 
-def out():
-    """rich Console on stdout (results only)."""
-    global _stdout
-    if _stdout is None:
-        from rich.console import Console
-
-        from vmm.core import settings
-
-        # Piped output is not cut to 80 columns (rich's default without a terminal): a
-        # table row stays one line for grep and awk. COLUMNS, when set, still wins.
-        wide = not sys.stdout.isatty() and settings.columns() is None
-        _stdout = Console(soft_wrap=True, width=1000 if wide else None)
-    return _stdout
-
-
 def err():
-    """rich Console on stderr (progress, notes, warnings)."""
+    """rich Console on stderr (the pull progress bar)."""
     global _stderr
     if _stderr is None:
         from rich.console import Console
@@ -46,9 +31,9 @@ def err():
 
 
 def reset_consoles() -> None:
-    """Forget cached consoles (tests swap sys.stdout/sys.stderr between runs)."""
-    global _stdout, _stderr
-    _stdout = _stderr = None
+    """Forget the cached console (tests swap sys.stderr between runs)."""
+    global _stderr
+    _stderr = None
 
 
 def _plain(value: Any) -> Any:
@@ -66,21 +51,25 @@ def _plain(value: Any) -> Any:
 
 
 def emit_json(document: Any) -> None:
-    """Print one JSON document on stdout with ``schema_version`` first."""
-    doc = {"schema_version": SCHEMA_VERSION, **_plain(document)}
+    """Print one JSON document on stdout with ``schema_version`` and ``vmm_version`` first
+    (which vmm produced it: a document kept in CI logs says what wrote it)."""
+    doc = {"schema_version": SCHEMA_VERSION, "vmm_version": __version__, **_plain(document)}
     sys.stdout.write(json.dumps(doc, indent=2, default=str) + "\n")
     sys.stdout.flush()
 
 
 def note(message: str) -> None:
-    """A line for the operator on stderr (never on stdout: stdout is for results)."""
+    """A line for the operator on stderr (never on stdout: stdout is for results); also the
+    one ``error: what: which (what to do)`` line of a failure."""
     sys.stderr.write(message.rstrip("\n") + "\n")
     sys.stderr.flush()
 
 
-def error_line(line: str) -> None:
-    sys.stderr.write(line.rstrip("\n") + "\n")
-    sys.stderr.flush()
+def result(text: str) -> None:
+    """Result text on stdout (a line, or a whole document such as a manifest or a unit file),
+    flushed at once: scripts read it while vmm runs (``serve`` prints its URL when ready)."""
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    sys.stdout.flush()
 
 
 def human_count(n: int | None) -> str:
@@ -91,6 +80,13 @@ def human_count(n: int | None) -> str:
         if n >= div:
             return f"{n / div:.2f}{suffix}"
     return str(n)
+
+
+def ago(when: float | str | None) -> str:
+    """'3d ago' / 'never' for an epoch time or a manifest's ISO stamp (:func:`units.age_s`)."""
+    from vmm.core.units import age_s
+
+    return human_age(age_s(when))
 
 
 def human_age(seconds: float | None) -> str:
@@ -116,30 +112,31 @@ def table(title: str | None, columns: list[str], rows: list[list[Any]]) -> None:
     lines = [title] if title else []
     for r in cells:
         lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
-    sys.stdout.write("\n".join(lines) + "\n")
-    sys.stdout.flush()
+    result("\n".join(lines))
 
 
 def key_values(pairs: list[tuple[str, Any]]) -> None:
     width = max((len(k) for k, _ in pairs), default=0)
-    for key, value in pairs:
-        sys.stdout.write(f"{key.ljust(width)}  {'-' if value is None else value}\n")
-    sys.stdout.flush()
+    if pairs:
+        result("\n".join(f"{key.ljust(width)}  {'-' if value is None else value}" for key, value in pairs))
 
 
 def servers_table(statuses) -> None:
-    import time
-
     rows = []
     for s in statuses:
         def num(v, fmt="{:.0f}"):
             return "-" if v is None else fmt.format(v)
         gpus = ",".join(map(str, s.gpu_ids)) if getattr(s, "gpu_ids", None) else "-"
+        layout = getattr(s, "layout", None)
+        if layout and gpus != "-" and (layout["data_parallel_size"] > 1 or layout["tensor_parallel_size"] > 1):
+            gpus += f" (TP {layout['tensor_parallel_size']}" + (
+                f" x DP {layout['data_parallel_size']}" if layout["data_parallel_size"] > 1 else "") + (
+                " + EP" if layout["expert_parallel"] else "") + ")"
         gpu_mem = human_bytes(s.gpu_bytes) + (" each" if len(s.gpu_ids or []) > 1 else "") \
             if getattr(s, "gpu_bytes", None) else "-"
         rows.append([
             s.model, s.pid, s.url, "up" if s.alive else "dead (cleaned)", gpus, gpu_mem,
-            human_age(time.time() - s.started_at).replace(" ago", "") if s.alive else "-",
+            ago(s.started_at).replace(" ago", "") if s.alive else "-",
             num(s.running), num(s.waiting),
             "-" if s.kv_cache_usage is None else f"{s.kv_cache_usage * 100:.0f}%",
             num(s.generation_tokens_per_s, "{:.1f}"), num(s.prompt_tokens_per_s, "{:.1f}"),
@@ -165,7 +162,7 @@ def serve_plan(cmd) -> None:
     import shlex
 
     p = cmd.plan
-    sys.stdout.write(shlex.join(cmd.argv) + "\n\n")
+    result(shlex.join(cmd.argv) + "\n\n")
     gpu_line = (f"{p.gpu_count} x {human_bytes(p.gpu_memory_bytes)}" if p.device != "cpu"
                 else f"CPU, {human_bytes(p.gpu_memory_bytes)} of host memory usable")
     key_values([
@@ -173,7 +170,15 @@ def serve_plan(cmd) -> None:
         ("weights", human_bytes(p.weight_bytes)),
         ("tensor parallel", p.tensor_parallel_size),
         ("pipeline parallel", p.pipeline_parallel_size),
-        ("memory utilization", p.gpu_memory_utilization),
+        ("data parallel", p.data_parallel_size if p.device != "cpu" else None),
+        ("expert parallel", ("yes" if p.expert_parallel else "no") if p.device != "cpu" else None),
+        ("speculative", json.dumps(p.speculative_config) if p.speculative_config else None),
+        ("memory utilization", p.gpu_memory_utilization if p.gpu_memory_utilization is not None or p.device == "cpu"
+         else "vLLM's (1.0 of free memory after CUDA graphs, extensible KV cache)"),
+        ("KV cache dtype", p.kv_cache_dtype),
+        ("max concurrency", f"{p.max_concurrency:g} sequences of {p.max_model_len} tokens"
+         if p.max_concurrency is not None else None),
+        ("max num seqs", p.max_num_seqs),
         ("runtime margin", human_bytes(p.overhead_bytes) + (" per GPU" if p.device != "cpu" else "")),
         ("KV cache", f"{human_bytes(p.kv_cache_bytes)}{' per GPU' if p.device != 'cpu' else ''}, "
                      f"{p.kv_cache_tokens} tokens at {p.kv_cache_bytes_per_token} B/token"
@@ -192,15 +197,13 @@ def serve_plan(cmd) -> None:
                      f"{human_bytes(cmd.hub['bytes_read'])} read of {human_bytes(cmd.hub['repo_bytes'])} "
                      f"in {cmd.hub['requests']} requests")] if getattr(cmd, "hub", None) else []))
     if getattr(cmd, "gpus", None):
-        sys.stdout.write("\n")
+        result("")
         table(None, ["gpu", "name", "total", "free", "vmm servers", "chosen"],
               [[g["index"], g["name"], human_bytes(g["total_bytes"]), human_bytes(g["free_bytes"]),
                 "; ".join(g["vmm_servers"]) or "-", "yes" if g["index"] in (cmd.gpu_ids or []) else ""]
                for g in cmd.gpus])
-    for line in cmd.notes:
-        sys.stdout.write(f"note: {line}\n")
-    for line in cmd.ray_commands:
-        sys.stdout.write(f"ray: {line}\n")
+    tail = [f"note: {line}" for line in cmd.notes] + [f"ray: {line}" for line in cmd.ray_commands]
     if getattr(cmd, "identical", None) is not None:
-        for line in cmd.identical.lines():
-            sys.stdout.write(f"same on every node: {line}\n")
+        tail += [f"same on every node: {line}" for line in cmd.identical.lines()]
+    if tail:
+        result("\n".join(tail))

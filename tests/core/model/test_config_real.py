@@ -15,6 +15,7 @@ import pytest
 
 from vmm.core.model import config as config_mod, layers
 from vmm.core.serving import planner
+from vmm.core.serving.request import plan_only
 
 REAL = Path(__file__).resolve().parents[2] / "data" / "real_configs"
 CONFIGS = sorted(REAL.glob("*.json"))
@@ -56,7 +57,7 @@ def test_invariants(path):
     # With ample memory the plan is the model's own length, and one sequence of it fits.
     weights = 10 * GIB
     hw = planner.Hardware("cuda", 8, 141 * GIB, "9.0", source="given")
-    result = planner.plan(cfg, weights, hw, planner.PlanOptions())
+    result = planner.plan(cfg, weights, hw, plan_only())
     assert result.max_model_len == context
     assert 0 < result.kv_bytes_per_sequence <= result.kv_cache_bytes
     assert result.full_attention_max_model_len <= result.max_model_len

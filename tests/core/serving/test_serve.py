@@ -74,12 +74,19 @@ def test_qwen2_7b_on_16gib_gpus_needs_two_and_never_three(models, gpus, expected
     assert doc["max_model_len"] == 32768
 
 
-def test_llama3_8b_on_8x24gib_picks_the_smallest_tp_that_holds_the_context(models):
+def test_llama3_8b_on_8x24gib_uses_every_gpu(models):
+    # 16 GB of weights are more than a quarter of a 24 GiB GPU: TP over all eight, as the
+    # recipes do for a model that needs the memory; on 80 GiB GPUs it is replicas of TP 1.
     weights = b.LLAMA3_8B_INSTRUCT_PARAMETERS * 2
     per_token = 2 * 32 * 8 * 128 * 2
     assert kv_tokens(0.92 * 24, weights, 1, 4096, 14336, per_token) >= 8192
     doc = dry("meta-llama/Meta-Llama-3-8B-Instruct", "--gpus", "8", "--gpu-memory", "24GiB")
-    assert doc["tensor_parallel_size"] == 1 and doc["max_model_len"] == 8192
+    assert (doc["tensor_parallel_size"], doc["data_parallel_size"], doc["max_model_len"]) == (8, 1, 8192)
+    doc = dry("meta-llama/Meta-Llama-3-8B-Instruct", "--gpus", "8xH100")
+    assert (doc["tensor_parallel_size"], doc["data_parallel_size"]) == (1, 8)
+    command = doc["command"]
+    assert command[command.index("--data-parallel-size") + 1] == "8"
+    assert doc["max_concurrency"] > 8 * 10 and doc["expert_parallel"] is False
 
 
 def test_too_small_gpus_are_refused_with_what_would_fit(models):
@@ -116,7 +123,7 @@ def test_fp8_kv_cache_halves_bytes_per_token(models):
 def test_invalid_forced_tensor_parallel_is_refused(models):
     run = run_vmm("serve", "Qwen/Qwen2-7B-Instruct", "--dry-run", "--gpus", "4", "--gpu-memory", "80GiB",
                   "--tensor-parallel-size", "3")
-    assert_error_line(run, 6, "invalid tensor-parallel size", "28 attention heads")
+    assert_error_line(run, 6, "vLLM cannot load the model at this layout", "28 attention heads")
 
 
 def test_nodes_use_pipeline_parallel_over_ray(models):
@@ -138,7 +145,17 @@ def test_arguments_after_double_dash_override_the_computed_ones(models):
 
 
 def test_bad_hardware_flags_are_usage_errors(models):
-    assert_error_line(run_vmm("serve", "org/tiny", "--dry-run", "--gpus", "2"), 2, "--gpus and --gpu-memory")
+    assert_error_line(run_vmm("serve", "org/tiny", "--dry-run", "--gpus", "2"), 2, "--gpus N needs --gpu-memory")
+    assert_error_line(run_vmm("serve", "org/tiny", "--dry-run", "--gpu-memory", "24GiB"), 2, "--gpu-memory needs --gpus")
+    assert_error_line(run_vmm("serve", "org/tiny", "--dry-run", "--gpus", "8xV100"), 2,
+                      "unknown GPU type in --gpus", "H200")
+    assert_error_line(run_vmm("serve", "org/tiny", "--dry-run", "--gpus", "0xH100"), 2, "bad --gpus")
+    assert_error_line(run_vmm("serve", "org/tiny", "--dry-run", "--gpus", "1xH100", "--gpu-policy", "most"), 2,
+                      "--gpu-policy")
+    assert_error_line(run_vmm("serve", "org/tiny", "--dry-run", "--gpus", "1xH100", "--speculative", "medusa"), 2,
+                      "unknown --speculative")
+    assert_error_line(run_vmm("serve", "org/tiny", "--dry-run", "--gpus", "1xH100", "--speculative", "mtp"), 6,
+                      "no MTP layers")
     assert_error_line(run_vmm("serve", "org/tiny", "--dry-run", "--gpus", "1", "--gpu-memory", "lots"), 2,
                       "malformed size")
     assert_error_line(run_vmm("serve", "org/tiny", "--dry-run", "--device", "tpu"), 2, "--device")
@@ -255,7 +272,7 @@ def test_vllm_dying_at_start_up_is_reported_with_a_hint(fake_env):
 
 def test_missing_vllm_is_exit_127(models, monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
-    assert_error_line(run_vmm("serve", "org/tiny", "--device", "cpu"), 127, "vmm[vllm]")
+    assert_error_line(run_vmm("serve", "org/tiny", "--device", "cpu"), 127, "vllm-model-manager[vllm]")
 
 
 def test_detach_returns_when_ready_and_leaves_logs_ps_and_stop(fake_env):
@@ -272,3 +289,26 @@ def test_detach_returns_when_ready_and_leaves_logs_ps_and_stop(fake_env):
         stop = _vmm(fake_env, "stop", str(port), "--json")
     assert stop.returncode == 0, stop.stderr
     assert json.loads(stop.stdout)["stopped"][0]["signal"] == "SIGTERM"
+
+
+def test_online_fp8_quantization_is_planned_at_fp8_bytes(models):
+    """--quantization fp8 on a bf16 checkpoint reaches the planner: vLLM stores the linear
+    layers in 8 bits, so the 16 GB Llama 3 8B fits a 16 GiB GPU that it does not fit unquantized."""
+    bf16 = run_vmm("serve", "meta-llama/Meta-Llama-3-8B-Instruct", "--dry-run", "--json",
+                   "--gpus", "1", "--gpu-memory", "16GiB")
+    assert bf16.exit_code == 6, bf16.stderr
+    doc = dry("meta-llama/Meta-Llama-3-8B-Instruct", "--gpus", "1", "--gpu-memory", "16GiB",
+              "--quantization", "fp8")
+    checkpoint = b.LLAMA3_8B_INSTRUCT_PARAMETERS * 2
+    assert doc["estimate"]["weight_bytes"] == checkpoint // 2
+    assert doc["command"][doc["command"].index("--quantization") + 1] == "fp8"
+    assert any("--quantization fp8: weights sized" in n for n in doc["notes"])
+
+
+def test_serve_request_is_keyword_only():
+    from vmm.core.serving.request import ServeRequest
+
+    with pytest.raises(TypeError):
+        ServeRequest("org/x", Path("/m/org--x"), "org/x")          # a new field can never shift the others
+    req = ServeRequest(name="org/x", model_dir=Path("/m/org--x"), served_name="org/x", gguf_quant="Q4_K_M")
+    assert req.but(max_model_len=4096).max_model_len == 4096 and req.max_model_len is None

@@ -15,6 +15,7 @@ import pytest
 import builders as b
 from conftest import run_vmm
 from vmm.core.model import config as config_mod, layers
+from vmm.core.serving.request import plan_only
 
 REAL = Path(__file__).resolve().parents[2] / "data" / "real_configs"
 GIB = 1 << 30
@@ -117,7 +118,7 @@ def test_capped_context_is_the_longest_that_fits(name, gib):
     cfg = config_mod.from_config_dict(json.loads((REAL / f"{name}.json").read_text()))
     hw = planner.Hardware("cuda", 1, gib * GIB, "9.0", source="given")
     try:
-        result = planner.plan(cfg, 12 * GIB, hw, planner.PlanOptions())
+        result = planner.plan(cfg, 12 * GIB, hw, plan_only())
     except Exception as exc:   # too small for the runtime margin: exit 6 is right
         assert getattr(exc, "exit_code", None) == 6
         return

@@ -153,11 +153,12 @@ def test_detached_vllm_failing_alone_names_its_log(fake_env):
 
 def test_launcher_hands_output_and_hints_to_callbacks_and_prints_nothing(fake_env, root, monkeypatch, capfd):
     from vmm.core.serving import launcher, supervisor
+    from vmm.core.serving.request import ServeRequest
 
     monkeypatch.setenv("PATH", fake_env["PATH"])
     monkeypatch.setenv("FAKE_VLLM_FAIL", "9")
-    req = launcher.ServeRequest(name="org/tiny", model_dir=root / "org--tiny", served_name="org/tiny",
-                                port=free_port(), device="cpu")
+    req = ServeRequest(name="org/tiny", model_dir=root / "org--tiny", served_name="org/tiny",
+                       port=free_port(), device="cpu")
     seen: list[str] = []
     with pytest.raises(supervisor.VllmExited) as caught:
         supervisor.run(launcher.build(req), req, root, on_line=seen.append)

@@ -40,7 +40,7 @@ def test_gpu_build_version(tmp_path, monkeypatch):
     _fake_vllm(tmp_path, monkeypatch, {"vllm": "0.33.0"})
     found = vllm_env.find_vllm()
     assert (found.version, found.distribution, found.is_cpu) == ("0.33.0", "vllm", False)
-    assert vllm_env.installed_vllm_version() == "0.33.0"
+    assert vllm_env.find_vllm().version == "0.33.0"
 
 
 def test_no_vllm_on_path_is_exit_127(tmp_path, monkeypatch):
@@ -48,13 +48,27 @@ def test_no_vllm_on_path_is_exit_127(tmp_path, monkeypatch):
     assert vllm_env.find_vllm() is None
     with pytest.raises(VllmMissingError) as info:
         vllm_env.require_vllm()
-    assert info.value.exit_code == 127 and "vmm[vllm]" in info.value.line()
+    assert info.value.exit_code == 127 and "vllm-model-manager[vllm]" in info.value.line()
 
 
-def test_serve_args_parser_failure_is_a_clean_error(tmp_path, monkeypatch):
-    # An environment without vLLM: the parser cannot even be imported.
-    from vmm.core.errors import IncompatibleError
+def test_nearest_snapshot_is_the_one_rule_for_every_bundled_table():
+    versions = ["0.10.0", "0.23.0", "0.32.0", "0.33.0"]
+    assert vllm_env.nearest_snapshot(versions, None) == ("0.33.0", None)
+    assert vllm_env.nearest_snapshot(versions, "0.32.0+cpu") == ("0.32.0", None)
+    chosen, note = vllm_env.nearest_snapshot(versions, "0.31.2")
+    assert chosen == "0.23.0" and "0.31.2" in note
+    chosen, note = vllm_env.nearest_snapshot(versions, "0.9.1")
+    assert chosen == "0.10.0" and "older than every snapshot" in note
 
-    with pytest.raises(IncompatibleError) as info:
-        vllm_env.serve_arg_errors([["vllm", "serve", "x"]], vllm_python=sys.executable)
-    assert "argument parser failed" in info.value.line()
+
+def test_compat_and_parsers_target_the_same_vllm(tmp_path, monkeypatch):
+    """The architecture registry and the parser names are judged for one vLLM: the one on PATH
+    (here a fake 0.31.0 whose own probes fail, so both fall back to that version's snapshot)."""
+    from vmm.core.serving import compat, parsers
+
+    _fake_vllm(tmp_path, monkeypatch, {"vllm": "0.31.0"})
+    registry, notes = compat.choose_registry(None, tmp_path / "cache")
+    names = parsers.choose_registry(None, tmp_path / "cache")
+    assert registry.version == names.version == vllm_env.find_vllm().version == "0.31.0"
+    assert registry.source.startswith("snapshot") and names.source.startswith("snapshot")
+    assert any("using the bundled snapshot" in n for n in notes)

@@ -100,7 +100,17 @@ def test_usage_is_recorded_while_serve_holds_the_models_shared_lock(root):
     assert manifests.read_manifest(model).use_counts == {"serve": 1}
 
 
+def _tree(path):
+    return sorted((str(p.relative_to(path)), p.stat().st_mtime_ns) for p in path.rglob("*"))
+
+
 def test_recording_a_use_of_a_hand_made_model_writes_nothing_into_it(root):
+    """Usage is recorded in a managed model's manifest; a hand-made folder (no manifest) is left
+    exactly as it was, and the same call on a managed copy does write (so the check can fail)."""
     hand = make_model(root, "hand", {"w.bin": b"x"}, managed=False)
+    managed = make_model(root, "org/m", {"w.bin": b"x"})
+    before = _tree(hand)
     manifests.touch_usage(hand, "inspect")
-    assert not (hand / paths.META_DIR).exists()
+    manifests.touch_usage(managed, "inspect")
+    assert _tree(hand) == before and not (hand / paths.META_DIR).exists()
+    assert manifests.read_manifest(managed).use_counts == {"inspect": 1}

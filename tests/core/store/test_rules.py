@@ -43,7 +43,6 @@ def test_walker_skips_hidden_top_level_dirs_unless_asked(tmp_path):
     assert model == [".gitattributes", "link", "sub/.hidden-in-sub", "w.bin"]
     everything = sorted(rel for rel, _ in local.walk_model_entries(d, include_hidden=True))
     assert everything == sorted(model + [".cache/huggingface/x.metadata", ".vmm/partial/w.bin.part"])
-    assert local.dir_size_bytes(d)[1] == 4
 
 
 def test_ls_and_gc_report_the_same_size_for_a_model_with_hidden_dirs(root):
@@ -76,11 +75,28 @@ def test_gc_json_last_used_is_iso_like_ls_with_epoch_beside(root):
     assert abs(removed["last_used_epoch"] - when) < 1e-3
 
 
-def test_the_store_uses_no_private_stdlib_names():
-    store = Path(local.__file__).parent
-    for source in [*store.glob("*.py"), store.parent / "fsutil.py"]:
-        text = source.read_text()
-        assert "_get_candidate_names" not in text and "tempfile._" not in text, source
+def _private_stdlib_uses(source: str) -> list[str]:
+    """``module._name`` for every stdlib module the source imports (dunders aside)."""
+    import ast
+    import sys
+
+    tree = ast.parse(source)
+    modules = {alias.asname or alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+               for alias in node.names if alias.name.split(".")[0] in sys.stdlib_module_names}
+    return [f"{node.value.id}.{node.attr}" for node in ast.walk(tree)
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in modules
+            and node.attr.startswith("_") and not node.attr.startswith("__")]
+
+
+def test_vmm_uses_no_private_stdlib_names():
+    """Private stdlib names (``tempfile._get_candidate_names`` once made vmm's temporary names)
+    change between Python versions: no module of vmm touches one. The check bites on a sample."""
+    assert _private_stdlib_uses("import tempfile\nnames = tempfile._get_candidate_names()\n") == [
+        "tempfile._get_candidate_names"]
+    package = Path(local.__file__).parents[2]
+    found = {str(p.relative_to(package)): uses for p in package.rglob("*.py")
+             if (uses := _private_stdlib_uses(p.read_text()))}
+    assert found == {}
 
 
 def test_list_root_is_the_listing_with_totals_and_injected_updates(root):

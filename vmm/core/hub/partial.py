@@ -55,6 +55,8 @@ class FileJob:
         self.fd = -1
         self.attempts = 0                     # downloads of the whole file that failed the hash
         self.redirect: str | None = None      # the CDN URL the endpoint sent us to
+        self.redirect_expires: float | None = None   # when its signature expires (monotonic)
+        self.streamer: int | None = None      # the worker streaming the whole file (server ignores Range)
         self.placed = False                   # moved into place: no map any more
 
     # ---- the chunk map
@@ -128,6 +130,22 @@ class FileJob:
         with self.lock:
             have = self.written.get(index, 0)
         return start + have, start + self.chunk_len(index)
+
+    def on_disk_upto(self, index: int) -> int:
+        """The file offset up to which chunk ``index`` is on disk (its end when done)."""
+        start = index * self.chunk_size
+        with self.lock:
+            if index in self.done:
+                return start + self.chunk_len(index)
+            return start + self.written.get(index, 0)
+
+    def first_missing(self) -> int | None:
+        """The first file offset not on disk (None when every chunk is done)."""
+        with self.lock:
+            for index in range(self.nchunks):
+                if index not in self.done:
+                    return index * self.chunk_size + self.written.get(index, 0)
+        return None
 
     def append(self, index: int, data: memoryview) -> None:
         """Write the next bytes of chunk ``index`` (one worker owns a chunk at a time)."""

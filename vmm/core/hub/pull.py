@@ -81,6 +81,7 @@ class _Pull:
     endpoint: str | None
     token: str | None
     verify: bool = False               # re-hash every file, whatever its recorded identity
+    stall_timeout_s: float | None = None   # None: VMM_STALL_TIMEOUT (settings)
     operator_template: bool = False    # `vmm template --set` in force: the original is kept aside
 
     def note(self, message: str) -> None:
@@ -94,10 +95,12 @@ def download_model_to_path(model_name: str, model_path: Path | None = None, *, r
                            wait: bool = True, workers: int = DEFAULT_WORKERS,
                            chunk_size: int = DEFAULT_CHUNK_SIZE, progress: ProgressCallback | None = None,
                            endpoint: str | None = None, token: str | None = None,
-                           verify: bool = False) -> PullResult:
+                           verify: bool = False, stall_timeout_s: float | None = None) -> PullResult:
     """Pull ``model_name`` (``org/name[@rev][:QUANT]``) into ``model_path`` (default
     ``<root>/org--name``): resumable, parallel, verified; manifest written last. ``verify``
-    re-hashes every file already on disk (else only those whose identity changed)."""
+    re-hashes every file already on disk (else only those whose identity changed).
+    ``stall_timeout_s``: seconds a connection may send nothing before it is dropped and its
+    range resumed elsewhere (default ``VMM_STALL_TIMEOUT``, 10 s)."""
     ref = names.parse_model_name(model_name)
     root = settings.models_root(root)
     if model_path is None:
@@ -114,7 +117,7 @@ def download_model_to_path(model_name: str, model_path: Path | None = None, *, r
         raise UsageError("--chunk-size must be at least 64KiB", str(chunk_size), "pick e.g. 16MiB")
     local.ensure_root(root)
     job = _Pull(ref, model_dir, want_revision, include, exclude, all_files, offline, workers, chunk_size,
-                progress, endpoint, token, verify)
+                progress, endpoint, token, verify, stall_timeout_s)
 
     from vmm.core.model import templates
 
@@ -181,7 +184,8 @@ def _pull_locked(job: _Pull) -> PullResult:
     counters = Counters(job.progress, bytes_total, sum(rf.size for rf in keep), len(selected), len(keep))
     to_fetch = [rf for rf in fetch if rf.path not in reused]
     if to_fetch:
-        engine = Engine(snapshot, endpoint, token, job.workers, job.chunk_size, counters)
+        engine = Engine(snapshot, endpoint, token, job.workers, job.chunk_size, counters,
+                        stall_timeout_s=job.stall_timeout_s)
         _fetch(engine, to_fetch, targets, model_dir)
     if old is not None:
         _remove_dropped(model_dir, old, {rf.path for rf in snapshot.files})

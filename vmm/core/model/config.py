@@ -108,6 +108,9 @@ class ModelConfig:
     quant_method: str | None = None          # fp8, mxfp4, awq, gptq, compressed-tensors, ...
     defaults_used: list[str] = field(default_factory=list)  # fields from the class defaults
     source: str = "config.json"              # or the GGUF file name
+    # The text config as vLLM reads it (text_config merged over the top level): the shapes the
+    # serving planner checks per rank (experts, fp8 blocks, MTP layers) are read from it.
+    merged: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     @property
     def effective_head_dim(self) -> int | None:
@@ -588,6 +591,7 @@ def from_config_dict(doc: dict[str, Any], tokenizer_config: dict[str, Any] | Non
         linear_attention=_linear_attention(merged),
         defaults_used=used,
         source=source,
+        merged=merged,
     )
     if cfg.model_type is None and isinstance(text.get("model_type"), str):
         cfg.model_type = text["model_type"]

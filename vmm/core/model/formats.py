@@ -23,7 +23,6 @@ from typing import Any
 from vmm.core import jsonfile
 from vmm.core.errors import IntegrityError, NotFoundError, UsageError
 
-FORMATS = ("safetensors", "pytorch", "gguf", "mixed", "unknown")
 
 # llama.cpp quantization type names as they appear in file names (ggml-org / TheBloke /
 # bartowski conventions: "model.Q4_K_M.gguf", "model-Q4_K_M-00001-of-00003.gguf",

@@ -71,3 +71,25 @@ def bits_per_weight(name: str | None, quant: dict[str, Any] | None = None) -> fl
         if bits is not None:
             return float(bits) + (0.25 if bits < 8 else 0.0)
     return BITS_PER_WEIGHT.get(name)
+
+
+# Methods vLLM applies at load time to an unquantized checkpoint (vLLM 0.33 docs,
+# features/quantization: "online" dynamic quantization); every other method needs a
+# checkpoint already in that format.
+ONLINE = ("fp8", "experts_int8", "ptpc_fp8")
+
+
+def online_weight_bytes(weight_bytes: int, method_name: str | None, checkpoint_method: str | None,
+                        dtype_bits: float, is_moe: bool) -> int:
+    """What an unquantized checkpoint weighs on the GPU once vLLM quantizes it at load time.
+
+    fp8 / ptpc_fp8 store the linear layers in 8 bits (``Fp8LinearMethod``; embeddings and the
+    LM head stay at the checkpoint dtype, so this slightly undercounts a small model);
+    experts_int8 quantizes only the MoE experts, which hold nearly all of an MoE model's
+    weights (dense models: unchanged). An estimate, stated as such in the plan's notes.
+    """
+    if checkpoint_method or not method_name or method_name.lower() not in ONLINE or dtype_bits <= 8:
+        return weight_bytes
+    if method_name.lower() == "experts_int8" and not is_moe:
+        return weight_bytes
+    return int(weight_bytes * 8 / dtype_bits)

@@ -40,7 +40,6 @@ RECORD_FILE = f"{paths.META_DIR}/chat_template.json"           # the record for 
 MANIFEST_KEY = "chat_template"                                  # Manifest.extra key of the record
 
 SOURCES = ("chat_template.jinja", "tokenizer_config.json", "gguf", "family")
-TEMPLATE_KEYS = ("source", "family", "template", "rendered")
 
 
 # --------------------------------------------------------------------------- tokenizer files

@@ -12,6 +12,12 @@ from vmm.core.errors import UsageError
 DOCKER_IMAGE = "vllm/vllm-openai"
 
 
+def target_vllm_version(cmd, installed: str | None) -> str | None:
+    """The vLLM a plan was made for, which deployments run (the image tag): the installed one,
+    else the version whose bundled parser snapshot chose the plan's flags."""
+    return installed or (cmd.parsers.vllm_version if cmd.parsers is not None else None)
+
+
 def split_serve_argv(argv: list[str]) -> tuple[str, list[str]]:
     """``[vllm, serve, MODEL, flags...]`` -> (MODEL, flags)."""
     if len(argv) < 3 or Path(argv[0]).name != "vllm" or argv[1] != "serve":

@@ -22,7 +22,8 @@ from pathlib import Path
 
 from vmm.core.errors import IncompatibleError, UsageError
 from vmm.core.serving import gpu as gpu_mod
-from vmm.core.serving import planner, runtime
+from vmm.core.serving import planner, request, runtime
+from vmm.core.serving.request import ServeRequest
 from vmm.core.units import human_bytes
 
 # Left free on a shared GPU: other processes' allocations move while vLLM starts.
@@ -59,7 +60,7 @@ class GpuRoom:
 class Placement:
     gpu_ids: list[int]
     plan: planner.Plan
-    gpu_bytes: int                  # vLLM's budget on each chosen GPU (util x total)
+    gpu_bytes: int                  # vLLM's budget on each chosen GPU (util x total; 0.34 alone: all)
     shared: bool                    # the fraction was computed from free memory
     rooms: list[GpuRoom]
 
@@ -86,13 +87,16 @@ def host_rooms(root: Path | None, gpus: list[gpu_mod.GpuInfo]) -> list[GpuRoom]:
     return [rooms[g.index] for g in gpus]
 
 
-def _util_for(rooms: list[GpuRoom], opts: planner.PlanOptions, forced: bool = False) -> tuple[float | None, bool]:
+def _util_for(rooms: list[GpuRoom], req: ServeRequest, forced: bool = False) -> tuple[float | None, bool]:
     """The fraction for a set of GPUs, and whether it was computed from free memory.
     ``forced``: --gpu-ids with --gpu-memory-utilization, taken as given."""
-    default = planner.default_gpu_memory_utilization(opts.vllm_version)
-    wanted = opts.gpu_memory_utilization
-    if wanted is None and all(r.dedicated(default) for r in rooms):
-        return default, False
+    default = planner.default_gpu_memory_utilization(req.vllm_version)
+    wanted = req.gpu_memory_utilization
+    # "Dedicated": no vmm server there and (nearly) all memory free. vLLM >= 0.34 then sizes its
+    # KV cache itself from what is free after CUDA-graph capture (None: no flag); older
+    # versions get their default fraction of total memory.
+    if wanted is None and all(r.dedicated(min(default, 0.92)) for r in rooms):
+        return (None if planner.extensible_kv_cache(req.vllm_version) else default), False
     total = min(r.total_bytes for r in rooms)
     fits = min(r.room_bytes for r in rooms) - SHARED_MARGIN_BYTES
     if wanted is not None:
@@ -102,26 +106,27 @@ def _util_for(rooms: list[GpuRoom], opts: planner.PlanOptions, forced: bool = Fa
     return (min(util, default), True) if util >= 0.05 else (None, True)
 
 
-def _try(cfg, weight_bytes, rooms, opts, cc, forced=False) -> tuple[planner.Plan, float, bool] | None:
-    util, shared = _util_for(rooms, opts, forced)
-    if util is None:
-        return None
-    hw = planner.Hardware("cuda", len(rooms), min(r.total_bytes for r in rooms), cc)
-    sized = planner.PlanOptions(**{**opts.__dict__, "gpu_memory_utilization": util,
-                                   "tensor_parallel_size": len(rooms)})
-    if planner.valid_tp(cfg, len(rooms)):
-        return None
+def _try(cfg, weight_bytes, rooms, req, cc, forced=False) -> tuple[planner.Plan, float, bool] | None:
+    util, shared = _util_for(rooms, req, forced)
+    if util is None and shared:
+        return None                 # no room
+    hw = planner.Hardware("cuda", len(rooms), min(r.total_bytes for r in rooms), cc, gpu_name=rooms[0].name)
+    sized = req.but(gpu_memory_utilization=util, explicit_budget=req.explicit_budget or shared)
     try:
-        return planner.plan(cfg, weight_bytes, hw, sized), util, shared
+        plan_ = planner.plan(cfg, weight_bytes, hw, sized)
     except IncompatibleError:
         return None
+    if plan_.tensor_parallel_size * plan_.data_parallel_size != len(rooms):
+        return None                 # it would leave some of these GPUs idle: a smaller set was tried
+    return plan_, util, shared
 
 
-def place(cfg, weight_bytes: int, gpus: list[gpu_mod.GpuInfo], root: Path | None,
-          opts: planner.PlanOptions, gpu_ids: list[int] | None = None) -> Placement:
+def place(cfg, weight_bytes: int, gpus: list[gpu_mod.GpuInfo], req: ServeRequest) -> Placement:
     """The smallest set of GPUs that serves the model's whole context (tightest fit first);
-    failing that, the set that serves the longest context; exit 6 naming what uses the host."""
-    rooms = host_rooms(root, gpus)
+    failing that, the set that serves the longest context; exit 6 naming what uses the host.
+    ``req.gpu_ids`` chooses the GPUs instead; ``req.root``'s runtime records say what is taken."""
+    gpu_ids = req.gpu_ids
+    rooms = host_rooms(req.root, gpus)
     by_index = {r.index: r for r in rooms}
     caps = [g.compute_capability for g in gpus if g.compute_capability]
     cc = min(caps) if caps else None
@@ -132,35 +137,43 @@ def place(cfg, weight_bytes: int, gpus: list[gpu_mod.GpuInfo], root: Path | None
                              f"this host has GPUs {', '.join(str(r.index) for r in rooms)}")
         candidates = [[by_index[i] for i in gpu_ids]]
     else:
-        sizes = [opts.tensor_parallel_size] if opts.tensor_parallel_size else range(1, len(rooms) + 1)
+        fixed = (req.tensor_parallel_size or 1) * (req.data_parallel_size or 1)
+        sizes = [fixed] if req.tensor_parallel_size or req.data_parallel_size else range(1, len(rooms) + 1)
         candidates = [list(c) for k in sizes
                       for c in sorted(itertools.combinations(rooms, k), key=lambda c: sum(r.room_bytes for r in c))]
+        if req.gpu_policy == "all":
+            # every free GPU as one layout (replicas where the model fits fewer), then packing
+            free = [r for r in rooms if r.dedicated(0.9)]
+            if free:
+                candidates.insert(0, free)
     best = None
     for chosen in candidates:
-        found = _try(cfg, weight_bytes, chosen, opts, cc, forced=gpu_ids is not None)
+        found = _try(cfg, weight_bytes, chosen, req, cc, forced=gpu_ids is not None)
         if found is None:
             continue
         plan_, util, shared = found
         if best is None or plan_.max_model_len > best[1].max_model_len:
             best = (chosen, plan_, util, shared)
         if plan_.model_max_len is None or plan_.max_model_len >= min(
-                plan_.model_max_len, opts.max_model_len or plan_.model_max_len):
+                plan_.model_max_len, req.max_model_len or plan_.model_max_len):
             break
     if best is None:
-        raise _no_room(cfg, weight_bytes, gpus, rooms, opts, cc, gpu_ids)
+        raise _no_room(cfg, weight_bytes, gpus, rooms, req, cc, gpu_ids)
     chosen, plan_, util, shared = best
     plan_.gpu_count = len(gpus)
     if shared:
         plan_.notes.append(f"shared GPU: --gpu-memory-utilization {util:g} is what is free on GPU "
                            f"{', '.join(str(r.index) for r in chosen)} now (vLLM checks free memory at start-up)")
-    return Placement([r.index for r in chosen], plan_, int(util * min(r.total_bytes for r in chosen)), shared, rooms)
+    total = min(r.total_bytes for r in chosen)
+    budget = int(util * total) if util is not None else total - planner.KV_REDUNDANCY_BYTES
+    return Placement([r.index for r in chosen], plan_, budget, shared, rooms)
 
 
-def _no_room(cfg, weight_bytes, gpus, rooms, opts, cc, gpu_ids) -> IncompatibleError:
+def _no_room(cfg, weight_bytes, gpus, rooms, req, cc, gpu_ids) -> IncompatibleError:
     # Too big for the whole host even when empty: the planner's own reason and hints.
     empty = planner.Hardware("cuda", len(gpus) if gpu_ids is None else len(gpu_ids),
                              min(g.total_bytes for g in gpus), cc)
-    planner.plan(cfg, weight_bytes, empty, opts)      # raises when it can never fit
+    planner.plan(cfg, weight_bytes, empty, req)      # raises when it can never fit
     users = []
     for r in rooms:
         who = "; ".join(r.vmm_servers) or "no vmm server"
@@ -207,7 +220,7 @@ class FitVerdict:
     gpu_memory_bytes: int
 
 
-def verdict(cfg, weight_bytes: int, gpus: list[gpu_mod.GpuInfo], opts: planner.PlanOptions,
+def verdict(cfg, weight_bytes: int, gpus: list[gpu_mod.GpuInfo], req: ServeRequest,
             gguf_variants=(), quant: str | None = None) -> FitVerdict:
     """Can this host's GPUs (all of them, empty) serve the model? With what would, if not:
     more GPUs like these, or a smaller GGUF quantization of the same repo."""
@@ -215,25 +228,25 @@ def verdict(cfg, weight_bytes: int, gpus: list[gpu_mod.GpuInfo], opts: planner.P
     cc = min(caps) if caps else None
     hw = planner.Hardware("cuda", len(gpus), min(g.total_bytes for g in gpus), cc)
     try:
-        plan_ = planner.plan(cfg, weight_bytes, hw, opts)
+        plan_ = planner.plan(cfg, weight_bytes, hw, req)
         return FitVerdict(True, None, plan_, [], len(gpus), hw.gpu_memory_bytes)
     except IncompatibleError as exc:
         reason = exc.which or exc.what
     alternatives = []
     for count in range(len(gpus) + 1, 65):
         if planner.valid_tp(cfg, count) is None and _plans(cfg, weight_bytes, planner.Hardware(
-                "cuda", count, hw.gpu_memory_bytes, cc), opts):
+                "cuda", count, hw.gpu_memory_bytes, cc), req):
             alternatives.append(f"{count} GPUs like these (tensor parallel {count})")
             break
     for variant in gguf_variants:
-        if variant.quant != quant and variant.size_bytes < weight_bytes and _plans(cfg, variant.size_bytes, hw, opts):
+        if variant.quant != quant and variant.size_bytes < weight_bytes and _plans(cfg, variant.size_bytes, hw, req):
             alternatives.append(f"the :{variant.quant} quantization ({human_bytes(variant.size_bytes)})")
     return FitVerdict(False, reason, None, alternatives, len(gpus), hw.gpu_memory_bytes)
 
 
-def _plans(cfg, weight_bytes: int, hw: planner.Hardware, opts: planner.PlanOptions) -> bool:
+def _plans(cfg, weight_bytes: int, hw: planner.Hardware, req: ServeRequest) -> bool:
     try:
-        planner.plan(cfg, weight_bytes, hw, opts)
+        planner.plan(cfg, weight_bytes, hw, req)
         return True
     except IncompatibleError:
         return False
@@ -245,7 +258,7 @@ def _plans(cfg, weight_bytes: int, hw: planner.Hardware, opts: planner.PlanOptio
 class ServeTarget:
     name: str                       # Hub id or directory name
     model_dir: Path                 # where it is (or would be, once pulled)
-    quant: str | None
+    gguf_quant: str | None          # the :QUANT tag of the name (a GGUF file)
     remote: object | None = None    # hub.remote.RemoteModel when planned from the Hub
 
 
@@ -299,7 +312,7 @@ def pull_check(name: str, revision: str | None, strict: bool) -> FitVerdict | No
         return None
     try:
         model = remote.read_remote_model(name, revision)
-        result = verdict(model.cfg, model.weights.weight_bytes or 0, gpus, planner.PlanOptions(),
+        result = verdict(model.cfg, model.weights.weight_bytes or 0, gpus, request.plan_only(),
                          model.gguf_variants, model.quant)
     except VmmError:
         if strict:

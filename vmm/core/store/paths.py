@@ -10,7 +10,11 @@ Layout::
     <root>/.vmm/pins/org--name              models gc never removes (hand-made ones too)
     <root>/.org--name.rm-*                  a model being deleted (renamed first, then removed)
     <root>/.org--name.import-<pid>          an import being staged (gc removes stale ones)
-    <root>/.vmm/...                         other vmm state (runtime records, logs)
+    <state>/run/<id>.json                   a server `vmm serve` started (runtime record)
+    <state>/logs/<dir>-<port>.log           a detached server's log
+    <state>/cache/                          what the installed vLLM said (registry, parsers)
+
+``<state>`` is ``$VMM_STATE_DIR``, else ``<root>/.vmm`` (:func:`vmm.core.settings.state_dir`).
 
 Directories put in the root by hand have no manifest and are still first-class models.
 """
@@ -19,6 +23,8 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+
+from vmm.core import settings
 
 META_DIR = ".vmm"
 MANIFEST_NAME = "manifest.json"
@@ -39,6 +45,18 @@ def manifest_lock_path(model_dir: Path) -> Path:
 
 def partial_dir(model_dir: Path) -> Path:
     return model_dir / META_DIR / PARTIAL_DIR
+
+
+def run_dir(root: Path) -> Path:
+    return settings.state_dir(root) / "run"
+
+
+def logs_dir(root: Path) -> Path:
+    return settings.state_dir(root) / "logs"
+
+
+def cache_dir(root: Path) -> Path:
+    return settings.state_dir(root) / "cache"
 
 
 def lock_path(root: Path, dir_name: str) -> Path:
