@@ -13,6 +13,7 @@ import builders as b
 from conftest import REPO, run_vmm
 from vmm.core.model import config as config_mod, layers
 from vmm.core.serving import planner
+from vmm.core.serving.request import plan_only
 
 REAL = REPO / "tests" / "data" / "real_configs"
 GIB = 1 << 30
@@ -102,7 +103,7 @@ def test_a_plan_counts_attention_kv_only_for_attention_layers_and_state_pages_pe
     assert spec.sequence_bytes(8192, cfg) < everything_attention / 5
     weights = 16 * GIB
     hw = planner.Hardware("cuda", 1, 80 * GIB, "9.0", source="given")
-    plan = planner.plan(cfg, weights, hw, planner.PlanOptions())
+    plan = planner.plan(cfg, weights, hw, plan_only())
     assert plan.max_model_len == 8192 and plan.kv_bytes_per_sequence == spec.sequence_bytes(8192, cfg)
     assert plan.kv_cache_bytes_per_token == 4 * per_token    # the full-attention equivalent: 4 layers
 

@@ -62,7 +62,9 @@ KV_HEAD_KEYS = ("n_head_kv", "num_kv_heads", "num_key_value_heads", "multi_query
 # (vllm/transformers_utils/configs/chatglm.py ChatGLMConfig, configs/falcon.py RWConfig: the
 # original tiiuae/falcon-7b/40b "RefinedWeb*" configs).
 VLLM_ATTRIBUTE_MAPS: dict[str, dict[str, str]] = {
-    "chatglm": {"num_hidden_layers": "num_layers", "n_head_kv": "multi_query_group_num"},
+    # ChatGLMConfig also sets vocab_size = padded_vocab_size, max_position_embeddings = seq_length
+    "chatglm": {"num_hidden_layers": "num_layers", "n_head_kv": "multi_query_group_num",
+                "vocab_size": "padded_vocab_size", "max_position_embeddings": "seq_length"},
     "RefinedWeb": {"num_hidden_layers": "n_layer", "num_attention_heads": "n_head", "num_kv_heads": "n_head_kv"},
     "RefinedWebModel": {"num_hidden_layers": "n_layer", "num_attention_heads": "n_head", "num_kv_heads": "n_head_kv"},
 }
