@@ -6,7 +6,7 @@
 Exit 1 with one line per violation. The suite runs it (tests/test_architecture.py), so a
 wrong import fails CI. Layers, lowest first; a module may import its own layer and lower:
 
-    0 base       vmm.core.{errors,settings,units,hashing,names,fsutil,jsonfile}
+    0 base       vmm.core.{errors,settings,units,hashing,names,fsutil,jsonfile,http_names}
     1 store base vmm.core.store.{paths,manifests,locking,local}
     2 model      vmm.core.model.*        (config, formats, gguf_meta, templates, ...)
     3 store      vmm.core.store.*        (catalog, usage, gc, dedup, adopt)
@@ -30,7 +30,8 @@ from pathlib import Path
 
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base", ("vmm", "vmm.core", "vmm.core.errors", "vmm.core.settings", "vmm.core.units",
-              "vmm.core.hashing", "vmm.core.names", "vmm.core.fsutil", "vmm.core.jsonfile")),
+              "vmm.core.hashing", "vmm.core.names", "vmm.core.fsutil", "vmm.core.jsonfile",
+              "vmm.core.http_names")),
     ("store base", ("vmm.core.store.paths", "vmm.core.store.manifests", "vmm.core.store.locking",
                     "vmm.core.store.local")),
     ("model", ("vmm.core.model",)),

@@ -300,20 +300,27 @@ def make_safetensors_model(model_dir: Path | str, cfg: dict[str, Any] | None = N
     """
     model_dir, cfg = _model_dir_with_configs(model_dir, cfg, tokenizer_config)
     tensors = llama_like_tensors(cfg) if tensors is None else tensors
-    groups = split_tensors(tensors, shards)
-    if len(groups) == 1:
-        write_safetensors(model_dir / "model.safetensors", groups[0], sparse=sparse, metadata={"format": "pt"})
-    else:
-        weight_map = {}
-        for i, group in enumerate(groups, 1):
-            fname = f"model-{i:05d}-of-{len(groups):05d}.safetensors"
-            write_safetensors(model_dir / fname, group, sparse=sparse, metadata={"format": "pt"})
-            weight_map.update({name: fname for name in group})
-        if write_index:
-            _write_json(model_dir / "model.safetensors.index.json",
-                        {"metadata": {"total_size": tensor_bytes(tensors)}, "weight_map": weight_map})
+    _write_weights(model_dir, tensors, shards, "model", "safetensors", write_index,
+                   lambda path, group: write_safetensors(path, group, sparse=sparse, metadata={"format": "pt"}))
     _extra(model_dir, extra_files)
     return model_dir
+
+
+def _write_weights(model_dir: Path, tensors, shards: int, stem: str, ext: str, write_index: bool, write_one) -> None:
+    """``<stem>.<ext>``, or ``<stem>-0000i-of-0000N.<ext>`` shards and their index (whose
+    ``metadata.total_size`` is the real sum of tensor bytes, as transformers writes it)."""
+    groups = split_tensors(tensors, shards)
+    if len(groups) == 1:
+        write_one(model_dir / f"{stem}.{ext}", groups[0])
+        return
+    weight_map = {}
+    for i, group in enumerate(groups, 1):
+        fname = f"{stem}-{i:05d}-of-{len(groups):05d}.{ext}"
+        write_one(model_dir / fname, group)
+        weight_map.update({name: fname for name in group})
+    if write_index:
+        _write_json(model_dir / f"{stem}.{ext}.index.json",
+                    {"metadata": {"total_size": tensor_bytes(tensors)}, "weight_map": weight_map})
 
 
 def _extra(model_dir: Path, extra_files: dict[str, str | bytes] | None) -> None:
@@ -346,18 +353,8 @@ def make_pytorch_model(model_dir: Path | str, cfg: dict[str, Any] | None = None,
     """
     model_dir, cfg = _model_dir_with_configs(model_dir, cfg, tokenizer_config)
     tensors = llama_like_tensors(cfg)
-    groups = split_tensors(tensors, shards)
-    if len(groups) == 1:
-        _fake_pickle_zip(model_dir / "pytorch_model.bin", tensor_bytes(tensors), sparse)
-    else:
-        weight_map = {}
-        for i, group in enumerate(groups, 1):
-            fname = f"pytorch_model-{i:05d}-of-{len(groups):05d}.bin"
-            _fake_pickle_zip(model_dir / fname, tensor_bytes(group), sparse)
-            weight_map.update({name: fname for name in group})
-        if write_index:
-            _write_json(model_dir / "pytorch_model.bin.index.json",
-                        {"metadata": {"total_size": tensor_bytes(tensors)}, "weight_map": weight_map})
+    _write_weights(model_dir, tensors, shards, "pytorch_model", "bin", write_index,
+                   lambda path, group: _fake_pickle_zip(path, tensor_bytes(group), sparse))
     _extra(model_dir, extra_files)
     return model_dir
 

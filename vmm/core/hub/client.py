@@ -24,6 +24,7 @@ from urllib.parse import quote
 
 from vmm.core import hashing, jsonfile, settings
 from vmm.core.errors import NotFoundError, RemoteError, UsageError, VmmError
+from vmm.core import http_names as hdr
 
 LOGIN_HINT = "run `hf auth login` or set HF_TOKEN to a token with access to this repo"
 METADATA_ATTEMPTS = 4
@@ -158,9 +159,9 @@ def _get_json(url: str, params: dict, token: str | None, repo_id: str, revision:
     # Headers by hand: huggingface_hub's build_hf_headers may first fetch an "agent
     # harnesses" registry from the endpoint (2.4.0 utils/_detect_agent.py), a call vmm does
     # not need to make.
-    headers = {"User-Agent": "vmm", "Accept": "application/json"}
+    headers = {hdr.USER_AGENT: hdr.USER_AGENT_VALUE, hdr.ACCEPT: "application/json"}
     if token:
-        headers["Authorization"] = f"Bearer {token}"
+        headers[hdr.AUTHORIZATION] = f"Bearer {token}"
     try:
         response = get_session().get(url, headers=headers, params=params, timeout=TIMEOUT_S)
         hf_raise_for_status(response)

@@ -23,6 +23,7 @@ from urllib.parse import parse_qs, urljoin, urlsplit
 
 from vmm.core.errors import IntegrityError, NotFoundError, RemoteError
 from vmm.core.hub.client import LOGIN_HINT
+from vmm.core import http_names as hdr
 
 RETRY_AFTER_CAP_S = 60.0
 READ_BLOCK = 1024 * 1024            # TLS / chunked bodies: one readinto at a time
@@ -219,7 +220,7 @@ def _redirect_target(base: str, location: str | None, label: str) -> str:
 
 def _content_length(resp) -> int | None:
     try:
-        value = int(resp.getheader("Content-Length") or "")
+        value = int(resp.getheader(hdr.CONTENT_LENGTH) or "")
     except ValueError:
         return None
     return value if value >= 0 else None
@@ -246,10 +247,10 @@ def fetch_range(conns: Connections, req: RangeRequest, auth: tuple[HostKey, str 
         key = host_key(url)
         parts = urlsplit(url)
         target = parts.path + ("?" + parts.query if parts.query else "")
-        headers = {"Range": f"bytes={req.start}-{req.end - 1}", "Accept-Encoding": "identity",
-                   "User-Agent": "vmm"}
+        headers = {hdr.RANGE: f"bytes={req.start}-{req.end - 1}", hdr.ACCEPT_ENCODING: "identity",
+                   hdr.USER_AGENT: hdr.USER_AGENT_VALUE}
         if token and key == endpoint_host:
-            headers["Authorization"] = f"Bearer {token}"
+            headers[hdr.AUTHORIZATION] = f"Bearer {token}"
         try:
             conn = conns.get(key)
             conn.request("GET", target, headers=headers)
@@ -260,16 +261,16 @@ def fetch_range(conns: Connections, req: RangeRequest, auth: tuple[HostKey, str 
             raise Retry(_why(exc, conns.timeout, "")) from exc
         status = resp.status
         if status in (301, 302, 303, 307, 308):
-            location = resp.getheader("Location")
+            location = resp.getheader(hdr.LOCATION)
             resp.read()
             url = _redirect_target(url, location, req.label)
             redirected, cached = True, False
             if host_key(url) != endpoint_host:
                 req.redirect = url
-                req.redirect_expires = signed_url_deadline(url, resp.getheader("Date"))
+                req.redirect_expires = signed_url_deadline(url, resp.getheader(hdr.DATE))
             continue
         if status == 206:
-            crange = resp.getheader("Content-Range") or ""
+            crange = resp.getheader(hdr.CONTENT_RANGE) or ""
             if not crange.startswith(f"bytes {req.start}-{req.end - 1}/"):
                 resp.close()
                 conns.drop(key)
@@ -316,7 +317,7 @@ def _refuse(conns: Connections, key: HostKey, resp, req: RangeRequest, redirecte
         conns.drop(key)
     req.redirect = None
     if status == 429 or status >= 500:
-        raise Retry(f"HTTP {status}", retry_after(resp.getheader("Retry-After")))
+        raise Retry(f"HTTP {status}", retry_after(resp.getheader(hdr.RETRY_AFTER)))
     if status in (401, 403) and redirected:
         # A CDN refusing a signed URL: it expired (S3/CloudFront answer 403 AccessDenied,
         # "Request has expired") or the CDN's clock runs ahead. The endpoint signs a new one.
@@ -382,5 +383,5 @@ def _read_body(conns: Connections, key: HostKey, resp, length: int, buf: bytearr
     if got != length:
         conns.drop(key)
         raise Retry("connection closed mid-body")
-    if resp.getheader("Connection", "").lower() == "close":
+    if resp.getheader(hdr.CONNECTION, "").lower() == "close":
         conns.drop(key)

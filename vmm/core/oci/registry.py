@@ -28,6 +28,7 @@ from vmm.core.hub.connection import Connections, Retry, host_key, retry_after
 from vmm.core.oci import auth
 from vmm.core.oci.artifact import MANIFEST_ACCEPT, MAX_MANIFEST_BYTES
 from vmm.core.oci.reference import Reference, scheme_for
+from vmm.core import http_names as hdr
 
 DEFAULT_TIMEOUT_S = 30.0
 MAX_REDIRECTS = 6
@@ -101,16 +102,16 @@ class Registry:
         parts = urlsplit(url)
         target = (parts.path or "/") + ("?" + parts.query if parts.query else "")
         conns = self.conns()
-        all_headers = {"User-Agent": "vmm", "Accept-Encoding": "identity", **headers}
+        all_headers = {hdr.USER_AGENT: hdr.USER_AGENT_VALUE, hdr.ACCEPT_ENCODING: "identity", **headers}
         if key == self.key and self._authorization:
-            all_headers["Authorization"] = self._authorization
+            all_headers[hdr.AUTHORIZATION] = self._authorization
         try:
             conn = conns.get(key)
             if body_path is None:
                 conn.request(method, target, body=body, headers=all_headers)
             else:
                 conn.putrequest(method, target, skip_accept_encoding=True)
-                for name, value in {**all_headers, "Content-Length": str(body_size)}.items():
+                for name, value in {**all_headers, hdr.CONTENT_LENGTH: str(body_size)}.items():
                     conn.putheader(name, value)
                 conn.endheaders()
                 buf = bytearray(BLOCK)
@@ -154,7 +155,7 @@ class Registry:
             sent = self._authorization
             resp = self._send(method, url, headers, body, body_path, body_size)
             if resp.status == 401 and attempt == 0:
-                challenge = resp.getheader("WWW-Authenticate")
+                challenge = resp.getheader(hdr.WWW_AUTHENTICATE)
                 self._drain(resp)
                 self._authenticate(challenge, sent)
                 continue
@@ -162,7 +163,7 @@ class Registry:
         for _hop in range(MAX_REDIRECTS):
             if not follow or resp.status not in (301, 302, 303, 307, 308):
                 return resp, url
-            location = resp.getheader("Location")
+            location = resp.getheader(hdr.LOCATION)
             self._drain(resp, host_key(url))
             if not location:
                 raise Retry(f"HTTP {resp.status} without Location")
@@ -203,9 +204,9 @@ class Registry:
             raise RemoteError("the registry's token realm is not an HTTP URL", realm, "the registry is misconfigured")
         query = {k: v for k, v in (("service", params.get("service")), ("scope", params.get("scope") or self.scope)) if v}
         url = realm + ("&" if "?" in realm else "?") + urlencode(query)
-        headers = {"User-Agent": "vmm", "Accept": "application/json"}
+        headers = {hdr.USER_AGENT: hdr.USER_AGENT_VALUE, hdr.ACCEPT: "application/json"}
         if self._creds is not None and auth.may_send_credentials(realm, self.ref.hostname):
-            headers["Authorization"] = auth.basic_header(self._creds)
+            headers[hdr.AUTHORIZATION] = auth.basic_header(self._creds)
         key = host_key(url)
         parts = urlsplit(url)
         conns = self.conns()
@@ -217,7 +218,7 @@ class Registry:
         except (OSError, http.client.HTTPException) as exc:
             conns.drop(key)
             raise Retry(f"token request: {type(exc).__name__}: {exc}") from exc
-        if resp.status in (401, 403) and "Authorization" not in headers:
+        if resp.status in (401, 403) and hdr.AUTHORIZATION not in headers:
             raise RemoteError(f"the registry needs a login (token service: HTTP {resp.status})", self.ref.registry,
                               LOGIN_HINT.format(host=self.ref.registry))
         if resp.status in (401, 403):
@@ -238,7 +239,7 @@ class Registry:
     def fail(self, resp: http.client.HTTPResponse, what: str, which: str, key=None) -> None:
         """Turn a refusal into the contract's error (or :class:`Retry` for 5xx/429)."""
         status = resp.status
-        delay = retry_after(resp.getheader("Retry-After"))
+        delay = retry_after(resp.getheader(hdr.RETRY_AFTER))
         body = self._drain(resp, key)
         code, message = "", ""
         try:
@@ -269,7 +270,7 @@ class Registry:
 
         def once():
             resp, _ = self.request("GET", self.url(f"manifests/{self.ref.reference}"),
-                                   {"Accept": MANIFEST_ACCEPT})
+                                   {hdr.ACCEPT: MANIFEST_ACCEPT})
             if resp.status != 200:
                 self.fail(resp, "the manifest", where)
             try:
@@ -279,7 +280,7 @@ class Registry:
                 raise Retry(f"manifest body: {exc}") from exc
             if not resp.isclosed():
                 self._drain(resp)
-            return data, (resp.getheader("Content-Type") or "").split(";")[0].strip() or None
+            return data, (resp.getheader(hdr.CONTENT_TYPE) or "").split(";")[0].strip() or None
 
         data, ctype = with_retries(once, "fetching the manifest", where)
         if self.ref.digest and "sha256:" + hashlib.sha256(data).hexdigest() != self.ref.digest:
@@ -330,11 +331,11 @@ class Registry:
         :class:`Retry`). A registry that ignores the Range (200 with the whole blob) makes the
         caller ``restart``: it either takes the whole blob from offset 0 or raises."""
         whole = start == 0 and end == size
-        headers = {} if whole else {"Range": f"bytes={start}-{end - 1}"}
+        headers = {} if whole else {hdr.RANGE: f"bytes={start}-{end - 1}"}
         resp, url = self.request("GET", self.url(f"blobs/{digest}"), headers, follow=True)
         key = host_key(url)
         if resp.status == 206 and not whole:
-            crange = resp.getheader("Content-Range") or ""
+            crange = resp.getheader(hdr.CONTENT_RANGE) or ""
             if not crange.startswith(f"bytes {start}-{end - 1}/"):
                 self._drain(resp, key)
                 raise Retry(f"unexpected Content-Range {crange!r}")
@@ -385,24 +386,24 @@ class Registry:
         made it unnecessary, else "uploaded". One try: raises :class:`Retry` on transient failures."""
         where = f"{self.ref} {digest}"
         query = f"?mount={digest}&from={mount_from}" if mount_from else ""
-        resp, _ = self.request("POST", self.url(f"blobs/uploads/{query}"), {"Content-Length": "0"}, body=b"")
+        resp, _ = self.request("POST", self.url(f"blobs/uploads/{query}"), {hdr.CONTENT_LENGTH: "0"}, body=b"")
         if resp.status == 201 and mount_from:
             self._drain(resp)
             return "mounted"
         if resp.status != 202:
             self.fail(resp, "the upload", where)
-        location = resp.getheader("Location")
+        location = resp.getheader(hdr.LOCATION)
         self._drain(resp)
         if not location:
             raise RemoteError("the registry started an upload without a Location", where, "the registry is misconfigured")
         url = urljoin(self.base + "/", location)
         # A registry may hand uploads to another host: _send gives the credentials only to its own.
         url += ("&" if "?" in url else "?") + f"digest={digest}"
-        headers = {"Content-Type": "application/octet-stream"}
+        headers = {hdr.CONTENT_TYPE: "application/octet-stream"}
         if path is not None:
             resp, _ = self.request("PUT", url, headers, body_path=path, body_size=size)
         else:
-            resp, _ = self.request("PUT", url, {**headers, "Content-Length": str(len(data or b""))}, body=data or b"")
+            resp, _ = self.request("PUT", url, {**headers, hdr.CONTENT_LENGTH: str(len(data or b""))}, body=data or b"")
         if resp.status not in (201, 204):
             self.fail(resp, "the upload", where, host_key(url))
         self._drain(resp, host_key(url))
@@ -414,10 +415,10 @@ class Registry:
 
         def once():
             resp, _ = self.request("PUT", self.url(f"manifests/{tag}"),
-                                   {"Content-Type": media_type, "Content-Length": str(len(manifest))}, body=manifest)
+                                   {hdr.CONTENT_TYPE: media_type, hdr.CONTENT_LENGTH: str(len(manifest))}, body=manifest)
             if resp.status not in (200, 201):
                 self.fail(resp, "the manifest", where)
-            digest = resp.getheader("Docker-Content-Digest") or ""
+            digest = resp.getheader(hdr.DOCKER_CONTENT_DIGEST) or ""
             self._drain(resp)
             return digest
 
