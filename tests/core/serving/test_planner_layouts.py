@@ -235,3 +235,18 @@ def test_several_nodes_keep_tp_within_a_node_and_pp_across():
     two_nodes = planner.Hardware("cuda", 8, 81559 << 20, "9.0", nodes=2, source="given")
     p = planner.plan(llama, 16 * 10**9, two_nodes, plan_only(nodes=2))
     assert (p.tensor_parallel_size, p.data_parallel_size, p.pipeline_parallel_size) == (8, 1, 2)
+
+
+def test_a_tp_that_cannot_split_the_mamba_state_is_refused():
+    """vLLM's Mamba2 mixer divides its conv dimension and heads by TP (mamba_utils.py, 0.32.0):
+    Nemotron-H 8B with 132 Mamba heads (128 in the real config) passes every attention check
+    at TP 8 and still cannot load, so TP 8 is refused and TP 4 is not."""
+    from vmm.core.model.config import from_config_dict
+    from vmm.core.serving import planner
+
+    real = json.loads((Path(__file__).parents[2] / "data" / "real_configs" /
+                       "nvidia--Nemotron-H-8B-Base-8K.json").read_text())
+    assert planner.valid_tp(from_config_dict(real), 8) is None
+    odd = from_config_dict({**real, "mamba_num_heads": 132})
+    assert "state does not split over 8" in planner.valid_tp(odd, 8)
+    assert planner.valid_tp(odd, 4) is None

@@ -100,8 +100,12 @@ def model_shapes(cfg: ModelConfig) -> loadability.Shapes:
 def valid_tp(cfg: ModelConfig, tp: int, dp: int = 1, expert_parallel: bool = False) -> str | None:
     """None when vLLM accepts *and can load* tensor-parallel size ``tp`` for this model
     (x ``dp`` replicas, with or without expert parallelism), else why not
-    (:mod:`vmm.core.serving.loadability`)."""
-    return loadability.why_not(model_shapes(cfg), tp, dp=dp, expert_parallel=expert_parallel)
+    (:mod:`vmm.core.serving.loadability`; Mamba / linear-attention state:
+    :func:`vmm.core.model.layers.valid_state_tp`)."""
+    why = loadability.why_not(model_shapes(cfg), tp, dp=dp, expert_parallel=expert_parallel)
+    if why is None and tp > 1 and not layers.valid_state_tp(cfg, tp):
+        why = f"the Mamba / linear-attention state does not split over {tp} ranks (its conv dimension or heads)"
+    return why
 
 
 # vLLM's scheduler defaults (vllm/engine/arg_utils.py get_batch_defaults, 0.33.0 and 0.34.0):
