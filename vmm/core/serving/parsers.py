@@ -342,6 +342,18 @@ def _hf_choice(fields: set[str], field_name: str, registered: list[str]) -> tupl
     return None, ""
 
 
+def _pick(override: str | None, flag: str, registered: list[str], version: str,
+          hf: tuple[str | None, str], by_rule) -> tuple[str | None, str]:
+    """The operator's ``flag`` value, else the ``hf`` parser a response_template asks for, else
+    the family rule's choice (``by_rule()``): (parser or None, why)."""
+    if override is not None:
+        chosen = _override(override, registered, flag, version)
+        return chosen, f"{flag} {chosen or NONE}"
+    if hf[0]:
+        return hf
+    return by_rule()
+
+
 def choose(model_type: str | None, architectures: list[str] | None, name: str | None, template: str | None,
            registry: ParserRegistry, tool_parser: str | None = None,
            reasoning_parser: str | None = None, response_template: set[str] | None = None) -> ParserChoice:
@@ -352,20 +364,11 @@ def choose(model_type: str | None, architectures: list[str] | None, name: str | 
     uses_tools = template_uses_tools(template)
     hf_tool, hf_tool_why = _hf_choice(response_template or set(), "tool_calls", registry.tool_parsers)
     hf_reasoning, hf_reasoning_why = _hf_choice(response_template or set(), "thinking", registry.reasoning_parsers)
-    if tool_parser is None and hf_tool:
-        tool, tool_why = hf_tool, hf_tool_why
-    elif tool_parser is not None:
-        tool = _override(tool_parser, registry.tool_parsers, "--tool-parser", registry.version)
-        tool_why = "--tool-parser " + (tool or NONE)
-    else:
-        tool, tool_why = _tool_choice(rule, template, uses_tools, registry)
-    if reasoning_parser is None and hf_reasoning:
-        reasoning, reasoning_why = hf_reasoning, hf_reasoning_why
-    elif reasoning_parser is not None:
-        reasoning = _override(reasoning_parser, registry.reasoning_parsers, "--reasoning-parser", registry.version)
-        reasoning_why = "--reasoning-parser " + (reasoning or NONE)
-    else:
-        reasoning, reasoning_why = _reasoning_choice(rule, template, registry)
+    tool, tool_why = _pick(tool_parser, "--tool-parser", registry.tool_parsers, registry.version,
+                           (hf_tool, hf_tool_why), lambda: _tool_choice(rule, template, uses_tools, registry))
+    reasoning, reasoning_why = _pick(reasoning_parser, "--reasoning-parser", registry.reasoning_parsers,
+                                     registry.version, (hf_reasoning, hf_reasoning_why),
+                                     lambda: _reasoning_choice(rule, template, registry))
     return ParserChoice(tool, reasoning, tool_why, reasoning_why, rule.family if rule else None, uses_tools,
                         registry.version, registry.source, list(registry.notes))
 
