@@ -61,6 +61,13 @@ _CODE_SUFFIXES = (".py", ".sh", ".ipynb")
 _DOC_PREFIXES = ("readme", "license", "licence", "notice", "use_policy", "responsible_use")
 
 
+def digest_of(data: bytes) -> str:
+    """The OCI digest of a blob held in memory (a manifest, a config): ``sha256:<hex>``."""
+    import hashlib
+
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
 @dataclass
 class LayerFile:
     path: str
@@ -89,15 +96,11 @@ class Artifact:
 
     @property
     def manifest_digest(self) -> str:
-        import hashlib
-
-        return "sha256:" + hashlib.sha256(self.manifest).hexdigest()
+        return digest_of(self.manifest)
 
     @property
     def config_digest(self) -> str:
-        import hashlib
-
-        return "sha256:" + hashlib.sha256(self.config).hexdigest()
+        return digest_of(self.config)
 
     @property
     def bytes_total(self) -> int:
@@ -137,8 +140,6 @@ def build(repo_id: str, revision: str | None, commit: str | None, quant: str | N
         "modelfs": {"type": "layers", "diffIds": [f.digest for f in files]},
     }
     config = _dumps(config_doc)
-    import hashlib
-
     vmm_manifest = {"repo_id": repo_id, "revision": revision, "commit": commit, "quant": quant,
                     "files": [{"path": f.path, "size": f.size, "sha256": f.hex, "git_sha1": f.git_sha1}
                               for f in files]}
@@ -151,7 +152,7 @@ def build(repo_id: str, revision: str | None, commit: str | None, quant: str | N
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
         "artifactType": ARTIFACT_TYPE,
-        "config": {"mediaType": CONFIG_TYPE, "digest": "sha256:" + hashlib.sha256(config).hexdigest(),
+        "config": {"mediaType": CONFIG_TYPE, "digest": digest_of(config),
                    "size": len(config)},
         "layers": [{"mediaType": f.media_type, "digest": f.digest, "size": f.size,
                     "annotations": {ANN_FILEPATH: f.path, ANN_TITLE: f.path}} for f in files],

@@ -10,7 +10,6 @@ Reading never trusts a blob's name: every blob a model needs is hashed as it is 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -146,7 +145,7 @@ class Layout:
 
     def blob_bytes(self, digest: str, size: int | None = None) -> bytes:
         data = self.read_small(f"blobs/sha256/{digest[7:]}")
-        if "sha256:" + hashlib.sha256(data).hexdigest() != digest or (size is not None and len(data) != size):
+        if art.digest_of(data) != digest or (size is not None and len(data) != size):
             raise IntegrityError("a blob does not match its digest", f"{self.path}: {digest}",
                                  "the layout is damaged; nothing was installed")
         return data

@@ -14,7 +14,6 @@ one set per worker thread); retryable failures (5xx, 429, resets, short bodies) 
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import ssl
 import threading
@@ -26,7 +25,7 @@ from vmm.core import jsonfile
 from vmm.core.errors import IntegrityError, NotFoundError, RemoteError
 from vmm.core.hub.connection import Connections, Retry, host_key, retry_after
 from vmm.core.oci import auth
-from vmm.core.oci.artifact import MANIFEST_ACCEPT, MAX_MANIFEST_BYTES
+from vmm.core.oci.artifact import MANIFEST_ACCEPT, MAX_MANIFEST_BYTES, digest_of
 from vmm.core.oci.reference import Reference, scheme_for
 from vmm.core import http_names as hdr
 
@@ -283,7 +282,7 @@ class Registry:
             return data, (resp.getheader(hdr.CONTENT_TYPE) or "").split(";")[0].strip() or None
 
         data, ctype = with_retries(once, "fetching the manifest", where)
-        if self.ref.digest and "sha256:" + hashlib.sha256(data).hexdigest() != self.ref.digest:
+        if self.ref.digest and digest_of(data) != self.ref.digest:
             raise IntegrityError("the registry's manifest does not match the digest asked for", where,
                                  "the registry is damaged or lying; nothing was installed")
         return data, ctype
@@ -320,7 +319,7 @@ class Registry:
             return data
 
         data = with_retries(once, f"fetching the {what}", str(self.ref))
-        if len(data) != size or "sha256:" + hashlib.sha256(data).hexdigest() != digest:
+        if len(data) != size or digest_of(data) != digest:
             raise IntegrityError(f"the registry's {what} blob does not match its digest", f"{self.ref} {digest}",
                                  "the registry is damaged or lying; nothing was installed")
         return data

@@ -72,13 +72,8 @@ def extensible_kv_cache(vllm_version: str | None) -> bool:
 def default_gpu_memory_utilization(vllm_version: str | None) -> float:
     if extensible_kv_cache(vllm_version):
         return 1.0
-    if vllm_version:
-        try:
-            major, minor = (int(x) for x in vllm_version.split(".")[:2])
-            if (major, minor) < (0, 20):
-                return 0.9
-        except ValueError:
-            pass
+    if vllm_version and vllm_env.version_key(vllm_version)[:2] < (0, 20):
+        return 0.9                      # vllm/config/cache.py before 0.20
     return 0.92
 
 
